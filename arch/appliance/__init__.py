@@ -1,0 +1,1 @@
+"""Host installation helpers: containerd/Docker config edits and host verification."""

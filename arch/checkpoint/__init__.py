@@ -1,0 +1,1 @@
+"""Checkpoint images: capture, validation and restore."""

@@ -1,0 +1,1 @@
+"""archctl, the operator CLI."""

@@ -1,0 +1,1 @@
+"""Container configuration, runtime state and per-container flags."""

@@ -1,0 +1,1 @@
+"""The runc front: command parsing, routing and pass-through."""
