@@ -1,0 +1,127 @@
+"""Host configuration: /etc/arch/arch.toml, or the file named by ARCH_CONFIG.
+
+A missing file means defaults. A malformed file raises ConfigError; callers on the pass-through
+path catch it and fall back (see arch.shim.passthrough), intercepting callers report it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
+
+DEFAULT_CONFIG_PATH = "/etc/arch/arch.toml"
+CONFIG_ENV = "ARCH_CONFIG"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+KNOWN_KEYS = frozenset(
+    {"runc", "checkpoint_root", "state_dir", "log_file", "log_level", "allowed_roots"}
+)
+
+
+class ConfigError(Exception):
+    """The host configuration file exists but cannot be used."""
+
+
+class HostConfig:
+    """The validated contents of arch.toml (defaults for keys the file does not set)."""
+
+    __slots__ = (
+        "allowed_roots",
+        "checkpoint_root",
+        "log_file",
+        "log_level",
+        "path",
+        "runc",
+        "state_dir",
+    )
+
+    def __init__(
+        self,
+        path: str,
+        runc: str | None = None,
+        checkpoint_root: str = "/checkpoint",
+        state_dir: str = "/run/arch",
+        log_file: str = "/var/log/arch/arch.log",
+        log_level: str = "info",
+        allowed_roots: tuple[str, ...] | None = None,
+    ) -> None:
+        self.path = path
+        self.runc = runc
+        self.checkpoint_root = checkpoint_root
+        self.state_dir = state_dir
+        self.log_file = log_file
+        self.log_level = log_level
+        self.allowed_roots = allowed_roots if allowed_roots is not None else (checkpoint_root,)
+
+
+def config_path() -> str:
+    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | None = None) -> HostConfig:
+    """Read and validate the host configuration; a missing file yields the defaults."""
+    path = path or config_path()
+    try:
+        with open(path, "rb") as config_file:
+            raw = config_file.read()
+    except FileNotFoundError:
+        return HostConfig(path)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
+    return _validate(path, _parse_toml(path, raw))
+
+
+def _parse_toml(path: str, raw: bytes) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text: {error}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: malformed TOML: {error}") from error
+
+
+def _validate(path: str, document: dict[str, Any]) -> HostConfig:
+    unknown = sorted(set(document) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s): {', '.join(unknown)}")
+    runc = document.get("runc")
+    if runc is not None:
+        runc = _absolute_path(path, "runc", runc)
+    defaults = HostConfig(path)
+    checkpoint_root = _absolute_path(
+        path, "checkpoint_root", document.get("checkpoint_root", defaults.checkpoint_root)
+    )
+    state_dir = _absolute_path(path, "state_dir", document.get("state_dir", defaults.state_dir))
+    log_file = _absolute_path(path, "log_file", document.get("log_file", defaults.log_file))
+    log_level = document.get("log_level", defaults.log_level)
+    if not isinstance(log_level, str) or log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(
+            f"{path}: log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
+        )
+    allowed_roots = document.get("allowed_roots")
+    if allowed_roots is not None:
+        if not isinstance(allowed_roots, list):
+            raise ConfigError(f"{path}: allowed_roots must be a list of absolute paths")
+        allowed_roots = tuple(_absolute_path(path, "allowed_roots", root) for root in allowed_roots)
+    return HostConfig(
+        path,
+        runc=runc,
+        checkpoint_root=checkpoint_root,
+        state_dir=state_dir,
+        log_file=log_file,
+        log_level=log_level.lower(),
+        allowed_roots=allowed_roots,
+    )
+
+
+def _absolute_path(path: str, key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigError(f"{path}: {key} must be an absolute path, got {value!r}")
+    return os.path.normpath(value)

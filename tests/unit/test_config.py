@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from arch.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "arch.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_missing_file_means_defaults(tmp_path: Path) -> None:
+    config = load_config(str(tmp_path / "absent.toml"))
+    assert config.runc is None
+    assert config.checkpoint_root == "/checkpoint"
+    assert config.state_dir == "/run/arch"
+    assert config.log_level == "info"
+    assert config.allowed_roots == ("/checkpoint",)
+
+
+def test_arch_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCH_CONFIG", write(tmp_path, 'runc = "/opt/runc"\n'))
+    assert load_config().runc == "/opt/runc"
+
+
+def test_all_keys_are_read(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            'runc = "/usr/sbin/runc"\ncheckpoint_root = "/data/ckpt/"\nstate_dir = "/run/a"\n'
+            'log_file = "/var/log/a.log"\nlog_level = "DEBUG"\nallowed_roots = ["/data", "/efs"]\n',
+        )
+    )
+    assert config.runc == "/usr/sbin/runc"
+    assert config.checkpoint_root == "/data/ckpt"
+    assert config.state_dir == "/run/a"
+    assert config.log_file == "/var/log/a.log"
+    assert config.log_level == "debug"
+    assert config.allowed_roots == ("/data", "/efs")
+
+
+def test_allowed_roots_default_follows_checkpoint_root(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, 'checkpoint_root = "/data/ckpt"\n'))
+    assert config.allowed_roots == ("/data/ckpt",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("runc = ", "malformed TOML"),
+        ('runc = "relative/runc"\n', "runc must be an absolute path"),
+        ("runc = 3\n", "runc must be an absolute path"),
+        ('log_level = "loud"\n', "log_level must be one of"),
+        ('allowed_roots = "/x"\n', "allowed_roots must be a list"),
+        ('allowed_roots = ["x"]\n', "allowed_roots must be an absolute path"),
+        ('checkpoint_rot = "/x"\n', "unknown key(s): checkpoint_rot"),
+    ],
+)
+def test_malformed_file_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert path in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_non_utf8_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "arch.toml"
+    path.write_bytes(b'runc = "/\xff"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(str(path))
