@@ -1,0 +1,5 @@
+import sys
+
+from arch.shim.main import main
+
+sys.exit(main())

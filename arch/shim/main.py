@@ -1,0 +1,32 @@
+"""arch-runc: a drop-in for runc.
+
+Calls that ARCH does not intercept go to the real runc unchanged (arch.shim.passthrough). The
+subcommands below are the seams where checkpoint/restore hooks in for containers that opted in;
+for every other container they pass through as well.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from arch.shim import passthrough
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+# Keep in sync with INTERCEPTED in launcher.c: the native front sends only these to Python.
+INTERCEPTED_SUBCOMMANDS = frozenset({"create", "start", "checkpoint", "resume", "delete"})
+
+
+def run(args: Sequence[str]) -> int:
+    """Handle one runc invocation (`args` without argv[0]); returns the exit status."""
+    return passthrough.pass_through(args)
+
+
+def main() -> int:
+    return run(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

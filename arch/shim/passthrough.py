@@ -1,0 +1,93 @@
+"""Hand a runc call to the real runc: same argv, environment, stdio, exit status and signals.
+
+The process image is replaced (exec, not spawn), so containerd's pipes, inherited descriptors
+(--preserve-fds, console and pidfd sockets) and signals reach runc directly. Nothing here writes
+to stdout or stderr except when the real runc cannot be run at all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from arch.config import ConfigError, config_path, load_config
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NoReturn
+
+# Exit status when the real runc cannot be executed (the shell's "command not found").
+EXIT_RUNC_UNAVAILABLE = 127
+FALLBACK_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+class RuncNotFound(Exception):
+    """No usable real runc binary is configured or installed."""
+
+
+def resolve_runc() -> str:
+    """The real runc: arch.toml's `runc`, else a `runc` on PATH that is not ARCH itself.
+
+    A malformed arch.toml must not break pass-through, so it falls back to the PATH search.
+    """
+    try:
+        configured = load_config().runc
+    except ConfigError:
+        configured = None
+    if configured is not None:
+        return configured
+    found = _search_runc()
+    if found is None:
+        raise RuncNotFound(
+            f"no real runc found: set `runc` in {config_path()} or install runc on PATH"
+        )
+    return found
+
+
+def _search_runc() -> str | None:
+    own_paths = {os.path.realpath(sys.argv[0])} if sys.argv and sys.argv[0] else set()
+    path_dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    for directory in [*path_dirs, *FALLBACK_DIRS]:
+        candidate = os.path.join(directory, "runc")
+        real = os.path.realpath(candidate)
+        if real in own_paths or os.path.basename(real) == "arch-runc":
+            continue
+        if os.path.isfile(real) and os.access(real, os.X_OK):
+            return candidate
+    return None
+
+
+def original_environment() -> dict[bytes, bytes]:
+    """The environment this process was started with, before CPython touched it.
+
+    CPython's locale coercion (PEP 538) adds LC_CTYPE=C.UTF-8 to os.environ under the C locale;
+    the kernel's copy in /proc/self/environ is what the caller really passed.
+    """
+    with open("/proc/self/environ", "rb") as environ_file:
+        entries = environ_file.read().split(b"\0")
+    return dict(entry.split(b"=", 1) for entry in entries if b"=" in entry)
+
+
+def exec_runc(runc: str, args: Sequence[str]) -> NoReturn:
+    """Replace this process with `runc args...`; only returns by raising OSError."""
+    # CPython ignores SIGPIPE and SIGXFSZ at start-up; ignored dispositions survive exec and
+    # would leak into runc and the container's processes.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    os.execve(runc, [runc, *args], original_environment())
+
+
+def pass_through(args: Sequence[str]) -> int:
+    """Run the real runc for `args`; returns only if it could not be executed."""
+    try:
+        runc = resolve_runc()
+    except RuncNotFound as error:
+        print(f"arch-runc: {error}", file=sys.stderr)
+        return EXIT_RUNC_UNAVAILABLE
+    try:
+        exec_runc(runc, args)
+    except OSError as error:
+        print(f"arch-runc: cannot execute the real runc {runc}: {error.strerror}", file=sys.stderr)
+    return EXIT_RUNC_UNAVAILABLE
