@@ -1,0 +1,156 @@
+"""The native arch-runc front: pass-through calls go straight to runc, the rest to Python."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import TYPE_CHECKING, NamedTuple
+
+import pytest
+
+from tests.unit import fake_runc
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SOURCE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "arch", "shim", "launcher.c",
+)  # fmt: skip
+COMPILER = shutil.which("cc") or shutil.which("gcc")
+pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C compiler to build the launcher")
+
+
+class Front(NamedTuple):
+    binary: Path
+    config: Path
+    runc: Path
+    runc_record: Path
+    python_record: Path
+
+    def run(self, args: list[str], **env: str) -> subprocess.CompletedProcess[bytes]:
+        environment = {"PATH": "/usr/bin:/bin", "ARCH_CONFIG": str(self.config), **env}
+        return subprocess.run([str(self.binary), *args], env=environment, capture_output=True,
+                              timeout=30, check=False)  # fmt: skip
+
+    def went_to_runc(self) -> bool:
+        return fake_runc.was_called(self.runc_record) and not fake_runc.was_called(
+            self.python_record
+        )
+
+    def went_to_python(self) -> bool:
+        return fake_runc.was_called(self.python_record) and not fake_runc.was_called(
+            self.runc_record
+        )
+
+
+@pytest.fixture
+def front(tmp_path: Path) -> Front:
+    runc, runc_record = fake_runc.install(tmp_path, "runc")
+    python_shim, python_record = fake_runc.install(tmp_path, "python-arch-runc")
+    binary = tmp_path / "arch-runc"
+    subprocess.run(
+        [COMPILER or "cc", "-O2", "-Wall", "-Wextra", "-Werror",
+         f'-DARCH_PYTHON_SHIM="{python_shim}"', "-o", str(binary), SOURCE],
+        check=True,
+    )  # fmt: skip
+    config = tmp_path / "arch.toml"
+    config.write_text(f'# ARCH host configuration\nrunc = "{runc}"  # detected\n[future]\nx = 1\n')
+    return Front(binary, config, runc, runc_record, python_record)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["state", "job-1"],
+        ["--root", "/run/containerd/runc/default", "--log", "/b/log.json", "--log-format", "json",
+         "kill", "job-1", "9"],
+        ["--root=/r", "--debug", "exec", "--process", "/tmp/p", "--detach", "job-1"],
+        ["--criu", "/usr/local/sbin/criu", "pause", "job-1"],
+        ["--version"],
+        [],
+        ["--", "list"],
+        ["--root", "create", "list"],  # "create" is --root's value, not the subcommand
+    ],
+)  # fmt: skip
+def test_pass_through_goes_straight_to_runc(front: Front, args: list[str]) -> None:
+    result = front.run(args, FAKE_RUNC_EXIT="3")
+    assert front.went_to_runc()
+    call = fake_runc.read_call(front.runc_record)
+    assert call.argv == [str(front.runc), *args]
+    assert result.returncode == 3
+    assert result.stdout == b"fake runc stdout\n"
+    assert result.stderr == b"fake runc stderr\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--root", "/run/containerd/runc/default", "create", "--bundle", "/b", "job-1"],
+        ["start", "job-1"],
+        ["checkpoint", "--image-path", "/i", "job-1"],
+        ["resume", "job-1"],
+        ["--log-format=json", "delete", "--force", "job-1"],
+        ["--", "create", "x"],
+        ["--no-such-global", "state", "x"],  # only the full parser decides unknown flags
+    ],
+)
+def test_intercepted_or_unsure_goes_to_python(front: Front, args: list[str]) -> None:
+    front.run(args)
+    assert front.went_to_python()
+    call = fake_runc.read_call(front.python_record)
+    assert call.argv[1:] == args
+
+
+@pytest.mark.parametrize(
+    "config_text",
+    [
+        "",  # no runc key: Python searches PATH
+        'state_dir = "/run/arch"\n',
+        '[section]\nrunc = "/usr/sbin/runc"\n',  # not top-level
+        'runc = "/usr/sbin/r\\u0075nc"\n',  # escapes are TOML's business
+        'runc = "relative/runc"\n',
+        'runc = "/usr/sbin/runc"\nrunc = "/usr/bin/runc"\n',  # duplicate key: malformed
+        'runc = "/usr/sbin/runc" trailing\n',
+        'notes = """\nrunc = "/x"\n"""\n',  # inside a multi-line string
+    ],
+)
+def test_config_it_cannot_read_simply_goes_to_python(front: Front, config_text: str) -> None:
+    front.config.write_text(config_text)
+    front.run(["state", "x"])
+    assert front.went_to_python()
+
+
+def test_missing_config_goes_to_python(front: Front) -> None:
+    front.config.unlink()
+    front.run(["state", "x"])
+    assert front.went_to_python()
+
+
+def test_single_quoted_path_is_read(front: Front) -> None:
+    front.config.write_text(f"runc = '{front.runc}'\n")
+    front.run(["state", "x"])
+    assert front.went_to_runc()
+
+
+def test_environment_and_process_are_kept(front: Front) -> None:
+    front.config.write_text(f'runc = "{front.runc}"\n')
+    launcher = subprocess.Popen(
+        [str(front.binary), "state", "x"],
+        env={"PATH": "/bin", "ARCH_CONFIG": str(front.config), "LANG": "C"},
+    )
+    assert launcher.wait(timeout=30) == 0
+    call = fake_runc.read_call(front.runc_record)
+    assert call.pid == launcher.pid
+    assert call.env == {"PATH": "/bin", "ARCH_CONFIG": str(front.config), "LANG": "C"}
+
+
+def test_unexecutable_runc_is_a_clear_error(front: Front, tmp_path: Path) -> None:
+    front.config.write_text(f'runc = "{tmp_path}/nope"\n')
+    result = front.run(["state", "x"])
+    assert result.returncode == 127
+    assert result.stdout == b""
+    assert result.stderr.decode() == (
+        f"arch-runc: cannot execute the real runc {tmp_path}/nope: No such file or directory\n"
+    )
