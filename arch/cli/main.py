@@ -1,0 +1,48 @@
+"""archctl: the operator CLI. Exit 0 = success, 1 = the operation failed, 2 = bad usage."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from arch import __version__
+from arch.cli import verify
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+DEFAULT_CONTAINERD_ADDRESS = "/run/containerd/containerd.sock"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def containerd_address(cli_value: str | None) -> str:
+    """--address, else CONTAINERD_ADDRESS (ctr's convention), else containerd's default socket."""
+    return cli_value or os.environ.get("CONTAINERD_ADDRESS") or DEFAULT_CONTAINERD_ADDRESS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="archctl", description="Operate ARCH, container checkpoint/restore for this host."
+    )
+    parser.add_argument("--version", action="version", version=f"archctl {__version__}")
+    parser.add_argument(
+        "--address",
+        help=f"containerd socket (default: $CONTAINERD_ADDRESS, else {DEFAULT_CONTAINERD_ADDRESS})",
+    )
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    verify.add_parser(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.address = containerd_address(args.address)
+    status: int = args.run(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
