@@ -31,8 +31,11 @@ def run_shim(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+Host = tuple[dict[str, str], "Path"]
+
+
 @pytest.fixture
-def host(tmp_path: Path) -> tuple[dict[str, str], Path]:
+def host(tmp_path: Path) -> Host:
     """An environment whose arch.toml names a fake runc; returns (env, record prefix)."""
     binary, record = fake_runc.install(tmp_path)
     config = tmp_path / "arch.toml"
@@ -52,7 +55,7 @@ def host(tmp_path: Path) -> tuple[dict[str, str], Path]:
         ["state", "with\nnewline", "--", "-weird"],
     ],
 )
-def test_same_argv_env_stdio_and_process(host: tuple[dict[str, str], Path], args: list[str]) -> None:
+def test_same_argv_env_stdio_and_process(host: Host, args: list[str]) -> None:
     env, record = host
     shim = run_shim(args, env)
     stdout, stderr = shim.communicate(timeout=30)
@@ -65,14 +68,14 @@ def test_same_argv_env_stdio_and_process(host: tuple[dict[str, str], Path], args
     assert stderr == b"fake runc stderr\n"
 
 
-def test_exit_status_is_runc_s(host: tuple[dict[str, str], Path]) -> None:
+def test_exit_status_is_runc_s(host: Host) -> None:
     env, _ = host
     shim = run_shim(["kill", "job-1", "9"], {**env, "FAKE_RUNC_EXIT": "42"})
     shim.communicate(timeout=30)
     assert shim.returncode == 42
 
 
-def test_no_signal_is_left_ignored(host: tuple[dict[str, str], Path]) -> None:
+def test_no_signal_is_left_ignored(host: Host) -> None:
     """CPython ignores SIGPIPE/SIGXFSZ; runc must start with the caller's dispositions."""
     env, record = host
     run_shim(["state", "x"], env).communicate(timeout=30)
@@ -120,4 +123,6 @@ def test_configured_runc_that_does_not_exist(tmp_path: Path) -> None:
     stdout, stderr = shim.communicate(timeout=30)
     assert shim.returncode == 127
     assert stdout == b""
-    assert stderr.decode() == f"arch-runc: cannot execute the real runc {tmp_path}/nope: No such file or directory\n"
+    assert stderr.decode() == (
+        f"arch-runc: cannot execute the real runc {tmp_path}/nope: No such file or directory\n"
+    )
