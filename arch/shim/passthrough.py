@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from arch.config import ConfigError, config_path, load_config
+from arch.config import ConfigError, HostConfig, config_path, load_config
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,7 +34,8 @@ def resolve_runc() -> str:
     """
     try:
         configured = load_config().runc
-    except ConfigError:
+    except ConfigError as error:
+        _log_config_error(error)
         configured = None
     if configured is not None:
         return configured
@@ -44,6 +45,14 @@ def resolve_runc() -> str:
             f"no real runc found: set `runc` in {config_path()} or install runc on PATH"
         )
     return found
+
+
+def _log_config_error(error: ConfigError) -> None:
+    from arch.log import setup_logging
+
+    defaults = HostConfig(config_path())
+    logger = setup_logging(defaults.log_file, defaults.log_level)
+    logger.warning("pass-through uses the runc on PATH: %s", error)
 
 
 def _search_runc() -> str | None:

@@ -126,3 +126,23 @@ def test_configured_runc_that_does_not_exist(tmp_path: Path) -> None:
     assert stderr.decode() == (
         f"arch-runc: cannot execute the real runc {tmp_path}/nope: No such file or directory\n"
     )
+
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes ARCH's default log file, /var/log/arch")
+def test_malformed_config_is_logged_not_printed(tmp_path: Path) -> None:
+    """The warning goes to ARCH's default log file, never to runc's streams."""
+    from arch.config import HostConfig
+
+    log_file = HostConfig("unused").log_file
+    before = os.path.getsize(log_file) if os.path.exists(log_file) else 0
+    fake_runc.install(tmp_path)
+    config = tmp_path / "arch.toml"
+    config.write_text("runc = [\n")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "ARCH_CONFIG": str(config)}
+    stdout, stderr = run_shim(["state", "x"], env).communicate(timeout=30)
+    assert (stdout, stderr) == (b"fake runc stdout\n", b"fake runc stderr\n")
+    with open(log_file, "rb") as log:
+        log.seek(before)
+        logged = log.read().decode()
+    assert f"pass-through uses the runc on PATH: {config}: malformed TOML" in logged
