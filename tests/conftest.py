@@ -1,0 +1,99 @@
+"""Shared test configuration: skips for machines that lack what a marker needs, and the
+binary-under-test fixtures.
+
+Markers (declared in pyproject.toml): `root` skips unless running as root; `containerd` and
+`docker` skip when the daemons/clients are not installed. A skip always states its reason.
+With ARCH_TESTS_STRICT=1 (for CI on a fully installed appliance) those skips are failures, so a
+missing package cannot turn into a green run that tested nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+DEFAULT_ARCH_RUNC = "/usr/local/bin/arch-runc"
+ARCH_RUNC_ENV = "ARCH_RUNC"
+STRICT_ENV = "ARCH_TESTS_STRICT"
+
+# What each marker needs installed. /usr/bin/docker, not /usr/local/bin/docker (an unrelated
+# newer client on the development machines).
+MARKER_EXECUTABLES = {
+    "containerd": (
+        "/usr/bin/containerd",
+        "/usr/bin/ctr",
+        "/usr/bin/containerd-shim-runc-v2",
+        "runc",
+    ),
+    "docker": ("/usr/sbin/dockerd", "/usr/bin/docker", "/usr/bin/containerd", "runc"),
+}
+
+
+def find_executable(name_or_path: str) -> str | None:
+    """An absolute path for an executable given by path or looked up on PATH (plus sbin dirs)."""
+    if os.path.isabs(name_or_path):
+        return name_or_path if os.access(name_or_path, os.X_OK) else None
+    search_path = os.pathsep.join(
+        [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"]
+    )
+    return shutil.which(name_or_path, path=search_path)
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the calling test for `reason`, or fail it when ARCH_TESTS_STRICT=1."""
+    if os.environ.get(STRICT_ENV) == "1":
+        pytest.fail(f"{reason} [{STRICT_ENV}=1 turns this skip into a failure]", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_root() -> None:
+    """Skip the calling test unless it runs as root."""
+    if os.geteuid() != 0:
+        unavailable("needs root (run the integration tests as root)")
+
+
+def require_executables(*names_or_paths: str, why: str) -> None:
+    """Skip the calling test when any of the executables is not installed."""
+    missing = [name for name in names_or_paths if find_executable(name) is None]
+    if missing:
+        unavailable(f"not installed: {', '.join(missing)} ({why})")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") is not None:
+        require_root()
+    for marker, executables in MARKER_EXECUTABLES.items():
+        if item.get_closest_marker(marker) is not None:
+            require_executables(*executables, why=f"needed by @pytest.mark.{marker} tests")
+
+
+@pytest.fixture(scope="session")
+def arch_runc_binary() -> Path:
+    """The arch-runc under test: $ARCH_RUNC, else the appliance's /usr/local/bin/arch-runc.
+
+    Never skips: integration tests exist to test an installed appliance, so a missing binary
+    is a failure.
+    """
+    configured = os.environ.get(ARCH_RUNC_ENV) or DEFAULT_ARCH_RUNC
+    if not os.path.isabs(configured) or not os.access(configured, os.X_OK):
+        pytest.fail(
+            f"arch-runc under test not found or not executable: {configured!r}. Install the "
+            f"appliance (ansible/site.yml) or set {ARCH_RUNC_ENV}=/absolute/path/to/arch-runc.",
+            pytrace=False,
+        )
+    return Path(configured)
+
+
+@pytest.fixture(scope="session")
+def real_runc_binary() -> Path:
+    """The real runc that arch-runc fronts (and that outputs are compared against)."""
+    found = find_executable("runc")
+    if found is None:
+        unavailable("runc is not installed")
+    if os.path.basename(os.path.realpath(found)) == "arch-runc":
+        pytest.fail(f"{found} resolves to arch-runc, not to the real runc", pytrace=False)
+    return Path(found)

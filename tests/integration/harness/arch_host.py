@@ -1,0 +1,108 @@
+"""A private ARCH host configuration (arch.toml named by ARCH_CONFIG) per test "node".
+
+Its `runc` is a recorder: a tiny shell script that logs each call's argv, then execs the real
+runc. A call logged there proves that arch-runc ran and delegated to the configured runc: plain
+runc used in arch-runc's place would never reach the recorder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ARG_SEPARATOR = "\x1f"
+
+_RECORDER = """#!/bin/sh
+# Written by the ARCH integration-test harness: log argv, then become the real runc.
+line=$(printf '%s\\037' "$@")
+printf '%s\\n' "$line" >> {calls_log}
+exec {real_runc} "$@"
+"""
+
+
+@dataclass(frozen=True)
+class ArchHost:
+    """Paths of one node's ARCH configuration and what the recorder saw."""
+
+    config_file: Path
+    state_dir: Path
+    log_file: Path
+    checkpoint_root: Path
+    runc_calls_log: Path
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """Variables that point arch-runc (and daemons that start it) at this configuration."""
+        return {"ARCH_CONFIG": str(self.config_file)}
+
+    def runc_calls(self) -> list[list[str]]:
+        """Every runc call arch-runc made through the recorder, as argv lists (oldest first)."""
+        try:
+            text = self.runc_calls_log.read_text()
+        except FileNotFoundError:
+            return []
+        return [line.rstrip(ARG_SEPARATOR).split(ARG_SEPARATOR) for line in text.splitlines()]
+
+    def runc_calls_for(self, container_id: str) -> list[list[str]]:
+        """Recorded calls whose last argument is `container_id` or which name it."""
+        return [call for call in self.runc_calls() if container_id in call]
+
+    def subcommands_for(self, container_id: str) -> list[str]:
+        """The runc subcommands (create, start, kill, ...) recorded for `container_id`."""
+        return [_subcommand(call) for call in self.runc_calls_for(container_id)]
+
+
+_GLOBAL_FLAGS_WITH_VALUE = {"--root", "--log", "--log-format", "--criu", "--rootless"}
+
+
+def _subcommand(call: list[str]) -> str:
+    index = 0
+    while index < len(call):
+        argument = call[index]
+        if argument in _GLOBAL_FLAGS_WITH_VALUE:
+            index += 2
+        elif argument.startswith("-"):
+            index += 1
+        else:
+            return argument
+    return ""
+
+
+def write_arch_host(
+    directory: Path, real_runc: Path, checkpoint_root: Path | None = None
+) -> ArchHost:
+    """Create `directory` with arch.toml, the recorder and state/log locations."""
+    directory.mkdir(parents=True, exist_ok=True)
+    host = ArchHost(
+        config_file=directory / "arch.toml",
+        state_dir=directory / "state",
+        log_file=directory / "arch.log",
+        checkpoint_root=checkpoint_root or directory / "checkpoint",
+        runc_calls_log=directory / "runc-calls.log",
+    )
+    recorder = directory / "runc-recorder"
+    recorder_text = _RECORDER.format(
+        calls_log=_shell_quote(host.runc_calls_log), real_runc=_shell_quote(real_runc)
+    )
+    recorder.write_text(recorder_text)
+    os.chmod(recorder, 0o755)
+    host.checkpoint_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    host.config_file.write_text(
+        "\n".join(
+            [
+                f"runc = {json.dumps(str(recorder))}",
+                f"checkpoint_root = {json.dumps(str(host.checkpoint_root))}",
+                f"state_dir = {json.dumps(str(host.state_dir))}",
+                f"log_file = {json.dumps(str(host.log_file))}",
+                'log_level = "debug"',
+                "",
+            ]
+        )
+    )
+    return host
+
+
+def _shell_quote(path: Path) -> str:
+    return "'" + str(path).replace("'", "'\\''") + "'"
