@@ -1,0 +1,151 @@
+"""A container's filesystem state in a checkpoint: find its overlay layers, capture the upper
+layer as an OCI layer tar, and apply such a tar to a new container's rootfs.
+
+    mount = find_overlay_layers(rootfs)        # None: not overlay -> processes only
+    digest = capture_layer(mount.upperdir, tar_path, mount.opaque_xattr_names)
+    journal = apply_layer(tar_path, new_rootfs, digest.sha256, digest.size, backup_dir=...)
+    journal.commit()   # or journal.rollback()
+
+Mountinfo escaping, in the order it has to be undone: the kernel writes space, tab, newline,
+backslash (and, in super options, comma) as octal `\\ooo`; inside overlay's path options, a
+backslash escapes the next character (`\\:` and `\\,` in a lowerdir or upperdir path), and
+`lowerdir` separates layers with unescaped colons.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from arch.checkpoint.layer_apply import ArchiveLimits, apply_layer, read_members
+from arch.checkpoint.layer_capture import LayerDigest, capture_layer
+from arch.checkpoint.layer_common import (
+    TRUSTED_OVERLAY_PREFIX,
+    USER_OVERLAY_PREFIX,
+    LayerError,
+)
+from arch.checkpoint.layer_journal import Journal
+
+__all__ = [
+    "ArchiveLimits",
+    "Journal",
+    "LayerDigest",
+    "LayerError",
+    "OverlayMount",
+    "apply_layer",
+    "capture_layer",
+    "find_overlay_layers",
+    "parse_mountinfo_line",
+    "read_members",
+]
+
+MOUNTINFO = "/proc/self/mountinfo"
+OVERLAY_FSTYPE = "overlay"
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    """The fields of one /proc/self/mountinfo line that matter here (unescaped)."""
+
+    mount_point: str
+    fstype: str
+    source: str
+    super_options: str  # raw: split it at commas before undoing octal escapes
+
+
+@dataclass(frozen=True)
+class OverlayMount:
+    mount_point: str
+    lowerdirs: tuple[str, ...]  # topmost first, as in the lowerdir option
+    upperdir: str | None  # None for a read-only overlay (no upper layer)
+    workdir: str | None
+    datadirs: tuple[str, ...] = ()  # data-only lower layers (datadir+)
+    options: Mapping[str, str | None] = field(default_factory=dict)  # the others
+
+    @property
+    def xattr_prefix(self) -> str:
+        """Where overlay keeps its own xattrs in the layers (`userxattr` moves them)."""
+        return USER_OVERLAY_PREFIX if "userxattr" in self.options else TRUSTED_OVERLAY_PREFIX
+
+    @property
+    def opaque_xattr_names(self) -> tuple[str, ...]:
+        return (self.xattr_prefix + "opaque",)
+
+
+def find_overlay_layers(rootfs: str, mountinfo_path: str = MOUNTINFO) -> OverlayMount | None:
+    """The overlay mounted at `rootfs` (the topmost mount there), or None when what is mounted
+    there is not overlay (or nothing is)."""
+    mount_point = os.path.realpath(rootfs)
+    with open(mountinfo_path, "rb") as mountinfo:
+        entries = [parse_mountinfo_line(line) for line in mountinfo if line.strip()]
+    stacked = [entry for entry in entries if entry.mount_point == mount_point]
+    if not stacked or stacked[-1].fstype != OVERLAY_FSTYPE:
+        return None
+    return parse_overlay_options(mount_point, stacked[-1].super_options)
+
+
+def parse_mountinfo_line(line: bytes) -> MountInfo:
+    fields = line.rstrip(b"\n").split(b" ")
+    try:
+        separator = fields.index(b"-", 6)
+        mount_point = fields[4]
+        fstype, source, super_options = fields[separator + 1: separator + 4]
+    except ValueError as error:
+        raise LayerError(f"unexpected mountinfo line: {line!r}") from error
+    return MountInfo(_unescape_octal(mount_point), _unescape_octal(fstype),
+                     _unescape_octal(source), os.fsdecode(super_options))
+
+
+def parse_overlay_options(mount_point: str, super_options: str) -> OverlayMount:
+    lowerdirs: list[str] = []
+    datadirs: list[str] = []
+    paths: dict[str, str] = {}
+    others: dict[str, str | None] = {}
+    for raw_option in split_escaped(super_options, ","):
+        option = _unescape_octal(os.fsencode(raw_option))
+        key, has_value, value = option.partition("=")
+        if key == "lowerdir":
+            lowerdirs.extend(unescape(layer) for layer in split_escaped(value, ":") if layer)
+        elif key == "lowerdir+":
+            lowerdirs.append(unescape(value))
+        elif key == "datadir+":
+            datadirs.append(unescape(value))
+        elif key in ("upperdir", "workdir"):
+            paths[key] = unescape(value)
+        else:
+            others[key] = value if has_value else None
+    if not lowerdirs:
+        raise LayerError(f"overlay at {mount_point} has no lowerdir: {super_options!r}")
+    return OverlayMount(mount_point, tuple(lowerdirs), paths.get("upperdir"),
+                        paths.get("workdir"), tuple(datadirs), others)
+
+
+def split_escaped(text: str, separator: str) -> list[str]:
+    """Split at separators not escaped by a backslash; escapes are kept for unescape()."""
+    pieces: list[str] = []
+    current: list[str] = []
+    characters = iter(text)
+    for character in characters:
+        if character == "\\":
+            current.append(character)
+            current.append(next(characters, ""))
+        elif character == separator:
+            pieces.append("".join(current))
+            current = []
+        else:
+            current.append(character)
+    pieces.append("".join(current))
+    return pieces
+
+
+def unescape(text: str) -> str:
+    """Overlay's option escaping: a backslash stands for the character after it."""
+    return re.sub(r"\\(.)", r"\1", text, flags=re.DOTALL)
+
+
+def _unescape_octal(field_bytes: bytes) -> str:
+    return os.fsdecode(_OCTAL_ESCAPE.sub(lambda match: bytes([int(match.group(1), 8)]),
+                                         field_bytes))

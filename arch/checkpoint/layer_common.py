@@ -1,0 +1,232 @@
+"""Names, errors and small filesystem helpers shared by layer capture, apply and rollback.
+
+Layer archives follow the OCI image-layer conventions: a deleted path `dir/name` is an empty
+regular file `dir/.wh.name`; a directory whose lower-layer contents are hidden ("opaque") is
+followed by an empty regular file `dir/.wh..wh..opq`. Extended attributes travel as PAX
+records `SCHILY.xattr.<name>`; sub-second modification times as the PAX record `mtime`.
+
+Paths inside the rootfs are always reached one component at a time through directory file
+descriptors opened with O_NOFOLLOW, so no operation ever resolves a symlink inside the tree.
+Nodes that cannot be opened (symlinks, FIFOs, devices) are addressed as `/proc/self/fd/<dir>/name`
+with the *-at(AT_SYMLINK_NOFOLLOW) family: the magic link resolves to the opened directory
+itself and the final component is not followed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    # Creates the missing directory `parts[-1]` in `parent_fd` (and records that it did).
+    MissingDirHandler = Callable[[int, tuple[str, ...]], None]
+
+logger = logging.getLogger(__name__)
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+PAX_XATTR_PREFIX = "SCHILY.xattr."
+PAX_MTIME = "mtime"
+# Overlayfs keeps its bookkeeping (origin, impure, redirect, opaque, ...) in these namespaces;
+# they describe the upperdir, not the container's files, and never travel in a layer.
+OVERLAY_PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+TRUSTED_OVERLAY_PREFIX = "trusted.overlay."
+USER_OVERLAY_PREFIX = "user.overlay."
+# Overlay renders a deleted path in the upperdir as a character device 0:0.
+WHITEOUT_DEVICE = 0
+
+DIR_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+COPY_CHUNK_SIZE = 1 << 20
+NANOSECONDS = 1_000_000_000
+
+# errnos a filesystem answers when it does not support an extended attribute (or its
+# namespace, e.g. user.* on a symlink or security.selinux without SELinux)
+UNSUPPORTED_XATTR_ERRNOS = frozenset(
+    {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.EINVAL, errno.ERANGE}
+)
+
+_PAX_TIME = re.compile(r"(-?)(\d{1,20})(?:\.(\d{1,9})\d*)?")
+
+
+class LayerError(Exception):
+    """A layer could not be captured or applied; the message names the member and the reason."""
+
+
+class UnsafePathError(LayerError):
+    """Reaching a path would mean going through a symlink or a non-directory."""
+
+
+def is_overlay_private_xattr(name: str) -> bool:
+    return name.startswith(OVERLAY_PRIVATE_XATTR_PREFIXES)
+
+
+def format_pax_time(nanoseconds: int) -> str:
+    """An exact decimal PAX time for a nanosecond timestamp (negative ones included)."""
+    sign = "-" if nanoseconds < 0 else ""
+    seconds, fraction = divmod(abs(nanoseconds), NANOSECONDS)
+    return f"{sign}{seconds}.{fraction:09d}"
+
+
+def parse_pax_time(text: str) -> int:
+    """Nanoseconds from a PAX time record; raises ValueError on anything else."""
+    match = _PAX_TIME.fullmatch(text)
+    if match is None:
+        raise ValueError(f"invalid PAX time {text!r}")
+    sign, seconds, fraction = match.groups()
+    nanoseconds = int(seconds) * NANOSECONDS + int((fraction or "").ljust(9, "0"))
+    return -nanoseconds if sign else nanoseconds
+
+
+def node_path(dir_fd: int, name: str) -> str:
+    """A path naming `name` inside the directory open as `dir_fd`, for *-at-less syscalls."""
+    return f"/proc/self/fd/{dir_fd}/{name}"
+
+
+def read_xattrs(target: int | str) -> dict[str, bytes]:
+    """All extended attributes of an open fd, or of a path without following a final symlink."""
+    follow = isinstance(target, int)
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError as error:
+        if error.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+    values: dict[str, bytes] = {}
+    for name in sorted(names):
+        try:
+            values[name] = os.getxattr(target, name, follow_symlinks=follow)
+        except OSError as error:
+            if error.errno != errno.ENODATA:  # removed between list and get
+                raise
+    return values
+
+
+def write_xattrs(target: int | str, xattrs: dict[str, bytes], *, what: str) -> None:
+    """Set extended attributes; ones the filesystem refuses as unsupported are logged, skipped."""
+    follow = isinstance(target, int)
+    for name, value in xattrs.items():
+        try:
+            os.setxattr(target, name, value, follow_symlinks=follow)
+        except OSError as error:
+            if error.errno not in UNSUPPORTED_XATTR_ERRNOS:
+                raise
+            logger.warning("%s: extended attribute %s not set: %s", what, name, error.strerror)
+
+
+def remove_xattrs(target: int | str, names: Sequence[str], *, what: str) -> None:
+    follow = isinstance(target, int)
+    for name in names:
+        try:
+            os.removexattr(target, name, follow_symlinks=follow)
+        except OSError as error:
+            if error.errno not in UNSUPPORTED_XATTR_ERRNOS and error.errno != errno.ENODATA:
+                raise
+            logger.warning("%s: extended attribute %s not removed: %s", what, name,
+                           error.strerror)
+
+
+def copy_range(source_fd: int, source_offset: int, target_fd: int, count: int) -> None:
+    """Copy `count` bytes from `source_fd` at `source_offset` to `target_fd`'s position."""
+    remaining = count
+    offset = source_offset
+    while remaining > 0:
+        try:
+            sent = os.sendfile(target_fd, source_fd, offset, min(remaining, 1 << 30))
+        except OSError as error:
+            if error.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            _copy_range_by_reads(source_fd, offset, target_fd, remaining)
+            return
+        if sent == 0:
+            raise LayerError(f"source ended {remaining} bytes early")
+        offset += sent
+        remaining -= sent
+
+
+def _copy_range_by_reads(source_fd: int, offset: int, target_fd: int, count: int) -> None:
+    remaining = count
+    while remaining > 0:
+        chunk = os.pread(source_fd, min(remaining, COPY_CHUNK_SIZE), offset)
+        if not chunk:
+            raise LayerError(f"source ended {remaining} bytes early")
+        write_all(target_fd, chunk)
+        offset += len(chunk)
+        remaining -= len(chunk)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def is_unsafe_component_error(error: OSError) -> bool:
+    """True when an O_NOFOLLOW|O_DIRECTORY open failed because the node is a symlink/non-dir."""
+    return error.errno in (errno.ELOOP, errno.ENOTDIR)
+
+
+class DirectoryWalker:
+    """Opens directories under a root fd one component at a time, never following a symlink.
+
+    Keeps the chain of the most recently opened path open, so consecutive members of a
+    depth-first archive reuse their parents' descriptors instead of re-walking from the root.
+    """
+
+    def __init__(self, root_fd: int) -> None:
+        self._root_fd = root_fd
+        self._chain: list[tuple[str, int]] = []
+
+    def open(self, parts: Sequence[str], *, create_missing: MissingDirHandler | None = None
+             ) -> int | None:
+        """The fd of directory `parts` (relative to the root); None when a component is missing
+        and `create_missing` is None. Raises UnsafePathError at a symlink or non-directory."""
+        common = 0
+        while (common < len(self._chain) and common < len(parts)
+               and self._chain[common][0] == parts[common]):
+            common += 1
+        self._close_from(common)
+        for index in range(common, len(parts)):
+            fd = self._open_component(self.fd_at(index), parts, index, create_missing)
+            if fd is None:
+                return None
+            self._chain.append((parts[index], fd))
+        return self.fd_at(len(parts))
+
+    def fd_at(self, depth: int) -> int:
+        return self._root_fd if depth == 0 else self._chain[depth - 1][1]
+
+    def close(self) -> None:
+        self._close_from(0)
+
+    def _open_component(self, parent_fd: int, parts: Sequence[str], index: int,
+                        create_missing: MissingDirHandler | None) -> int | None:
+        name = parts[index]
+        try:
+            return os.open(name, DIR_OPEN_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if create_missing is None:
+                return None
+        except OSError as error:
+            if is_unsafe_component_error(error):
+                raise UnsafePathError(
+                    f"{'/'.join(parts[:index + 1])!r} is a symlink or not a directory; "
+                    "refusing to go through it") from error
+            raise
+        create_missing(parent_fd, tuple(parts[:index + 1]))
+        return os.open(name, DIR_OPEN_FLAGS, dir_fd=parent_fd)
+
+    def _close_from(self, depth: int) -> None:
+        for _name, fd in self._chain[depth:]:
+            os.close(fd)
+        del self._chain[depth:]
+
+
+def display_name(parts: Sequence[str]) -> str:
+    return "/".join(parts) if parts else "."
