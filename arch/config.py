@@ -17,7 +17,15 @@ DEFAULT_CONFIG_PATH = "/etc/arch/arch.toml"
 CONFIG_ENV = "ARCH_CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 KNOWN_KEYS = frozenset(
-    {"runc", "checkpoint_root", "state_dir", "log_file", "log_level", "allowed_roots"}
+    {
+        "runc",
+        "checkpoint_root",
+        "state_dir",
+        "log_file",
+        "log_level",
+        "allowed_roots",
+        "criu_options",
+    }
 )
 
 
@@ -31,6 +39,7 @@ class HostConfig:
     __slots__ = (
         "allowed_roots",
         "checkpoint_root",
+        "criu_options",
         "log_file",
         "log_level",
         "path",
@@ -47,6 +56,7 @@ class HostConfig:
         log_file: str = "/var/log/arch/arch.log",
         log_level: str = "info",
         allowed_roots: tuple[str, ...] | None = None,
+        criu_options: tuple[str, ...] = (),
     ) -> None:
         self.path = path
         self.runc = runc
@@ -55,6 +65,8 @@ class HostConfig:
         self.log_file = log_file
         self.log_level = log_level
         self.allowed_roots = allowed_roots if allowed_roots is not None else (checkpoint_root,)
+        # CRIU options added to every checkpoint (and replayed at restore), e.g. --tcp-established.
+        self.criu_options = criu_options
 
 
 def config_path() -> str:
@@ -110,6 +122,15 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         if not isinstance(allowed_roots, list):
             raise ConfigError(f"{path}: allowed_roots must be a list of absolute paths")
         allowed_roots = tuple(_absolute_path(path, "allowed_roots", root) for root in allowed_roots)
+    criu_options = document.get("criu_options", [])
+    if not isinstance(criu_options, list) or not all(isinstance(o, str) for o in criu_options):
+        raise ConfigError(f"{path}: criu_options must be a list of strings")
+    from arch.checkpoint.criu_options import CriuOptionError, parse_options
+
+    try:
+        criu_options = parse_options(criu_options, f"{path}: criu_options")
+    except CriuOptionError as error:
+        raise ConfigError(str(error)) from error
     return HostConfig(
         path,
         runc=runc,
@@ -118,6 +139,7 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         log_file=log_file,
         log_level=log_level.lower(),
         allowed_roots=allowed_roots,
+        criu_options=tuple(criu_options),
     )
 
 

@@ -178,6 +178,8 @@ class ImageMetadata:
     container: ContainerEssentials = field(default_factory=ContainerEssentials)
     cpu: CpuInfo | None = None
     format_version: int = FORMAT_VERSION
+    # CRIU options the dump used that the restore must repeat (arch.checkpoint.criu_options).
+    criu_options: tuple[str, ...] = ()
 
     @classmethod
     def new(
@@ -192,6 +194,7 @@ class ImageMetadata:
         criu_files: tuple[CriuFile, ...],
         container: ContainerEssentials,
         cpu: CpuInfo | None = None,
+        criu_options: tuple[str, ...] = (),
     ) -> ImageMetadata:
         """Metadata for an image made now on this host (created, host and kernel filled in)."""
         uname = os.uname()
@@ -208,6 +211,7 @@ class ImageMetadata:
             criu_files=criu_files,
             container=container,
             cpu=cpu,
+            criu_options=criu_options,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,7 +235,8 @@ class ImageMetadata:
                 "size": self.filesystem.size,
             },
             "process": {
-                "criu_files": [{"name": f.name, "size": f.size} for f in self.criu_files]
+                "criu_files": [{"name": f.name, "size": f.size} for f in self.criu_files],
+                "criu_options": list(self.criu_options),
             },
             "container": {
                 "args": list(self.container.args),
@@ -281,6 +286,7 @@ class ImageMetadata:
         parse_criu_version(text["criu_version"], source="criu_version")
         filesystem = _filesystem_from(_required(top, "filesystem", "metadata"))
         criu_files = _criu_files_from(_required(top, "process", "metadata"), filesystem)
+        criu_options = _criu_options_from(top["process"])
         return cls(
             namespace=text["namespace"],
             container_id=text["container_id"],
@@ -295,6 +301,7 @@ class ImageMetadata:
             container=_container_from(_required(top, "container", "metadata")),
             cpu=_cpu_from(top.get("cpu")),
             format_version=version,
+            criu_options=criu_options,
         )
 
 
@@ -821,6 +828,16 @@ def _criu_files_from(value: object, filesystem: FilesystemInfo) -> tuple[CriuFil
         if required not in names:
             raise InvalidImage(f"{METADATA_FILE}: process.criu_files lacks {required}")
     return tuple(files)
+
+
+def _criu_options_from(process: object) -> tuple[str, ...]:
+    from arch.checkpoint.criu_options import CriuOptionError, parse_options
+
+    listed = _strings(_object(process, "process").get("criu_options", []), "process.criu_options")
+    try:
+        return tuple(parse_options(listed, f"{METADATA_FILE}: process.criu_options"))
+    except CriuOptionError as error:
+        raise InvalidImage(str(error)) from error
 
 
 def _container_from(value: object) -> ContainerEssentials:
