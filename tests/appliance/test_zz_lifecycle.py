@@ -1,0 +1,192 @@
+"""The role's lifecycle on this host: idempotence, --check, and a clean uninstall.
+
+Runs last among the appliance tests (file name) because it uninstalls and reinstalls the
+appliance; it always leaves it installed again. Needs root and the bootstrap venv that
+ansible/install.sh creates.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.appliance, pytest.mark.root]
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE_DIR = REPO / "ansible"
+ANSIBLE_PLAYBOOK = Path("/opt/arch/bootstrap/bin/ansible-playbook")
+BACKUP_DIR = Path("/var/lib/arch/backup")
+ABSENT_SUFFIX = ".absent"
+CONTAINERD_CONFIG = Path("/etc/containerd/config.toml")
+DAEMON_JSON = Path("/etc/docker/daemon.json")
+# (edited file, its backup's name) as the role passes them to the editors.
+EDITED_FILES = ((CONTAINERD_CONFIG, "containerd-config.toml"), (DAEMON_JSON, "docker-daemon.json"))
+# A daemon.json as a person would write it (4-space indent), to prove a byte-exact restore.
+HANDWRITTEN_DAEMON_JSON = b'{\n    "log-level": "info",\n    "iptables": false\n}\n'
+PLAYBOOK_TIMEOUT_S = 1200
+RECAP = re.compile(
+    r"^localhost\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+@dataclass(frozen=True)
+class Recap:
+    ok: int
+    changed: int
+    unreachable: int
+    failed: int
+    output: str
+
+
+_source_snapshot: list[Path] = []
+
+
+def run_playbook(*args: str) -> Recap:
+    """Run site.yml on this host with the bootstrap's ansible-playbook; parse PLAY RECAP.
+
+    The package source is a snapshot taken when this module starts, so that edits to the
+    checkout during the test cannot show up as changes.
+    """
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    args = ("-e", f"arch_source_dir={_source_snapshot[0]}", *args)
+    completed = subprocess.run(
+        [
+            str(ANSIBLE_PLAYBOOK),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            str(ANSIBLE_DIR / "site.yml"),
+            *args,
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=PLAYBOOK_TIMEOUT_S,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    found = RECAP.search(completed.stdout)
+    assert found, f"no PLAY RECAP (rc {completed.returncode}):\n{output[-6000:]}"
+    recap = Recap(
+        ok=int(found["ok"]),
+        changed=int(found["changed"]),
+        unreachable=int(found["unreachable"]),
+        failed=int(found["failed"]),
+        output=output,
+    )
+    assert completed.returncode == 0 and recap.failed == 0, f"playbook failed:\n{output[-6000:]}"
+    return recap
+
+
+def changed_tasks(output: str) -> list[str]:
+    """Names of the tasks that reported `changed`, for a readable failure."""
+    names: list[str] = []
+    current = ""
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            current = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed:"):
+            names.append(current)
+    return names
+
+
+def pre_arch_state(config: Path, backup_name: str) -> bytes | None:
+    """What the role saved before it edited `config`: its bytes, or None (it did not exist)."""
+    backup = BACKUP_DIR / backup_name
+    if backup.exists():
+        return backup.read_bytes()
+    assert (BACKUP_DIR / (backup_name + ABSENT_SUFFIX)).exists() or not config.exists(), (
+        f"no backup of {config} under {BACKUP_DIR}"
+    )
+    return None
+
+
+def current_state(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
+def dockerd_installed() -> bool:
+    return any(Path(path).exists() for path in ("/usr/sbin/dockerd", "/usr/bin/dockerd"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bootstrap_venv_and_source(tmp_path_factory: pytest.TempPathFactory) -> None:
+    if not ANSIBLE_PLAYBOOK.exists():
+        pytest.fail(f"{ANSIBLE_PLAYBOOK} missing: the appliance was not installed by install.sh")
+    snapshot = tmp_path_factory.mktemp("arch-source")
+    for name in ("pyproject.toml", "README.md"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, snapshot / name)
+    shutil.copytree(REPO / "arch", snapshot / "arch", ignore=shutil.ignore_patterns("__pycache__"))
+    _source_snapshot[:] = [snapshot]
+
+
+def test_second_run_changes_nothing() -> None:
+    run_playbook()  # converge on the current checkout first
+    recap = run_playbook()
+    assert recap.changed == 0, f"changed on a second run: {changed_tasks(recap.output)}"
+
+
+def test_check_mode_changes_nothing() -> None:
+    recap = run_playbook("--check")
+    assert recap.changed == 0, f"--check reported changes: {changed_tasks(recap.output)}"
+
+
+def assert_arch_removed() -> None:
+    for path in (
+        "/etc/arch",
+        "/opt/arch/venv",
+        "/usr/local/bin/arch-runc",
+        "/usr/local/bin/archctl",
+        "/etc/systemd/system/arch-verify.service",
+        "/etc/tmpfiles.d/arch.conf",
+    ):
+        assert not os.path.lexists(path), f"{path} left after arch_state=absent"
+    assert not BACKUP_DIR.exists() or not any(BACKUP_DIR.iterdir())
+
+
+def test_absent_restores_configs_byte_for_byte_then_present_reinstalls() -> None:
+    originals = {config: pre_arch_state(config, name) for config, name in EDITED_FILES}
+    try:
+        run_playbook("-e", "arch_state=absent")
+        for config, original in originals.items():
+            assert current_state(config) == original, f"{config} not restored byte for byte"
+        assert_arch_removed()
+
+        if dockerd_installed():
+            # A real, hand-formatted daemon.json must come back exactly as written too.
+            DAEMON_JSON.parent.mkdir(parents=True, exist_ok=True)
+            DAEMON_JSON.write_bytes(HANDWRITTEN_DAEMON_JSON)
+            try:
+                run_playbook()
+                assert b'"arch"' in DAEMON_JSON.read_bytes()
+                assert (BACKUP_DIR / "docker-daemon.json").read_bytes() == HANDWRITTEN_DAEMON_JSON
+                run_playbook("-e", "arch_state=absent")
+                assert DAEMON_JSON.read_bytes() == HANDWRITTEN_DAEMON_JSON
+            finally:
+                original_daemon_json = originals[DAEMON_JSON]
+                if original_daemon_json is None:
+                    DAEMON_JSON.unlink(missing_ok=True)
+                else:
+                    DAEMON_JSON.write_bytes(original_daemon_json)
+    finally:
+        run_playbook()
+
+    for config, original in originals.items():
+        assert pre_arch_state(config, dict(EDITED_FILES)[config]) == original
+    assert Path("/etc/arch/arch.toml").exists()
+    assert "arch-runc" in CONTAINERD_CONFIG.read_text()
+    verify = subprocess.run(
+        ["/usr/local/bin/archctl", "verify"], capture_output=True, text=True, check=False
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
