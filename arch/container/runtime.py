@@ -1,0 +1,99 @@
+"""The real runc as ARCH calls it on its own behalf (state, pause, resume, checkpoint, restore).
+
+Calls carry the caller's global options (--root, --log, --systemd-cgroup, --criu, ...) so they
+act on the same runc state directory the caller uses, whatever engine or host layout that is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from arch.shim.parser import RuncCommand
+
+RUNC_TIMEOUT_SECONDS = 600
+
+
+class RuncError(Exception):
+    """A runc call ARCH made on its own behalf failed."""
+
+    def __init__(self, argv: Sequence[str], status: int, output: str) -> None:
+        self.status = status
+        self.output = output
+        super().__init__(f"`{' '.join(argv)}` exited {status}: {output.strip()[-2000:]}")
+
+
+class RuncResult(NamedTuple):
+    status: int
+    output: str
+
+
+class Runc:
+    """The real runc binary plus the global options of the call being handled."""
+
+    def __init__(self, binary: str, global_args: Sequence[str]) -> None:
+        self.binary = binary
+        self.global_args = list(global_args)
+
+    @classmethod
+    def for_command(cls, binary: str, command: RuncCommand) -> Runc:
+        global_args = [token for option in command.global_options for token in option.tokens]
+        return cls(binary, global_args)
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        return [self.binary, *self.global_args, *args]
+
+    def capture(self, args: Sequence[str]) -> RuncResult:
+        """Run runc with stdin closed and stdout+stderr captured."""
+        completed = subprocess.run(
+            self.argv(args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=RUNC_TIMEOUT_SECONDS,
+            check=False,
+        )
+        return RuncResult(completed.returncode, completed.stdout)
+
+    def check(self, args: Sequence[str]) -> str:
+        result = self.capture(args)
+        if result.status != 0:
+            raise RuncError(self.argv(args), result.status, result.output)
+        return result.output
+
+    def inherit_stdio(self, args: Sequence[str]) -> int:
+        """Run runc on this process's own stdio (a restore maps the container's stdio to it)."""
+        return subprocess.run(self.argv(args), check=False).returncode
+
+    def state(self, container_id: str) -> dict[str, Any]:
+        document = json.loads(self.check(["state", container_id]))
+        if not isinstance(document, dict):
+            raise RuncError(self.argv(["state", container_id]), 0, "state is not a JSON object")
+        return document
+
+    def pause(self, container_id: str) -> None:
+        self.check(["pause", container_id])
+
+    def resume(self, container_id: str) -> None:
+        self.check(["resume", container_id])
+
+    def delete_force(self, container_id: str) -> RuncResult:
+        return self.capture(["delete", "--force", container_id])
+
+
+def binary_version(binary: str) -> str:
+    """The first line of `binary --version` ("runc version 1.1.5", "Version: 4.2.1")."""
+    try:
+        completed = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except OSError as error:
+        return f"unknown ({error.strerror})"
+    lines = completed.stdout.strip().splitlines()
+    return lines[0] if lines else "unknown"
