@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from arch import __version__
-from arch.cli import verify
+from arch.cli import selftest, verify, watch_exits
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     verify.add_parser(subcommands)
+    watch_exits.add_parser(subcommands)
+    selftest.add_parser(subcommands)
     return parser
 
 

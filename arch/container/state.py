@@ -116,6 +116,15 @@ class ContainerState:
         with _ContainerLock(self.path, create=True):
             _replace_file(path, value.encode("utf-8"))
 
+    def set_if_exists(self, flag: str, value: str = "") -> bool:
+        """Set the flag only while the container has state (never re-creates removed state)."""
+        path = self._file(flag)
+        with _ContainerLock(self.path, create=False) as lock:
+            if not lock.held:
+                return False
+            _replace_file(path, value.encode("utf-8"))
+            return True
+
     def clear(self, flag: str) -> bool:
         """Unset the flag; True for the one caller that found it set."""
         try:

@@ -273,3 +273,15 @@ def test_remove_all_racing_set_never_fails_or_corrupts(tmp_path: Path) -> None:
         assert record is None or set(record) == {"worker"}
     state.remove_all()
     assert list_containers(state_dir) == []
+
+
+def test_set_if_exists_never_recreates_removed_state(tmp_path: Path) -> None:
+    state = ContainerState(str(tmp_path), "default", "job")
+    assert not state.set_if_exists("exit_status", "0")
+    assert not state.exists()
+    state.write_record({"version": 1})
+    assert state.set_if_exists("exit_status", "0")
+    assert state.get("exit_status") == "0"
+    state.remove_all()
+    assert not state.set_if_exists("exit_status", "1")
+    assert not os.path.lexists(state.path)
