@@ -1,8 +1,8 @@
 """arch-runc: a drop-in for runc.
 
 Calls that ARCH does not intercept go to the real runc unchanged (arch.shim.passthrough). The
-subcommands below are the seams where checkpoint/restore hooks in for containers that opted in;
-for every other container they pass through as well.
+subcommands below are handled by arch.shim.lifecycle for containers that opted in; for every
+other container they pass through as well.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from arch.shim import passthrough
+from arch.shim.parser import ParseError, parse
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -21,6 +22,15 @@ INTERCEPTED_SUBCOMMANDS = frozenset({"create", "start", "checkpoint", "resume", 
 
 def run(args: Sequence[str]) -> int:
     """Handle one runc invocation (`args` without argv[0]); returns the exit status."""
+    if INTERCEPTED_SUBCOMMANDS.intersection(args):  # cheap: most calls are never parsed
+        try:
+            command = parse(args)
+        except ParseError:
+            return passthrough.pass_through(args)  # runc rejects it; let runc say so
+        if command.subcommand in INTERCEPTED_SUBCOMMANDS and not command.has_unknown_flags:
+            from arch.shim import lifecycle
+
+            return lifecycle.handle(command, args)
     return passthrough.pass_through(args)
 
 

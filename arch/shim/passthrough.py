@@ -27,16 +27,9 @@ class RuncNotFound(Exception):
     """No usable real runc binary is configured or installed."""
 
 
-def resolve_runc() -> str:
-    """The real runc: arch.toml's `runc`, else a `runc` on PATH that is not ARCH itself.
-
-    A malformed arch.toml must not break pass-through, so it falls back to the PATH search.
-    """
-    try:
-        configured = load_config().runc
-    except ConfigError as error:
-        _log_config_error(error)
-        configured = None
+def resolve_runc(config: HostConfig | None = None) -> str:
+    """The real runc: arch.toml's `runc`, else a `runc` on PATH that is not ARCH itself."""
+    configured = (config or load_config_for_pass_through()).runc
     if configured is not None:
         return configured
     found = _search_runc()
@@ -47,12 +40,18 @@ def resolve_runc() -> str:
     return found
 
 
-def _log_config_error(error: ConfigError) -> None:
-    from arch.log import setup_logging
+def load_config_for_pass_through() -> HostConfig:
+    """The host configuration; defaults when it is malformed (logged), which must not break
+    pass-through: runc is then searched on PATH."""
+    try:
+        return load_config()
+    except ConfigError as error:
+        from arch.log import setup_logging
 
-    defaults = HostConfig(config_path())
-    logger = setup_logging(defaults.log_file, defaults.log_level)
-    logger.warning("pass-through uses the runc on PATH: %s", error)
+        defaults = HostConfig(config_path())
+        logger = setup_logging(defaults.log_file, defaults.log_level)
+        logger.warning("pass-through uses the runc on PATH: %s", error)
+        return defaults
 
 
 def _search_runc() -> str | None:
@@ -88,10 +87,10 @@ def exec_runc(runc: str, args: Sequence[str]) -> NoReturn:
     os.execve(runc, [runc, *args], original_environment())
 
 
-def pass_through(args: Sequence[str]) -> int:
+def pass_through(args: Sequence[str], config: HostConfig | None = None) -> int:
     """Run the real runc for `args`; returns only if it could not be executed."""
     try:
-        runc = resolve_runc()
+        runc = resolve_runc(config)
     except RuncNotFound as error:
         print(f"arch-runc: {error}", file=sys.stderr)
         return EXIT_RUNC_UNAVAILABLE

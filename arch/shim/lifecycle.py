@@ -1,0 +1,268 @@
+"""The runc calls ARCH intercepts: create, start, checkpoint, resume and delete.
+
+Each handler first decides whether the container opted in (create: ARCH_ENABLE in the bundle's
+config.json; the others: the state record create wrote). A container that did not opt in goes to
+the real runc unchanged, whatever happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+from arch.config import ConfigError, HostConfig, config_path, load_config
+from arch.container.runtime import Runc
+from arch.container.state import SKIP_RESUME, SKIP_START, ContainerState, StateError
+from arch.log import setup_logging
+from arch.shim.passthrough import pass_through, resolve_runc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from arch.container.bundle import Bundle
+    from arch.container.identity import ImageLocation
+    from arch.shim.parser import RuncCommand
+
+logger = logging.getLogger("arch")
+
+# The container was checkpointed: its exit is the checkpoint's, and its image stays.
+CHECKPOINTED = "checkpointed"
+RECORD_VERSION = 1
+EXIT_FAILED = 1
+
+
+def _location(state: ContainerState | None) -> ImageLocation | None:
+    """The image location in the container's state record; None when there is no usable one."""
+    from arch.container.identity import ImageLocation
+
+    if state is None:
+        return None
+    record = state.read_record()
+    if record is None:
+        return None
+    try:
+        return ImageLocation.from_dict(record.get("location") or {})
+    except ValueError as error:
+        logger.warning("ignoring the unusable ARCH state record in %s: %s", state.path, error)
+        return None
+
+
+class Call:
+    """One intercepted runc invocation and the host configuration it runs under."""
+
+    def __init__(self, command: RuncCommand, args: Sequence[str]) -> None:
+        self.command = command
+        self.args = list(args)
+        self.config_error: ConfigError | None = None
+        try:
+            self.config = load_config()
+        except ConfigError as error:
+            self.config_error = error
+            self.config = HostConfig(config_path())
+        setup_logging(self.config.log_file, self.config.log_level)
+        if self.config_error is not None:
+            logger.error("%s", self.config_error)
+
+    @property
+    def container_id(self) -> str:
+        return self.command.container_id or ""
+
+    @property
+    def namespace(self) -> str:
+        # The namespace is the last component of runc's --root (containerd: .../runc/<ns>);
+        # plain runc's default root /run/runc gives "runc".
+        return self.command.namespace or "runc"
+
+    def state(self) -> ContainerState | None:
+        """The container's ARCH state, or None when it has none (it did not opt in)."""
+        try:
+            state = ContainerState(self.config.state_dir, self.namespace, self.container_id)
+        except StateError:
+            return None
+        return state if state.exists() else None
+
+    def pass_through(self) -> int:
+        return pass_through(self.args, None if self.config_error else self.config)
+
+    def fail(self, message: str) -> int:
+        """Refuse the call: say why on stderr (runc's error channel) and in the log."""
+        logger.error("%s %s/%s: %s", self.command.subcommand, self.namespace, self.container_id,
+                     message)  # fmt: skip
+        print(f"arch-runc: {message}", file=sys.stderr)
+        return EXIT_FAILED
+
+    def runc(self) -> Runc:
+        return Runc.for_command(resolve_runc(self.config), self.command)
+
+    def run_through(self) -> int:
+        """Run the call itself through the real runc as a child, on this process's stdio."""
+        return subprocess.run([resolve_runc(self.config), *self.args], check=False).returncode
+
+
+def handle_create(call: Call) -> int:
+    from arch.container.bundle import Bundle, BundleError
+    from arch.container.identity import ImagePathError, image_location, opted_in
+
+    bundle_path = call.command.get("bundle") or os.getcwd()
+    try:
+        bundle = Bundle.load(bundle_path)
+    except BundleError:
+        return call.pass_through()  # runc reports the unreadable bundle itself
+    if not opted_in(bundle.env) or not call.container_id:
+        stale = call.state()
+        if stale is not None:  # left by an earlier container of this id, e.g. a crashed delete
+            stale.remove_all()
+        return call.pass_through()
+    if call.config_error is not None:
+        return call.fail(f"ARCH is enabled for this container but {call.config_error}")
+    try:
+        location = image_location(bundle.env, call.namespace, call.container_id, call.config)
+        state = ContainerState(call.config.state_dir, call.namespace, call.container_id)
+        if location.sharedfs_workdir and location.container_workdir:
+            bundle = _with_sharedfs_workdir(
+                bundle, location.sharedfs_workdir, location.container_workdir
+            )
+    except (ImagePathError, StateError, BundleError, OSError) as error:
+        return call.fail(str(error))
+    state.remove_all()
+    state.write_record(
+        {"version": RECORD_VERSION, "location": location.as_dict(), "bundle": bundle.path}
+    )
+    if _restore(call, bundle, location):
+        state.set(SKIP_START)
+        return 0
+    return call.pass_through()
+
+
+def _with_sharedfs_workdir(bundle: Bundle, host_dir: str, container_dir: str) -> Bundle:
+    """Bind the shared work directory into the container as its cwd (config.json rewritten)."""
+    if not os.path.isdir(host_dir):
+        uid, gid = bundle.process_owner()
+        os.makedirs(host_dir, mode=0o700)
+        os.chown(host_dir, uid, gid)
+    changed = bundle.with_sharedfs_workdir(host_dir, container_dir)
+    if changed is None:
+        return bundle
+    changed.save()
+    return changed
+
+
+def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> bool:
+    """Restore the container from its image if there is a usable one; False: create fresh."""
+    from arch.checkpoint import image as images
+    from arch.checkpoint.handler import RestoreJob, RestoreRefused, criu_binary
+    from arch.container.runtime import binary_version
+
+    where = f"{call.namespace}/{call.container_id}"
+    try:
+        images.recover(location.image_dir)
+        image = images.validate(
+            location.image_dir,
+            binary_version(criu_binary(call.command)),
+            checkpoint_id=location.checkpoint_id,
+        )
+    except images.ImageMissing:
+        logger.info("create %s: no image at %s, starting fresh", where, location.image_dir)
+        return False
+    except (images.InvalidImage, OSError) as error:
+        logger.warning("create %s: image %s not restored: %s", where, location.image_dir, error)
+        return False
+    scratch = os.path.join(call.config.state_dir, ".work")
+    job = RestoreJob(call.runc(), call.command, bundle, image, call.container_id, scratch)
+    try:
+        job.run()
+    except RestoreRefused as error:
+        logger.warning("create %s: restore refused, starting fresh: %s", where, error)
+        return False
+    except Exception:  # the container must still start: any restore bug means a fresh create
+        logger.exception("create %s: restore failed, starting fresh", where)
+        return False
+    logger.info("create %s: restored from %s", where, location.image_dir)
+    return True
+
+
+def handle_start(call: Call) -> int:
+    return _skip_once(call, SKIP_START)
+
+
+def handle_resume(call: Call) -> int:
+    return _skip_once(call, SKIP_RESUME)
+
+
+def _skip_once(call: Call, flag: str) -> int:
+    """A no-op when ARCH already did this call's work (restored / checkpointed and stopped)."""
+    state = call.state()
+    if state is not None and state.take(flag) is not None:
+        logger.info("%s %s/%s: no-op (%s)", call.command.subcommand, call.namespace,
+                    call.container_id, flag)  # fmt: skip
+        return 0
+    return call.pass_through()
+
+
+def handle_checkpoint(call: Call) -> int:
+    from arch.checkpoint.handler import CheckpointFailed, CheckpointJob
+
+    state = call.state()
+    location = _location(state)
+    if state is None or location is None or call.command.has("pre-dump"):
+        return call.pass_through()
+    if call.config_error is not None:
+        return call.fail(str(call.config_error))
+    job = CheckpointJob(
+        call.runc(), call.command, location, call.container_id, call.config.criu_options
+    )
+    try:
+        image = job.run()
+    except CheckpointFailed as error:
+        return call.fail(f"checkpoint failed, the container keeps running: {error}")
+    state.set(CHECKPOINTED)
+    state.set(SKIP_RESUME)
+    logger.info("checkpoint %s/%s: image published at %s", call.namespace, call.container_id,
+                image.path)  # fmt: skip
+    return 0
+
+
+def handle_delete(call: Call) -> int:
+    """Delete through runc; then drop ARCH's state, and the image after a clean exit (0)."""
+    from arch.checkpoint import image as images
+    from arch.container.exit_watch import wait_for_exit_status
+
+    state = call.state()
+    location = _location(state)
+    if state is None or location is None:
+        if state is not None:
+            state.remove_all()
+        return call.pass_through()
+    status = call.run_through()
+    if status != 0:
+        return status
+    where = f"{call.namespace}/{call.container_id}"
+    if state.has(CHECKPOINTED):
+        logger.info("delete %s: checkpointed, image %s kept", where, location.image_dir)
+    else:
+        exit_status = wait_for_exit_status(state)
+        if exit_status == 0:
+            images.remove(location.image_dir)
+            logger.info("delete %s: exited 0, image %s removed", where, location.image_dir)
+        else:
+            logger.info("delete %s: exit status %s, image %s kept", where, exit_status,
+                        location.image_dir)  # fmt: skip
+    state.remove_all()
+    return 0
+
+
+HANDLERS: dict[str, Callable[[Call], int]] = {
+    "create": handle_create,
+    "start": handle_start,
+    "checkpoint": handle_checkpoint,
+    "resume": handle_resume,
+    "delete": handle_delete,
+}
+
+
+def handle(command: RuncCommand, args: Sequence[str]) -> int:
+    return HANDLERS[command.subcommand or ""](Call(command, args))
+
