@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,11 +29,23 @@ class Front(NamedTuple):
     runc: Path
     runc_record: Path
     python_record: Path
+    state_dir: Path
+    workdir: Path
 
     def run(self, args: list[str], **env: str) -> subprocess.CompletedProcess[bytes]:
         environment = {"PATH": "/usr/bin:/bin", "ARCH_CONFIG": str(self.config), **env}
         return subprocess.run([str(self.binary), *args], env=environment, capture_output=True,
-                              timeout=30, check=False)  # fmt: skip
+                              timeout=30, check=False, cwd=self.workdir)  # fmt: skip
+
+    def give_arch_state(self, namespace: str, container_id: str) -> None:
+        (self.state_dir / namespace / container_id).mkdir(parents=True)
+
+    def bundle(self, name: str, env: list[str]) -> Path:
+        bundle = self.workdir / name
+        bundle.mkdir()
+        spec = {"ociVersion": "1.0.2", "process": {"args": ["sh"], "env": env}}
+        (bundle / "config.json").write_text(json.dumps(spec))
+        return bundle
 
     def went_to_runc(self) -> bool:
         return fake_runc.was_called(self.runc_record) and not fake_runc.was_called(
@@ -56,8 +69,12 @@ def front(tmp_path: Path) -> Front:
         check=True,
     )  # fmt: skip
     config = tmp_path / "arch.toml"
-    config.write_text(f'# ARCH host configuration\nrunc = "{runc}"  # detected\n[future]\nx = 1\n')
-    return Front(binary, config, runc, runc_record, python_record)
+    state_dir = tmp_path / "state"
+    config.write_text(
+        f'# ARCH host configuration\nrunc = "{runc}"  # detected\nstate_dir = "{state_dir}"\n'
+        "[future]\nx = 1\n"
+    )
+    return Front(binary, config, runc, runc_record, python_record, state_dir, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -87,20 +104,86 @@ def test_pass_through_goes_straight_to_runc(front: Front, args: list[str]) -> No
 @pytest.mark.parametrize(
     "args",
     [
-        ["--root", "/run/containerd/runc/default", "create", "--bundle", "/b", "job-1"],
-        ["start", "job-1"],
-        ["checkpoint", "--image-path", "/i", "job-1"],
-        ["resume", "job-1"],
-        ["--log-format=json", "delete", "--force", "job-1"],
-        ["--", "create", "x"],
-        ["--no-such-global", "state", "x"],  # only the full parser decides unknown flags
+        ["--root", "/run/containerd/runc/default", "start", "job-1"],
+        ["--root=/run/containerd/runc/default/", "checkpoint", "--image-path", "/i", "job-1"],
+        ["--root", "/run/containerd/runc/default", "resume", "job-1"],
+        ["--root", "/run/containerd/runc/default", "--log-format=json", "delete", "job-1",
+         "--force"],
+        ["--root", "/run/containerd/runc/default", "--", "start", "job-1"],
     ],
-)
-def test_intercepted_or_unsure_goes_to_python(front: Front, args: list[str]) -> None:
+)  # fmt: skip
+def test_calls_for_a_container_with_arch_state_go_to_python(front: Front, args: list[str]) -> None:
+    front.give_arch_state("default", "job-1")
     front.run(args)
     assert front.went_to_python()
-    call = fake_runc.read_call(front.python_record)
-    assert call.argv[1:] == args
+    assert fake_runc.read_call(front.python_record).argv[1:] == args
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--root", "/run/containerd/runc/default", "start", "job-1"],
+        ["--root", "/run/containerd/runc/other", "delete", "--force", "job-2"],
+        ["start", "job-2"],  # default root /run/runc: namespace "runc"
+    ],
+)
+def test_calls_for_containers_without_arch_state_go_to_runc(front: Front, args: list[str]) -> None:
+    front.give_arch_state("default", "job-2")
+    front.give_arch_state("runc", "job-1")
+    front.run(args)
+    assert front.went_to_runc()
+    assert fake_runc.read_call(front.runc_record).argv[1:] == args
+
+
+@pytest.mark.parametrize(
+    ("env", "to_python"),
+    [
+        (["PATH=/bin"], False),
+        (["PATH=/bin", "ARCH_ENABLE=1"], True),
+        (["ARCH_ENABLE=no"], True),  # Python decides what the value means
+        (["PATH=/bin", "ARCH\u005fENABLE=1"], True),  # a JSON escape could hide the name
+    ],
+)
+def test_create_goes_to_python_only_when_config_may_opt_in(
+    front: Front, env: list[str], to_python: bool
+) -> None:
+    bundle = front.bundle("b", env)
+    for args in (
+        ["create", "--bundle", str(bundle), "job-1"],
+        ["create", f"--bundle={bundle}", "job-1"],
+        ["create", "job-1", "-b", str(bundle)],  # runc moves flags after the id in front
+    ):
+        for record in (front.python_record, front.runc_record):
+            for leftover in record.parent.glob(record.name + ".*"):
+                leftover.unlink()
+        front.run(args)
+        assert front.went_to_python() if to_python else front.went_to_runc()
+
+
+def test_create_reads_the_working_directory_bundle_by_default(front: Front) -> None:
+    (front.workdir / "config.json").write_text('{"process": {"env": ["ARCH_ENABLE=1"]}}')
+    front.run(["create", "job-1"])
+    assert front.went_to_python()
+
+
+def test_create_with_an_unreadable_bundle_goes_to_python(front: Front) -> None:
+    front.run(["create", "--bundle", str(front.workdir / "absent"), "job-1"])
+    assert front.went_to_python()
+
+
+def test_create_of_a_container_with_stale_state_goes_to_python(front: Front) -> None:
+    bundle = front.bundle("b", ["PATH=/bin"])
+    front.give_arch_state("runc", "job-1")
+    front.run(["create", "--bundle", str(bundle), "job-1"])
+    assert front.went_to_python()
+
+
+@pytest.mark.parametrize(
+    "args", [["--no-such-global", "state", "x"], ["--root", "/", "start", "x"]]
+)
+def test_unsure_goes_to_python(front: Front, args: list[str]) -> None:
+    front.run(args)
+    assert front.went_to_python()
 
 
 @pytest.mark.parametrize(
@@ -114,6 +197,8 @@ def test_intercepted_or_unsure_goes_to_python(front: Front, args: list[str]) -> 
         'runc = "/usr/sbin/runc"\nrunc = "/usr/bin/runc"\n',  # duplicate key: malformed
         'runc = "/usr/sbin/runc" trailing\n',
         'notes = """\nrunc = "/x"\n"""\n',  # inside a multi-line string
+        'runc = "/usr/sbin/runc"\nstate_dir = "run/arch"\n',  # not absolute
+        'runc = "/usr/sbin/runc"\nstate_dir = "/a"\nstate_dir = "/b"\n',
     ],
 )
 def test_config_it_cannot_read_simply_goes_to_python(front: Front, config_text: str) -> None:
