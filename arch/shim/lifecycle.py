@@ -31,6 +31,9 @@ logger = logging.getLogger("arch")
 # The container was checkpointed: its exit is the checkpoint's, and its image stays.
 CHECKPOINTED = "checkpointed"
 RECORD_VERSION = 1
+# Checkpoint flags whose dump is not a complete, self-contained image (iterative or lazy
+# migration): such calls are runc's business, not ARCH's.
+PARTIAL_DUMP_FLAGS = ("pre-dump", "parent-path", "lazy-pages", "page-server")
 EXIT_FAILED = 1
 
 
@@ -207,7 +210,12 @@ def handle_checkpoint(call: Call) -> int:
 
     state = call.state()
     location = _location(state)
-    if state is None or location is None or call.command.has("pre-dump"):
+    if state is None or location is None:
+        return call.pass_through()
+    partial = [flag for flag in PARTIAL_DUMP_FLAGS if call.command.has(flag)]
+    if partial:
+        logger.warning("checkpoint %s/%s: --%s asks for a partial dump: passed to runc unchanged, "
+                       "no ARCH image", call.namespace, call.container_id, partial[0])  # fmt: skip
         return call.pass_through()
     if call.config_error is not None:
         return call.fail(str(call.config_error))
