@@ -95,7 +95,28 @@ class Call:
         logger.error("%s %s/%s: %s", self.command.subcommand, self.namespace, self.container_id,
                      message)  # fmt: skip
         print(f"arch-runc: {message}", file=sys.stderr)
+        self._report_in_runc_log(f"arch-runc: {message}")
         return EXIT_FAILED
+
+    def _report_in_runc_log(self, message: str) -> None:
+        """Append the error to runc's --log file as runc would: containerd's shim takes the
+        reason for a failed create from there (its stderr is the container's, often lost)."""
+        import json
+        import time
+
+        path = self.command.get_global("log")
+        if not path:
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if self.command.get_global("log-format") == "json":
+            line = json.dumps({"level": "error", "msg": message, "time": now})
+        else:
+            line = f'time="{now}" level=error msg={json.dumps(message)}'
+        try:
+            with open(path, "a", encoding="utf-8") as log:
+                log.write(line + "\n")
+        except OSError as error:
+            logger.warning("cannot add the error to runc's log %s: %s", path, error)
 
     def runc(self) -> Runc:
         return Runc.for_command(resolve_runc(self.config), self.command)
