@@ -26,6 +26,13 @@ OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 MIN_RUNC = (1, 1)
 CRIU_SEARCH_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin")
 COMMAND_TIMEOUT = 60
+PROC_ROOT = "/proc"
+ARCHCTL_NAME = "archctl"
+WATCH_EXITS = "watch-exits"
+ADDRESS_OPTION = "--address"
+EXIT_WATCHER_MISSING = (
+    "not running: images of containers that exit 0 are never removed (start arch-exit-watch)"
+)
 
 
 class CheckResult(NamedTuple):
@@ -161,6 +168,64 @@ def check_containerd_service(target: VerifyTarget) -> CheckResult:
     return CheckResult("containerd", OK, f"listening at {address}")
 
 
+def check_exit_watcher(target: VerifyTarget) -> CheckResult:
+    """A running `archctl watch-exits` on this containerd: without it no exit status is recorded
+    and delete keeps every image."""
+    watchers = exit_watchers()
+    # A watcher started without --address follows $CONTAINERD_ADDRESS or the default socket:
+    # taken as this host's.
+    pids = [pid for pid, address in watchers if address in (None, target.containerd_address)]
+    if pids:
+        pid_list = ", ".join(map(str, pids))
+        return CheckResult("exit watcher", OK, f"archctl watch-exits running (pid {pid_list})")
+    detail = EXIT_WATCHER_MISSING
+    others = sorted({address for _, address in watchers if address is not None})
+    if others:
+        detail += f"; watchers run only for other containerd sockets: {', '.join(others)}"
+    return CheckResult("exit watcher", FAIL, detail)
+
+
+def exit_watchers(proc_root: str | None = None) -> list[tuple[int, str | None]]:
+    """(pid, --address or None when not given) of every `archctl watch-exits` process."""
+    root = proc_root or PROC_ROOT
+    found = []
+    for entry in os.listdir(root):
+        if not entry.isdigit():
+            continue
+        argv = process_argv(os.path.join(root, entry, "cmdline"))
+        if is_exit_watcher(argv):
+            found.append((int(entry), watcher_address(argv)))
+    return sorted(found)
+
+
+def process_argv(cmdline_path: str) -> list[str]:
+    """A process's argv from /proc/<pid>/cmdline; [] for a process that is gone or hidden."""
+    try:
+        with open(cmdline_path, "rb") as cmdline:
+            raw = cmdline.read()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]]
+
+
+def is_exit_watcher(argv: Sequence[str]) -> bool:
+    """archctl (its console script, under any directory) with the watch-exits subcommand."""
+    if WATCH_EXITS not in argv:
+        return False
+    before_subcommand = argv[: argv.index(WATCH_EXITS)]
+    return any(os.path.basename(arg) == ARCHCTL_NAME for arg in before_subcommand)
+
+
+def watcher_address(argv: Sequence[str]) -> str | None:
+    """archctl's global --address option (`--address X` or `--address=X`), if given."""
+    for index, arg in enumerate(argv):
+        if arg == ADDRESS_OPTION and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(ADDRESS_OPTION + "="):
+            return arg[len(ADDRESS_OPTION) + 1 :]
+    return None
+
+
 def check_docker_wiring(target: VerifyTarget) -> CheckResult:
     from arch.appliance.docker_config import show_runtime_path
 
@@ -252,6 +317,7 @@ CHECKS: tuple[Callable[[VerifyTarget], CheckResult], ...] = (
     check_arch_runc,
     check_containerd_wiring,
     check_containerd_service,
+    check_exit_watcher,
     check_docker_wiring,
     check_docker_service,
     check_storage,

@@ -18,6 +18,10 @@ CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 UNIT = "/etc/systemd/system/arch-verify.service"
 WANTS = "/etc/systemd/system/multi-user.target.wants"
+EXIT_WATCH_UNIT = "/etc/systemd/system/arch-exit-watch.service"
+EXIT_WATCH_PIDFILE = "/run/arch/exit-watch.pid"
+BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
+ELF_PT_INTERP = 3
 
 Host = testinfra.host.Host
 
@@ -160,3 +164,59 @@ def test_containerd_socket_answers(host: Host) -> None:
 def test_archctl_verify_passes(host: Host) -> None:
     verify = host.run(f"{ARCHCTL} verify")
     assert verify.rc == 0, f"{verify.stdout}{verify.stderr}"
+
+
+def test_exit_watch_unit_is_installed_and_enabled(host: Host) -> None:
+    unit = host.file(EXIT_WATCH_UNIT)
+    assert unit.user == "root" and unit.mode == 0o644
+    content = unit.content_string
+    assert f"ExecStart={ARCHCTL} --address {CONTAINERD_SOCKET} watch-exits" in content, content
+    assert "Environment=ARCH_CONFIG=/etc/arch/arch.toml" in content
+    assert "After=containerd.service" in content
+    assert "WantedBy=multi-user.target" in content
+    link = host.file(f"{WANTS}/arch-exit-watch.service")
+    assert link.is_symlink and link.linked_to == EXIT_WATCH_UNIT
+
+
+def test_exit_watcher_runs(host: Host) -> None:
+    if host.file("/run/systemd/system").is_directory:
+        assert host.service("arch-exit-watch").is_running
+        return
+    # No systemd: the role started it directly and tracks it by its pidfile.
+    pidfile = host.file(EXIT_WATCH_PIDFILE)
+    assert pidfile.exists, f"{EXIT_WATCH_PIDFILE} missing: the exit watcher was not started"
+    pid = pidfile.content_string.strip()
+    assert pid.isdigit(), f"{EXIT_WATCH_PIDFILE} holds {pid!r}"
+    cmdline = host.file(f"/proc/{pid}/cmdline")
+    assert cmdline.exists, f"exit watcher pid {pid} is not running"
+    argv = cmdline.content.split(b"\0")
+    assert b"watch-exits" in argv, argv
+    assert any(arg.endswith(b"/archctl") for arg in argv), argv
+    assert argv[argv.index(b"--address") + 1] == CONTAINERD_SOCKET.encode(), argv
+    environ = host.file(f"/proc/{pid}/environ").content.split(b"\0")
+    assert b"ARCH_CONFIG=/etc/arch/arch.toml" in environ
+
+
+def elf_has_interpreter(binary: bytes) -> bool:
+    """Whether a 64-bit little-endian ELF has a PT_INTERP header: dynamically linked."""
+    assert binary[:4] == b"\x7fELF" and binary[4] == 2 and binary[5] == 1, "not an ELF64 LE file"
+    phoff = int.from_bytes(binary[0x20:0x28], "little")
+    phentsize = int.from_bytes(binary[0x36:0x38], "little")
+    phnum = int.from_bytes(binary[0x38:0x3A], "little")
+    return any(
+        int.from_bytes(binary[offset : offset + 4], "little") == ELF_PT_INTERP
+        for offset in range(phoff, phoff + phentsize * phnum, phentsize)
+    )
+
+
+def test_static_busybox_for_selftest(host: Host) -> None:
+    if host.system_info.distribution == "debian":
+        assert host.package("busybox-static").is_installed
+    busybox = next((path for path in BUSYBOX_PATHS if host.file(path).exists), None)
+    if busybox is None:
+        pytest.skip(
+            f"no busybox at {' or '.join(BUSYBOX_PATHS)}: not packaged on "
+            f"{host.system_info.distribution} (archctl selftest needs --busybox there)"
+        )
+    assert not elf_has_interpreter(host.file(busybox).content), f"{busybox} is not static"
+    assert host.run(f"{busybox} --list").rc == 0

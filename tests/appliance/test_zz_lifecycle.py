@@ -25,6 +25,7 @@ BACKUP_DIR = Path("/var/lib/arch/backup")
 ABSENT_SUFFIX = ".absent"
 CONTAINERD_CONFIG = Path("/etc/containerd/config.toml")
 DAEMON_JSON = Path("/etc/docker/daemon.json")
+EXIT_WATCH_PIDFILE = Path("/run/arch/exit-watch.pid")
 # (edited file, its backup's name) as the role passes them to the editors.
 EDITED_FILES = ((CONTAINERD_CONFIG, "containerd-config.toml"), (DAEMON_JSON, "docker-daemon.json"))
 # A daemon.json as a person would write it (4-space indent), to prove a byte-exact restore.
@@ -149,19 +150,42 @@ def assert_arch_removed() -> None:
         "/usr/local/bin/arch-runc",
         "/usr/local/bin/archctl",
         "/etc/systemd/system/arch-verify.service",
+        "/etc/systemd/system/arch-exit-watch.service",
+        "/etc/systemd/system/multi-user.target.wants/arch-exit-watch.service",
+        str(EXIT_WATCH_PIDFILE),
         "/etc/tmpfiles.d/arch.conf",
     ):
         assert not os.path.lexists(path), f"{path} left after arch_state=absent"
     assert not BACKUP_DIR.exists() or not any(BACKUP_DIR.iterdir())
 
 
+def running_exit_watcher() -> int | None:
+    """The pid of the exit watcher that the role started directly (pidfile), if it runs."""
+    try:
+        pid = int(EXIT_WATCH_PIDFILE.read_text().strip())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if b"watch-exits" in argv else None
+
+
+def is_exit_watcher(pid: int) -> bool:
+    try:
+        return b"watch-exits" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
 def test_absent_restores_configs_byte_for_byte_then_present_reinstalls() -> None:
     originals = {config: pre_arch_state(config, name) for config, name in EDITED_FILES}
+    watcher_before = running_exit_watcher()
     try:
         run_playbook("-e", "arch_state=absent")
         for config, original in originals.items():
             assert current_state(config) == original, f"{config} not restored byte for byte"
         assert_arch_removed()
+        if watcher_before is not None:
+            assert not is_exit_watcher(watcher_before), "exit watcher still runs after absent"
 
         if dockerd_installed():
             # A real, hand-formatted daemon.json must come back exactly as written too.
@@ -186,6 +210,8 @@ def test_absent_restores_configs_byte_for_byte_then_present_reinstalls() -> None
         assert pre_arch_state(config, dict(EDITED_FILES)[config]) == original
     assert Path("/etc/arch/arch.toml").exists()
     assert "arch-runc" in CONTAINERD_CONFIG.read_text()
+    if watcher_before is not None:
+        assert running_exit_watcher() is not None, "exit watcher not started again by present"
     verify = subprocess.run(
         ["/usr/local/bin/archctl", "verify"], capture_output=True, text=True, check=False
     )

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -131,3 +132,99 @@ def test_verify_exit_status_and_json(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert '"status": "fail"' in result.stdout
     assert "malformed TOML" in result.stdout
+
+
+def start_fake_watcher(*archctl_args: str) -> subprocess.Popen[bytes]:
+    """A real process whose argv reads like `archctl [ARGS...]` (python -c keeps extra args)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "/opt/x/bin/archctl", *archctl_args],
+        stdin=subprocess.DEVNULL,
+    )
+    # Popen may return (vfork) before the kernel has set up the new argv: cmdline is empty then.
+    deadline = time.monotonic() + 10
+    while not checks.process_argv(f"/proc/{process.pid}/cmdline"):
+        if time.monotonic() > deadline:
+            stop_process(process)
+            pytest.fail(f"pid {process.pid} shows no argv in /proc after 10 s")
+        time.sleep(0.01)
+    return process
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait(timeout=10)
+
+
+def test_exit_watcher_running_for_this_containerd_is_ok(tmp_path: Path) -> None:
+    verify_target = target(tmp_path, None)
+    watcher = start_fake_watcher("--address", verify_target.containerd_address, "watch-exits")
+    try:
+        result = checks.check_exit_watcher(verify_target)
+        assert result.status == checks.OK
+        assert str(watcher.pid) in result.detail
+    finally:
+        stop_process(watcher)
+
+
+def test_exit_watcher_for_another_containerd_fails(tmp_path: Path) -> None:
+    other_socket = str(tmp_path / "other.sock")
+    watcher = start_fake_watcher(f"--address={other_socket}", "watch-exits")
+    try:
+        assert (watcher.pid, other_socket) in checks.exit_watchers()
+        result = checks.check_exit_watcher(target(tmp_path, None))
+        assert result.status == checks.FAIL
+        assert result.detail.startswith(checks.EXIT_WATCHER_MISSING)
+        assert other_socket in result.detail
+    finally:
+        stop_process(watcher)
+
+
+def test_exit_watcher_gone_after_it_stops(tmp_path: Path) -> None:
+    socket_path = str(tmp_path / "containerd.sock")
+    watcher = start_fake_watcher("--address", socket_path, "watch-exits")
+    stop_process(watcher)
+    assert all(pid != watcher.pid for pid, _ in checks.exit_watchers())
+
+
+def fake_proc(tmp_path: Path, argvs: dict[int, list[str]]) -> str:
+    proc_root = tmp_path / "proc"
+    for pid, argv in argvs.items():
+        (proc_root / str(pid)).mkdir(parents=True)
+        (proc_root / str(pid) / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
+    (proc_root / "self").mkdir(parents=True, exist_ok=True)
+    (proc_root / "7").mkdir()  # a process that exited between listdir and open: no cmdline
+    return str(proc_root)
+
+
+def test_exit_watchers_reads_argv_from_proc(tmp_path: Path) -> None:
+    proc_root = fake_proc(
+        tmp_path,
+        {
+            10: ["/opt/arch/venv/bin/python", "/usr/local/bin/archctl", "watch-exits"],
+            11: ["/usr/local/bin/archctl", "--address", "/s.sock", "watch-exits"],
+            12: ["/usr/local/bin/archctl", "verify"],
+            13: ["/bin/sh", "-c", "echo archctl watch-exits"],
+            14: ["/usr/bin/grep", "watch-exits", "/var/log/archctl"],
+        },
+    )
+    assert checks.exit_watchers(proc_root) == [(10, None), (11, "/s.sock")]
+
+
+def test_no_exit_watcher_fails_with_the_remedy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc_root = fake_proc(tmp_path, {20: ["/usr/local/bin/archctl", "verify"]})
+    monkeypatch.setattr(checks, "PROC_ROOT", proc_root)
+    result = checks.check_exit_watcher(target(tmp_path, None))
+    assert result == checks.CheckResult(
+        "exit watcher",
+        checks.FAIL,
+        "not running: images of containers that exit 0 are never removed (start arch-exit-watch)",
+    )
+
+
+def test_exit_watcher_is_checked_after_containerd() -> None:
+    order = list(checks.CHECKS)
+    assert (
+        order.index(checks.check_exit_watcher) == order.index(checks.check_containerd_service) + 1
+    )
