@@ -19,6 +19,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 KNOWN_KEYS = frozenset(
     {
         "runc",
+        "criu",
         "checkpoint_root",
         "state_dir",
         "log_file",
@@ -39,6 +40,7 @@ class HostConfig:
     __slots__ = (
         "allowed_roots",
         "checkpoint_root",
+        "criu",
         "criu_options",
         "log_file",
         "log_level",
@@ -57,9 +59,12 @@ class HostConfig:
         log_level: str = "info",
         allowed_roots: tuple[str, ...] | None = None,
         criu_options: tuple[str, ...] = (),
+        criu: str | None = None,
     ) -> None:
         self.path = path
         self.runc = runc
+        # The CRIU runc uses for ARCH's checkpoints and restores (None: runc's PATH lookup).
+        self.criu = criu
         self.checkpoint_root = checkpoint_root
         self.state_dir = state_dir
         self.log_file = log_file
@@ -106,6 +111,9 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
     runc = document.get("runc")
     if runc is not None:
         runc = _absolute_path(path, "runc", runc)
+    criu = document.get("criu")
+    if criu is not None:
+        criu = _absolute_path(path, "criu", criu)
     defaults = HostConfig(path)
     checkpoint_root = _absolute_path(
         path, "checkpoint_root", document.get("checkpoint_root", defaults.checkpoint_root)
@@ -140,6 +148,7 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         log_level=log_level.lower(),
         allowed_roots=allowed_roots,
         criu_options=tuple(criu_options),
+        criu=criu,
     )
 
 

@@ -157,9 +157,8 @@ class CheckpointJob:
             with ThreadPoolExecutor(max_workers=1) as background:
                 dump = background.submit(self._dump, staging.path)
                 filesystem = self._capture_filesystem(rootfs, staging.tar_path)
-                criu = criu_binary(self.command)
-                dump_cpuinfo(criu, staging.path)
-                versions = binary_version(self.runc.binary), binary_version(criu)
+                dump_cpuinfo(self.runc.criu, staging.path)
+                versions = binary_version(self.runc.binary), binary_version(self.runc.criu)
             dump.result()  # the dump's CheckpointFailed, if any
             metadata = ImageMetadata.new(
                 namespace=self.location.namespace,
@@ -212,10 +211,6 @@ class CheckpointJob:
             )
 
 
-def criu_binary(command: RuncCommand) -> str:
-    return command.get_global("criu") or shutil.which("criu") or "criu"
-
-
 def _container_essentials(bundle_path: str) -> ContainerEssentials:
     from arch.container.bundle import Bundle, BundleError
 
@@ -265,7 +260,7 @@ class RestoreJob:
 
     def _check_compatible(self) -> None:
         problems = missing_bind_sources(self.bundle) + missing_mounts(self.image, self.bundle)
-        problems += cpu_problems(self.image, criu_binary(self.create))
+        problems += cpu_problems(self.image, self.runc.criu)
         if problems:
             raise RestoreRefused("; ".join(problems))
 

@@ -7,6 +7,7 @@ act on the same runc state directory the caller uses, whatever engine or host la
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -35,14 +36,20 @@ class RuncResult(NamedTuple):
 class Runc:
     """The real runc binary plus the global options of the call being handled."""
 
-    def __init__(self, binary: str, global_args: Sequence[str]) -> None:
+    def __init__(self, binary: str, global_args: Sequence[str], criu: str) -> None:
         self.binary = binary
         self.global_args = list(global_args)
+        self.criu = criu  # the CRIU these calls use (runc's --criu, else runc finds it on PATH)
 
     @classmethod
-    def for_command(cls, binary: str, command: RuncCommand) -> Runc:
+    def for_command(cls, binary: str, command: RuncCommand, criu: str | None = None) -> Runc:
+        """runc with the command's global options; `criu` (the host's) unless it names one."""
         global_args = [token for option in command.global_options for token in option.tokens]
-        return cls(binary, global_args)
+        requested = command.get_global("criu")
+        if requested is None and criu is not None:
+            global_args += ["--criu", criu]
+        chosen = requested or criu or shutil.which("criu") or "criu"
+        return cls(binary, global_args, chosen)
 
     def argv(self, args: Sequence[str]) -> list[str]:
         return [self.binary, *self.global_args, *args]

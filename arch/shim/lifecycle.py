@@ -119,7 +119,7 @@ class Call:
             logger.warning("cannot add the error to runc's log %s: %s", path, error)
 
     def runc(self) -> Runc:
-        return Runc.for_command(resolve_runc(self.config), self.command)
+        return Runc.for_command(resolve_runc(self.config), self.command, self.config.criu)
 
     def run_through(self) -> int:
         """Run the call itself through the real runc as a child, on this process's stdio."""
@@ -177,15 +177,16 @@ def _with_sharedfs_workdir(bundle: Bundle, host_dir: str, container_dir: str) ->
 def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> bool:
     """Restore the container from its image if there is a usable one; False: create fresh."""
     from arch.checkpoint import image as images
-    from arch.checkpoint.handler import RestoreJob, RestoreRefused, criu_binary
+    from arch.checkpoint.handler import RestoreJob, RestoreRefused
     from arch.container.runtime import binary_version
 
     where = f"{call.namespace}/{call.container_id}"
+    runc = call.runc()
     try:
         images.recover(location.image_dir)
         image = images.validate(
             location.image_dir,
-            binary_version(criu_binary(call.command)),
+            binary_version(runc.criu),
             checkpoint_id=location.checkpoint_id,
         )
     except images.ImageMissing:
@@ -195,7 +196,7 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> bool:
         logger.warning("create %s: image %s not restored: %s", where, location.image_dir, error)
         return False
     scratch = os.path.join(call.config.state_dir, ".work")
-    job = RestoreJob(call.runc(), call.command, bundle, image, call.container_id, scratch)
+    job = RestoreJob(runc, call.command, bundle, image, call.container_id, scratch)
     try:
         job.run()
     except RestoreRefused as error:

@@ -76,3 +76,11 @@ def test_non_utf8_file_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b'runc = "/\xff"\n')
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(str(path))
+
+
+def test_criu_path(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, 'criu = "/usr/local/sbin/criu"\n')).criu == (
+        "/usr/local/sbin/criu"
+    )
+    with pytest.raises(ConfigError, match="criu must be an absolute path"):
+        load_config(write(tmp_path, 'criu = "criu"\n'))

@@ -89,10 +89,12 @@ def write_arch_host(
     recorder.write_text(recorder_text)
     os.chmod(recorder, 0o755)
     host.checkpoint_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    criu = _appliance_criu()
     host.config_file.write_text(
         "\n".join(
             [
                 f"runc = {json.dumps(str(recorder))}",
+                *([f"criu = {json.dumps(criu)}"] if criu else []),
                 f"checkpoint_root = {json.dumps(str(host.checkpoint_root))}",
                 f"state_dir = {json.dumps(str(host.state_dir))}",
                 f"log_file = {json.dumps(str(host.log_file))}",
@@ -102,6 +104,16 @@ def write_arch_host(
         )
     )
     return host
+
+
+def _appliance_criu() -> str | None:
+    """The CRIU the installed appliance uses (one that works on this kernel), if configured."""
+    from arch.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+
+    try:
+        return load_config(DEFAULT_CONFIG_PATH).criu
+    except ConfigError:
+        return None
 
 
 def _shell_quote(path: Path) -> str:
