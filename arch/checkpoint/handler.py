@@ -282,14 +282,16 @@ class RestoreJob:
             raise RestoreRefused(f"filesystem changes not applied: {error}") from error
 
     def _restore_processes(self, work_dir: str) -> None:
-        restore = self.create.with_subcommand("restore", drop_unsupported=True)
-        for option in ("image-path", "work-path", "detach"):
-            restore = restore.without_option(option)
-        args = restore.render()[len(self.runc.global_args) :]
-        subcommand_at = args.index("restore") + 1
-        extra = ["--detach", "--image-path", self.image.path, "--work-path", work_dir]
-        extra += criu_options.as_runc_args(self.image.metadata.criu_options)
-        args[subcommand_at:subcommand_at] = extra
+        restore = (
+            self.create.with_subcommand("restore", drop_unsupported=True)
+            .with_option("detach")
+            .with_option("image-path", self.image.path)
+            .with_option("work-path", work_dir)
+        )
+        for option in self.image.metadata.criu_options:
+            name, _, value = option.lstrip("-").partition("=")
+            restore = restore.with_option(name, value or None)
+        args = self.runc.subcommand_args(restore)
         status = self.runc.inherit_stdio(args)
         if status != 0:
             tail = log_tail(os.path.join(work_dir, "restore.log"))

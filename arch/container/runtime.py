@@ -54,6 +54,13 @@ class Runc:
     def argv(self, args: Sequence[str]) -> list[str]:
         return [self.binary, *self.global_args, *args]
 
+    @staticmethod
+    def subcommand_args(command: RuncCommand) -> list[str]:
+        """A (derived) command's argv after its global options, to run with this runc's own."""
+        for option in command.global_options:
+            command = command.without_global_option(option.name)
+        return command.render()
+
     def capture(self, args: Sequence[str]) -> RuncResult:
         """Run runc with stdin closed and stdout+stderr captured."""
         completed = subprocess.run(

@@ -28,3 +28,14 @@ def test_without_host_criu_runc_looks_it_up() -> None:
     runc = Runc.for_command("/usr/sbin/runc", parse(["checkpoint", "job"]), None)
     assert runc.argv(["state", "job"]) == ["/usr/sbin/runc", "state", "job"]
     assert runc.criu.endswith("criu")
+
+
+def test_subcommand_args_leave_the_globals_to_runc() -> None:
+    create = parse(["--root", "/r", "--log", "/b/log.json", "create", "--bundle", "/b",
+                    "--pid-file", "/b/init.pid", "--no-new-keyring", "job"])  # fmt: skip
+    restore = create.with_subcommand("restore", drop_unsupported=True).with_option("detach")
+    runc = Runc.for_command("/usr/sbin/runc", create, "/usr/local/sbin/criu")
+    assert runc.argv(Runc.subcommand_args(restore)) == [
+        "/usr/sbin/runc", "--root", "/r", "--log", "/b/log.json", "--criu", "/usr/local/sbin/criu",
+        "restore", "--bundle", "/b", "--pid-file", "/b/init.pid", "--detach", "job",
+    ]  # fmt: skip
