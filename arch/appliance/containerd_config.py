@@ -41,6 +41,7 @@ from arch.appliance.atomic_write import (
     restore_backup,
     save_backup_once,
 )
+from arch.appliance.editor_cli import non_empty, run_editor
 
 PROG = "python -m arch.appliance.containerd_config"
 CRI_RUNTIME_PLUGIN_BY_VERSION = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
@@ -394,12 +395,6 @@ def _imports_note(text: str) -> str:
 # ---- command line --------------------------------------------------------------------------
 
 
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -413,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     set_binary_cmd.add_argument("--config", type=Path, required=True, help="config.toml path")
     set_binary_cmd.add_argument(
         "--binary-name",
-        type=_non_empty,
+        type=non_empty,
         required=True,
         help="the runc binary the runtime should call (arch-runc)",
     )
@@ -428,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     set_binary_cmd.add_argument(
         "--runtime",
-        type=_non_empty,
+        type=non_empty,
         default=DEFAULT_RUNTIME,
         help="CRI runtime name (default: %(default)s)",
     )
@@ -449,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     show_cmd.add_argument("--config", type=Path, required=True, help="config.toml path")
     show_cmd.add_argument(
         "--runtime",
-        type=_non_empty,
+        type=non_empty,
         default=DEFAULT_RUNTIME,
         help="CRI runtime name (default: %(default)s)",
     )
@@ -473,15 +468,7 @@ def run(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        output = run(args)
-    except (FileEditError, OSError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
-    if output is not None:
-        print(output)
-    return 0
+    return run_editor(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from arch.appliance.atomic_write import (
     restore_backup,
     save_backup_once,
 )
+from arch.appliance.editor_cli import non_empty, run_editor
 
 PROG = "python -m arch.appliance.docker_config"
 RUNTIMES_KEY = "runtimes"
@@ -134,12 +135,6 @@ def _runtime_name_argument(value: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -156,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="runtime name (default: %(default)s; 'runc' is reserved by Docker)",
     )
     set_runtime_cmd.add_argument(
-        "--path", type=_non_empty, required=True, help="the binary Docker calls (arch-runc)"
+        "--path", type=non_empty, required=True, help="the binary Docker calls (arch-runc)"
     )
     set_runtime_cmd.add_argument(
         "--default",
@@ -192,15 +187,7 @@ def run(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        output = run(args)
-    except (FileEditError, OSError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
-    if output is not None:
-        print(output)
-    return 0
+    return run_editor(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

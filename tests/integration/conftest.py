@@ -12,16 +12,20 @@ arch-runc's log and the runc calls arch-runc made are attached to the test repor
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import checkpointing as cr
 from harness import procs
 from harness.containerd import ContainerdNode
 from harness.docker import DockerDaemon
 from harness.images import IMAGE_PATH_ENV, BusyboxImage, build_test_image
+from workloads.build import BuildUnavailable
+
+from arch.appliance.oci_image import is_static_elf
+from tests.conftest import unavailable
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 LOG_FILES_KEY = pytest.StashKey[list[tuple[str, Path]]]()
@@ -46,24 +50,11 @@ def attach_log(request: pytest.FixtureRequest, title: str, path: Path) -> None:
     item.stash.setdefault(LOG_FILES_KEY, []).append((title, path))
 
 
-def _is_static_elf(path: Path) -> bool:
-    """True when the ELF file has no program interpreter (PT_INTERP), i.e. is static."""
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:  # 64-bit little-endian only
-        return False
-    (program_header_offset,) = struct.unpack_from("<Q", data, 0x20)
-    entry_size, entry_count = struct.unpack_from("<HH", data, 0x36)
-    pt_interp = 3
-    return all(
-        struct.unpack_from("<I", data, program_header_offset + index * entry_size)[0] != pt_interp
-        for index in range(entry_count)
-    )
-
 
 @pytest.fixture(scope="session")
 def busybox_binary() -> Path:
     for candidate in map(Path, BUSYBOX_CANDIDATES):
-        if candidate.is_file() and _is_static_elf(candidate):
+        if candidate.is_file() and is_static_elf(candidate):
             return candidate
     reason = "a static busybox is not installed (Debian package busybox-static)"
     if os.environ.get("ARCH_TESTS_STRICT") == "1":
@@ -137,3 +128,37 @@ def _stop_all(stoppers: list[Callable[[], None]]) -> None:
             failures.append(f"{type(error).__name__}: {error}")
     if failures:
         raise AssertionError("\n".join(failures))
+
+
+@pytest.fixture(scope="session")
+def working_criu() -> None:
+    """Skip (with the reason) where CRIU cannot checkpoint on this machine."""
+    problem = cr.criu_check()
+    if problem is not None:
+        unavailable(problem)
+
+
+@pytest.fixture(scope="session")
+def workload_image(
+    request: pytest.FixtureRequest,
+    test_image: BusyboxImage,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> cr.WorkloadImage:
+    try:
+        return cr.session_workload_image(request.config, test_image, tmp_path_factory)
+    except BuildUnavailable as reason:
+        unavailable(str(reason))
+
+
+@pytest.fixture
+def node(
+    working_criu: None,
+    containerd_nodes: NodeFactory,
+    workload_image: cr.WorkloadImage,
+    tmp_path: Path,
+) -> Iterator[ContainerdNode]:
+    """A node with the workload image, watched by `archctl watch-exits` (as on a real host)."""
+    started = containerd_nodes("a", image=False)
+    started.import_image(workload_image.oci_archive)
+    with cr.watched(started, tmp_path / "watch-exits.out"):
+        yield started

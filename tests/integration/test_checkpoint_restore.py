@@ -13,17 +13,13 @@ Workloads: a busybox shell loop that changes the filesystem and then counts in s
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from harness import checkpointing as cr
 from harness import procs
 from harness.containerd import ContainerdNode
-from harness.images import BusyboxImage
-from workloads.build import BuildUnavailable
-
-from tests.conftest import unavailable
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
 
@@ -31,39 +27,6 @@ NodeFactory = Callable[..., ContainerdNode]
 ARCH_ENV = {"ARCH_ENABLE": "1"}
 MEMHOLD_MIB = 64
 TENANT = "tenant"
-
-
-@pytest.fixture(scope="session")
-def working_criu() -> None:
-    problem = cr.criu_check()
-    if problem is not None:
-        unavailable(problem)
-
-
-@pytest.fixture(scope="session")
-def workload_image(
-    request: pytest.FixtureRequest,
-    test_image: BusyboxImage,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> cr.WorkloadImage:
-    try:
-        return cr.session_workload_image(request.config, test_image, tmp_path_factory)
-    except BuildUnavailable as reason:
-        unavailable(str(reason))
-
-
-@pytest.fixture
-def node(
-    working_criu: None,
-    containerd_nodes: NodeFactory,
-    workload_image: cr.WorkloadImage,
-    tmp_path: Path,
-) -> Iterator[ContainerdNode]:
-    """A node with the workload image, watched by `archctl watch-exits` (as on a real host)."""
-    started = containerd_nodes("a", image=False)
-    started.import_image(workload_image.oci_archive)
-    with cr.watched(started, tmp_path / "watch-exits.out"):
-        yield started
 
 
 def run_arch(

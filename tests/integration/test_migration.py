@@ -19,10 +19,6 @@ from pathlib import Path
 import pytest
 from harness import checkpointing as cr
 from harness.containerd import ContainerdNode
-from harness.images import BusyboxImage
-from workloads.build import BuildUnavailable
-
-from tests.conftest import unavailable
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
 
@@ -30,25 +26,6 @@ NodeFactory = Callable[..., ContainerdNode]
 Nodes = tuple[ContainerdNode, ContainerdNode]
 CHECKPOINT_ID = "job-42"
 HELD_LOG = cr.HELD_FILE.lstrip("/")
-
-
-@pytest.fixture(scope="session")
-def working_criu() -> None:
-    problem = cr.criu_check()
-    if problem is not None:
-        unavailable(problem)
-
-
-@pytest.fixture(scope="session")
-def workload_image(
-    request: pytest.FixtureRequest,
-    test_image: BusyboxImage,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> cr.WorkloadImage:
-    try:
-        return cr.session_workload_image(request.config, test_image, tmp_path_factory)
-    except BuildUnavailable as reason:
-        unavailable(str(reason))
 
 
 @pytest.fixture
