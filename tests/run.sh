@@ -26,9 +26,9 @@ install_test_packages() {
     fi
 }
 
-make_venv() {  # make_venv PYTHON DIR
+make_venv() {  # make_venv PYTHON DIR EXTRAS
     [ -x "$2/bin/python" ] || "$1" -m venv "$2"
-    "$2/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo[test]"
+    "$2/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo[$3]"
 }
 
 cd "$repo"
@@ -39,9 +39,9 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 if [ -n "$oldest_python" ] && [ -x "$oldest_python" ]; then
     echo "== unit tests under $("$oldest_python" --version)"
-    make_venv "$oldest_python" "$test_venv-py39"
+    make_venv "$oldest_python" "$test_venv-py39" test
     "$test_venv-py39/bin/python" -m pytest -q -p no:cacheprovider tests/unit
 fi
 echo "== full suite under $("$host_python" --version)"
-make_venv "$host_python" "$test_venv"
+make_venv "$host_python" "$test_venv" test,lint
 exec "$test_venv/bin/python" -m pytest "$@"
