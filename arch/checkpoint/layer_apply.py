@@ -26,6 +26,7 @@ import os
 import stat
 import tarfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -140,12 +141,24 @@ def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size:
     _refuse_backup_inside(backup_dir, rootfs)
     archive_fd = os.open(tar_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        identity = _verify_digest(archive_fd, tar_path, expected_sha256, expected_size)
-        members = read_members(archive_fd, limits)
+        _check_file(archive_fd, tar_path, expected_size)
+        try:
+            members = read_members(archive_fd, limits)
+        except LayerError:
+            # A corrupt archive explains a bad header better than the header does.
+            _verify_digest(archive_fd, tar_path, expected_sha256, expected_size)
+            raise
         root_fd = os.open(rootfs, DIR_OPEN_FLAGS)
         try:
             journal = Journal.start(root_fd, backup_dir)
-            _apply_or_roll_back(members, archive_fd, root_fd, journal, identity)
+            # The digest is checked while the members are applied (hashing runs without the
+            # GIL): every member path was validated above, so nothing lands outside the
+            # rootfs meanwhile, and a mismatch rolls everything back before anything runs.
+            with ThreadPoolExecutor(max_workers=1) as background:
+                verifying = background.submit(
+                    _verify_digest, archive_fd, tar_path, expected_sha256, expected_size
+                )
+                _apply_or_roll_back(members, archive_fd, root_fd, journal, verifying)
         finally:
             os.close(root_fd)
     finally:
@@ -168,13 +181,18 @@ def _identity(fd: int) -> tuple[int, ...]:
             file_stat.st_ctime_ns)
 
 
-def _verify_digest(fd: int, tar_path: str, expected_sha256: str, expected_size: int
-                   ) -> tuple[int, ...]:
+def _check_file(fd: int, tar_path: str, expected_size: int) -> None:
     file_stat = os.fstat(fd)
     if not stat.S_ISREG(file_stat.st_mode):
         raise LayerError(f"{tar_path}: not a regular file")
     if file_stat.st_size != expected_size:
         raise LayerError(f"{tar_path}: size {file_stat.st_size} != expected {expected_size}")
+
+
+def _verify_digest(fd: int, tar_path: str, expected_sha256: str, expected_size: int
+                   ) -> tuple[int, ...]:
+    """Hash the whole file with preadv (the shared file offset is left alone); its identity."""
+    _check_file(fd, tar_path, expected_size)
     digest = hashlib.sha256()
     buffer = bytearray(COPY_CHUNK_SIZE)
     view = memoryview(buffer)
@@ -419,17 +437,20 @@ _TYPE_KINDS = {
 # application ----------------------------------------------------------------------------
 
 def _apply_or_roll_back(members: list[Member], archive_fd: int, root_fd: int,
-                        journal: Journal, identity: tuple[int, ...]) -> None:
+                        journal: Journal, verifying: Future[tuple[int, ...]]) -> None:
     applier = _Applier(archive_fd, root_fd, journal)
     try:
         applier.apply(members)
+        identity = verifying.result()
         if _identity(archive_fd) != identity:
             raise LayerError("the archive changed on its storage while it was being applied")
-    except BaseException as error:
+    except BaseException as raised:
         applier.close()
+        digest_error = verifying.exception()  # waits: a corrupt archive is the better reason
+        error = digest_error if isinstance(digest_error, LayerError) else raised
         _roll_back_after(error, journal)
         if isinstance(error, LayerError):
-            raise
+            raise error from (raised if error is not raised else raised.__cause__)
         raise LayerError(f"applying the layer failed: {error}") from error
     applier.close()
 
