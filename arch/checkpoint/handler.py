@@ -242,12 +242,18 @@ class RestoreJob:
 
     def run(self) -> None:
         """Restore the container, or raise RestoreRefused with everything rolled back."""
-        self._check_compatible()
+        problems = missing_bind_sources(self.bundle) + missing_mounts(self.image, self.bundle)
+        if problems:
+            raise RestoreRefused("; ".join(problems))
+        cpu_check = CpuCheck.start(self.image, self.runc.criu)  # runs while the files apply
         os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
         work_dir = tempfile.mkdtemp(prefix="restore-", dir=self.scratch_dir)
         try:
             journal = self._apply_filesystem(work_dir)
             try:
+                problems = cpu_check.problems()
+                if problems:
+                    raise RestoreRefused("; ".join(problems))
                 self._restore_processes(work_dir)
             except BaseException:
                 if journal is not None:
@@ -256,13 +262,8 @@ class RestoreJob:
             if journal is not None:
                 journal.commit()
         finally:
+            cpu_check.problems()  # reaped in every case
             shutil.rmtree(work_dir, ignore_errors=True)
-
-    def _check_compatible(self) -> None:
-        problems = missing_bind_sources(self.bundle) + missing_mounts(self.image, self.bundle)
-        problems += cpu_problems(self.image, self.runc.criu)
-        if problems:
-            raise RestoreRefused("; ".join(problems))
 
     def _apply_filesystem(self, work_dir: str) -> Journal | None:
         filesystem = self.image.metadata.filesystem
@@ -320,23 +321,45 @@ def missing_mounts(image: ValidImage, bundle: Bundle) -> list[str]:
     ]
 
 
-def cpu_problems(image: ValidImage, criu: str) -> list[str]:
-    """CRIU's verdict on whether this CPU has the features the image's processes may use."""
-    if not os.path.exists(os.path.join(image.path, CPUINFO_IMAGE)):
-        return []
-    completed = subprocess.run(
-        [criu, "cpuinfo", "check", "--cpu-cap=cpu", "-D", image.path],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if completed.returncode == 0:
-        return []
-    recorded, here = image.metadata.cpu, host_cpu_summary()
-    missing = sorted(set(recorded.flags) - set(here.flags)) if recorded and here else []
-    detail = f" (missing here: {' '.join(missing)})" if missing else ""
-    return [f"`criu cpuinfo check` refuses this CPU{detail}: {completed.stderr.strip()[-500:]}"]
+class CpuCheck:
+    """CRIU's verdict on whether this CPU has the features the image's processes may use.
+
+    `criu cpuinfo check` against the image's cpuinfo.img runs in the background from start().
+    """
+
+    def __init__(self, image: ValidImage, process: subprocess.Popen[str] | None) -> None:
+        self.image = image
+        self.process = process
+        self.verdict: list[str] | None = None
+
+    @classmethod
+    def start(cls, image: ValidImage, criu: str) -> CpuCheck:
+        if not os.path.exists(os.path.join(image.path, CPUINFO_IMAGE)):
+            return cls(image, None)
+        process = subprocess.Popen(
+            [criu, "cpuinfo", "check", "--cpu-cap=cpu", "-D", image.path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        return cls(image, process)
+
+    def problems(self) -> list[str]:
+        if self.verdict is None:
+            self.verdict = self._wait()
+        return self.verdict
+
+    def _wait(self) -> list[str]:
+        if self.process is None:
+            return []
+        _, stderr = self.process.communicate(timeout=60)
+        if self.process.returncode == 0:
+            return []
+        recorded, here = self.image.metadata.cpu, host_cpu_summary()
+        missing = sorted(set(recorded.flags) - set(here.flags)) if recorded and here else []
+        detail = f" (missing here: {' '.join(missing)})" if missing else ""
+        return [f"`criu cpuinfo check` refuses this CPU{detail}: {stderr.strip()[-500:]}"]
 
 
 def dump_cpuinfo(criu: str, image_path: str) -> None:
