@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+# launcher.c takes these two flags natively too (by unlinking them): keep the names in sync.
 SKIP_START = "skip_start"
 SKIP_RESUME = "skip_resume"
 EXIT_STATUS = "exit_status"

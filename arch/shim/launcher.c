@@ -10,6 +10,7 @@
  *     (<state_dir>/<namespace>/<id>, written by the Python create of an opted-in container);
  *   - create when the bundle's config.json does not mention ARCH_ENABLE (and has no JSON \u
  *     escape that could hide it) and the container has no stale ARCH state.
+ * It answers `start` after a restore and `resume` after a checkpoint itself: both are no-ops.
  * Everything else, and every case this front is not sure about (an unknown global flag, a
  * config or bundle it cannot read simply), is exec'd into the Python arch-runc, which
  * implements the full behaviour and passes through whatever is not ARCH's.
@@ -262,12 +263,33 @@ static int may_opt_in(const char *bundle)
 	return maybe;
 }
 
+/*
+ * `start` after a restore and `resume` after a checkpoint are no-ops: ARCH already did their
+ * work and left a one-shot flag. Taking it is an unlink, atomic like the Python side's.
+ */
+static int took_skip_flag(const struct host_config *config, const char *ns, int argc,
+			  char **argv, int sub)
+{
+	const char *flag = strcmp(argv[sub], "start") == 0	? "skip_start"
+			   : strcmp(argv[sub], "resume") == 0 ? "skip_resume"
+							      : NULL;
+	const char *id = sub + 2 == argc ? argv[sub + 1] : NULL;
+	if (!flag || !id || id[0] == '-' || strchr(id, '/') || strcmp(id, ".") == 0 ||
+	    strcmp(id, "..") == 0)
+		return 0;
+	char path[8192];
+	int len = snprintf(path, sizeof(path), "%s/%s/%s/%s", config->state_dir, ns, id, flag);
+	return len > 0 && (size_t)len < sizeof(path) && unlink(path) == 0;
+}
+
 static int concerns_arch(const struct host_config *config, const char *root, int argc,
 			 char **argv, int sub)
 {
 	char ns[256];
 	if (!namespace_of(root, ns, sizeof(ns)))
 		return 1;
+	if (took_skip_flag(config, ns, argc, argv, sub))
+		exit(0);
 	if (names_arch_container(config, ns, argc, argv, sub))
 		return 1;
 	return strcmp(argv[sub], "create") == 0 && may_opt_in(bundle_of(argc, argv, sub));

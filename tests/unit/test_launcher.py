@@ -239,3 +239,21 @@ def test_unexecutable_runc_is_a_clear_error(front: Front, tmp_path: Path) -> Non
     assert result.stderr.decode() == (
         f"arch-runc: cannot execute the real runc {tmp_path}/nope: No such file or directory\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("subcommand", "flag"), [("start", "skip_start"), ("resume", "skip_resume")]
+)
+def test_one_shot_no_op_is_answered_natively(front: Front, subcommand: str, flag: str) -> None:
+    front.give_arch_state("default", "job-1")
+    flag_file = front.state_dir / "default" / "job-1" / flag
+    flag_file.write_text("")
+    args = ["--root", "/run/containerd/runc/default", subcommand, "job-1"]
+    result = front.run(args)
+    assert result.returncode == 0
+    assert (result.stdout, result.stderr) == (b"", b"")
+    assert not fake_runc.was_called(front.runc_record)
+    assert not fake_runc.was_called(front.python_record)
+    assert not flag_file.exists()
+    front.run(args)  # the flag is spent: the next call is a real one, for Python to route
+    assert front.went_to_python()
