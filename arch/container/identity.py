@@ -36,9 +36,6 @@ SHAREDFS_WORK_DIR = "work"
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 CHECKPOINT_ID_CHARS = _ALNUM | frozenset("_.:-")
 CHECKPOINT_ID_MAX = 128
-# containerd namespaces are [A-Za-z0-9] words joined by . _ -; Docker's is "moby".
-NAMESPACE_CHARS = _ALNUM | frozenset("_.-")
-NAMESPACE_MAX = 128
 
 
 class ImagePathError(ValueError):
@@ -163,17 +160,13 @@ def validate_checkpoint_id(value: str, source: str) -> str:
 
 
 def validate_namespace(namespace: str) -> str:
-    """`namespace` when it is a single safe path component."""
-    if (
-        not 1 <= len(namespace) <= NAMESPACE_MAX
-        or namespace in (".", "..")
-        or not NAMESPACE_CHARS.issuperset(namespace)
-    ):
-        raise ImagePathError(
-            f"namespace {namespace!r}: must be 1 to {NAMESPACE_MAX} letters, digits, _ . - "
-            "and not '.' or '..'"
-        )
-    return namespace
+    """`namespace` when it is a single safe path component (the state directory's rule)."""
+    from arch.container.state import StateError, validate_component
+
+    try:
+        return validate_component("namespace", namespace)
+    except StateError as error:
+        raise ImagePathError(str(error)) from error
 
 
 def image_location(

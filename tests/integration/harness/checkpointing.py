@@ -26,9 +26,11 @@ from pathlib import Path
 import pytest
 from workloads.build import build_memhold
 
+from arch.appliance.oci_image import tar_entry
+
 from . import procs
 from .containerd import ContainerdNode
-from .images import ENTRY_MTIME, BusyboxImage, oci_layout_tar_bytes
+from .images import BusyboxImage, oci_layout_tar_bytes
 
 WORKLOAD_IMAGE_NAME = "docker.io/arch-test/workload:latest"
 MEMHOLD_IN_IMAGE = "/usr/local/bin/memhold"
@@ -125,12 +127,12 @@ def build_workload_image(base: BusyboxImage, memhold: Path, work_dir: Path) -> W
     buffer = io.BytesIO(base.rootfs_tar.read_bytes())
     with tarfile.open(fileobj=buffer, mode="a", format=tarfile.PAX_FORMAT) as archive:
         for directory in ("usr/local", "usr/local/bin", *_directories_of(IMAGE_DATA_FILES)):
-            archive.addfile(_tar_entry(directory, tarfile.DIRTYPE, 0o755))
+            archive.addfile(tar_entry(directory, tarfile.DIRTYPE, 0o755))
         _add_file(archive, MEMHOLD_IN_IMAGE.lstrip("/"), memhold.read_bytes(), 0o755)
         for name, content in IMAGE_DATA_FILES.items():
             _add_file(archive, name, content, 0o644)
         for name, target in IMAGE_DATA_SYMLINKS.items():
-            link = _tar_entry(name, tarfile.SYMTYPE, 0o777)
+            link = tar_entry(name, tarfile.SYMTYPE, 0o777)
             link.linkname = target
             archive.addfile(link)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -167,19 +169,8 @@ def _directories_of(files: Mapping[str, bytes]) -> list[str]:
     return sorted(directories)
 
 
-def _tar_entry(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = mode
-    info.size = size
-    info.mtime = ENTRY_MTIME
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
-
-
 def _add_file(archive: tarfile.TarFile, name: str, content: bytes, mode: int) -> None:
-    archive.addfile(_tar_entry(name, tarfile.REGTYPE, mode, len(content)), io.BytesIO(content))
+    archive.addfile(tar_entry(name, tarfile.REGTYPE, mode, len(content)), io.BytesIO(content))
 
 
 # -- host prerequisites ----------------------------------------------------------------------
