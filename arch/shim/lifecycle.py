@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ from arch.config import ConfigError, HostConfig, config_path, load_config
 from arch.container.runtime import Runc
 from arch.container.state import SKIP_RESUME, SKIP_START, ContainerState, StateError
 from arch.log import setup_logging
-from arch.shim.passthrough import pass_through, resolve_runc
+from arch.shim.passthrough import pass_through, resolve_runc, run_runc
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -79,6 +78,11 @@ class Call:
         # plain runc's default root /run/runc gives "runc".
         return self.command.namespace or "runc"
 
+    @property
+    def where(self) -> str:
+        """The container, as log lines name it."""
+        return f"{self.namespace}/{self.container_id}"
+
     def state(self) -> ContainerState | None:
         """The container's ARCH state, or None when it has none (it did not opt in)."""
         try:
@@ -88,12 +92,12 @@ class Call:
         return state if state.exists() else None
 
     def pass_through(self) -> int:
-        return pass_through(self.args, None if self.config_error else self.config)
+        # With a malformed arch.toml, self.config holds the defaults: runc is found on PATH.
+        return pass_through(self.args, self.config)
 
     def fail(self, message: str) -> int:
         """Refuse the call: say why on stderr (runc's error channel) and in the log."""
-        logger.error("%s %s/%s: %s", self.command.subcommand, self.namespace, self.container_id,
-                     message)  # fmt: skip
+        logger.error("%s %s: %s", self.command.subcommand, self.where, message)
         print(f"arch-runc: {message}", file=sys.stderr)
         self._report_in_runc_log(f"arch-runc: {message}")
         return EXIT_FAILED
@@ -123,7 +127,7 @@ class Call:
 
     def run_through(self) -> int:
         """Run the call itself through the real runc as a child, on this process's stdio."""
-        return subprocess.run([resolve_runc(self.config), *self.args], check=False).returncode
+        return run_runc(self.args, self.config)
 
 
 def handle_create(call: Call) -> int:
@@ -180,7 +184,7 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> bool:
     from arch.checkpoint.handler import RestoreJob, RestoreRefused
     from arch.container.runtime import binary_version
 
-    where = f"{call.namespace}/{call.container_id}"
+    where = call.where
     runc = call.runc()
     try:
         images.recover(location.image_dir)
@@ -221,8 +225,7 @@ def _skip_once(call: Call, flag: str) -> int:
     """A no-op when ARCH already did this call's work (restored / checkpointed and stopped)."""
     state = call.state()
     if state is not None and state.take(flag) is not None:
-        logger.info("%s %s/%s: no-op (%s)", call.command.subcommand, call.namespace,
-                    call.container_id, flag)  # fmt: skip
+        logger.info("%s %s: no-op (%s)", call.command.subcommand, call.where, flag)
         return 0
     return call.pass_through()
 
@@ -236,8 +239,8 @@ def handle_checkpoint(call: Call) -> int:
         return call.pass_through()
     partial = [flag for flag in PARTIAL_DUMP_FLAGS if call.command.has(flag)]
     if partial:
-        logger.warning("checkpoint %s/%s: --%s asks for a partial dump: passed to runc unchanged, "
-                       "no ARCH image", call.namespace, call.container_id, partial[0])  # fmt: skip
+        logger.warning("checkpoint %s: --%s asks for a partial dump: passed to runc unchanged, "
+                       "no ARCH image", call.where, partial[0])  # fmt: skip
         return call.pass_through()
     if call.config_error is not None:
         return call.fail(str(call.config_error))
@@ -250,8 +253,7 @@ def handle_checkpoint(call: Call) -> int:
         return call.fail(f"checkpoint failed, the container keeps running: {error}")
     state.set(CHECKPOINTED)
     state.set(SKIP_RESUME)
-    logger.info("checkpoint %s/%s: image published at %s", call.namespace, call.container_id,
-                image.path)  # fmt: skip
+    logger.info("checkpoint %s: image published at %s", call.where, image.path)
     return 0
 
 
@@ -269,7 +271,7 @@ def handle_delete(call: Call) -> int:
     status = call.run_through()
     if status != 0:
         return status
-    where = f"{call.namespace}/{call.container_id}"
+    where = call.where
     if state.has(CHECKPOINTED):
         logger.info("delete %s: checkpointed, image %s kept", where, location.image_dir)
     else:

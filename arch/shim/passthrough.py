@@ -89,13 +89,37 @@ def exec_runc(runc: str, args: Sequence[str]) -> NoReturn:
 
 def pass_through(args: Sequence[str], config: HostConfig | None = None) -> int:
     """Run the real runc for `args`; returns only if it could not be executed."""
-    try:
-        runc = resolve_runc(config)
-    except RuncNotFound as error:
-        print(f"arch-runc: {error}", file=sys.stderr)
+    runc = _runc_or_report(config)
+    if runc is not None:
+        try:
+            exec_runc(runc, args)
+        except OSError as error:
+            _report_unexecutable(runc, error)
+    return EXIT_RUNC_UNAVAILABLE
+
+
+def run_runc(args: Sequence[str], config: HostConfig | None = None) -> int:
+    """Like pass_through, but runc runs as a child (for callers that act once it is done):
+    the same argv, environment and stdio; CPython's ignored signals are reset for it."""
+    import subprocess
+
+    runc = _runc_or_report(config)
+    if runc is None:
         return EXIT_RUNC_UNAVAILABLE
     try:
-        exec_runc(runc, args)
+        return subprocess.run([runc, *args], env=original_environment(), check=False).returncode
     except OSError as error:
-        print(f"arch-runc: cannot execute the real runc {runc}: {error.strerror}", file=sys.stderr)
-    return EXIT_RUNC_UNAVAILABLE
+        _report_unexecutable(runc, error)
+        return EXIT_RUNC_UNAVAILABLE
+
+
+def _runc_or_report(config: HostConfig | None) -> str | None:
+    try:
+        return resolve_runc(config)
+    except RuncNotFound as error:
+        print(f"arch-runc: {error}", file=sys.stderr)
+        return None
+
+
+def _report_unexecutable(runc: str, error: OSError) -> None:
+    print(f"arch-runc: cannot execute the real runc {runc}: {error.strerror}", file=sys.stderr)

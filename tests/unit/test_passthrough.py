@@ -146,3 +146,43 @@ def test_malformed_config_is_logged_not_printed(tmp_path: Path) -> None:
         log.seek(before)
         logged = log.read().decode()
     assert f"pass-through uses the runc on PATH: {config}: malformed TOML" in logged
+
+
+def test_run_runc_as_a_child_keeps_argv_environment_and_status(host: Host) -> None:
+    """delete runs runc as a child (it acts afterwards): same argv, caller's env, runc's status."""
+    env, record = host
+    script = (
+        "import sys; from arch.shim.passthrough import run_runc; "
+        "sys.exit(run_runc(['delete', 'job-1']) + 100)"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "PYTHONPATH": REPO, "FAKE_RUNC_EXIT": "3"},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    call = fake_runc.read_call(record)
+    assert child.returncode == 103
+    assert call.argv[1:] == ["delete", "job-1"]
+    assert call.env == {**env, "PYTHONPATH": REPO, "FAKE_RUNC_EXIT": "3"}
+    assert child.stderr == b"fake runc stderr\n"
+
+
+def test_run_runc_without_runc_is_a_clear_error(tmp_path: Path) -> None:
+    from arch.shim import passthrough
+
+    script = (
+        "import sys; from arch.shim import passthrough; passthrough.FALLBACK_DIRS = (); "
+        "from arch.config import HostConfig; "
+        "sys.exit(passthrough.run_runc(['delete', 'x'], HostConfig('/nonexistent.toml')))"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PATH": str(tmp_path), "PYTHONPATH": REPO},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert child.returncode == passthrough.EXIT_RUNC_UNAVAILABLE
+    assert child.stderr.startswith(b"arch-runc: no real runc found")
