@@ -110,7 +110,8 @@ def check_runc(target: VerifyTarget) -> CheckResult:
 
 
 def check_criu(target: VerifyTarget) -> CheckResult:
-    criu = find_criu()
+    # The CRIU ARCH's checkpoints use: arch.toml's, else the one runc would find.
+    criu = target.config.criu or find_criu()
     if criu is None:
         return CheckResult("criu", FAIL, "criu not found")
     _, version_output = run_command([criu, "--version"])
@@ -119,7 +120,8 @@ def check_criu(target: VerifyTarget) -> CheckResult:
     if status != 0:
         last_line = output.strip().splitlines()[-1] if output.strip() else f"exit {status}"
         return CheckResult("criu", FAIL, f"{criu} {version}: `criu check` failed: {last_line}")
-    return CheckResult("criu", OK, f"{criu} {version}, criu check: {output.strip()}")
+    verdict = output.strip().splitlines()[-1] if output.strip() else "passed"
+    return CheckResult("criu", OK, f"{criu} {version}, criu check: {verdict}")
 
 
 def check_iptables(target: VerifyTarget) -> CheckResult:

@@ -228,3 +228,13 @@ def test_exit_watcher_is_checked_after_containerd() -> None:
     assert (
         order.index(checks.check_exit_watcher) == order.index(checks.check_containerd_service) + 1
     )
+
+
+def test_criu_check_uses_the_configured_criu(tmp_path: Path) -> None:
+    criu = script(tmp_path / "criu", 'case "$1" in --version) echo "Version: 4.2.1";; '
+                  'check) echo "Looks good.";; esac')  # fmt: skip
+    verify_target = target(tmp_path, None)._replace(
+        config=HostConfig(str(tmp_path / "arch.toml"), criu=criu)
+    )
+    result = checks.check_criu(verify_target)
+    assert result == checks.CheckResult("criu", checks.OK, f"{criu} 4.2.1, criu check: Looks good.")
