@@ -21,17 +21,16 @@ from typing import TYPE_CHECKING
 
 from arch.checkpoint import criu_options
 from arch.checkpoint.filesystem import LayerError, apply_layer, capture_layer, find_overlay_layers
-from arch.checkpoint.image import (
+from arch.checkpoint.metadata import (
     ContainerEssentials,
     FilesystemInfo,
     ImageMetadata,
-    ImageStaging,
     InvalidImage,
-    PublishError,
-    ValidImage,
     host_cpu_summary,
 )
-from arch.checkpoint.image import remove as remove_image
+from arch.checkpoint.store import ImageStaging, PublishError
+from arch.checkpoint.store import remove as remove_image
+from arch.checkpoint.validation import ValidImage
 from arch.container.runtime import RuncError, binary_version
 
 if TYPE_CHECKING:

@@ -564,11 +564,11 @@ class Selftest:
             removed.append(f"images {' '.join(ours)}")
 
     def _remove_image_dir(self, removed: list[str], problems: list[str]) -> None:
-        from arch.checkpoint import image as images
+        from arch.checkpoint.store import remove
 
         if not self.config.path:  # the configuration never loaded: ARCH never ran
             return
-        if images.remove(self.image_dir):
+        if remove(self.image_dir):
             removed.append(f"checkpoint image {self.image_dir}")
         with contextlib.suppress(OSError):  # kept when not empty (other images in it)
             os.rmdir(os.path.dirname(self.image_dir))

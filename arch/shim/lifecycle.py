@@ -180,23 +180,25 @@ def _with_sharedfs_workdir(bundle: Bundle, host_dir: str, container_dir: str) ->
 
 def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> bool:
     """Restore the container from its image if there is a usable one; False: create fresh."""
-    from arch.checkpoint import image as images
     from arch.checkpoint.handler import RestoreJob, RestoreRefused
+    from arch.checkpoint.metadata import ImageMissing, InvalidImage
+    from arch.checkpoint.store import recover
+    from arch.checkpoint.validation import validate
     from arch.container.runtime import binary_version
 
     where = call.where
     runc = call.runc()
     try:
-        images.recover(location.image_dir)
-        image = images.validate(
+        recover(location.image_dir)
+        image = validate(
             location.image_dir,
             binary_version(runc.criu),
             checkpoint_id=location.checkpoint_id,
         )
-    except images.ImageMissing:
+    except ImageMissing:
         logger.info("create %s: no image at %s, starting fresh", where, location.image_dir)
         return False
-    except (images.InvalidImage, OSError) as error:
+    except (InvalidImage, OSError) as error:
         logger.warning("create %s: image %s not restored: %s", where, location.image_dir, error)
         return False
     scratch = os.path.join(call.config.state_dir, ".work")
@@ -259,7 +261,7 @@ def handle_checkpoint(call: Call) -> int:
 
 def handle_delete(call: Call) -> int:
     """Delete through runc; then drop ARCH's state, and the image after a clean exit (0)."""
-    from arch.checkpoint import image as images
+    from arch.checkpoint.store import remove
     from arch.container.exit_watch import wait_for_exit_status
 
     state = call.state()
@@ -277,7 +279,7 @@ def handle_delete(call: Call) -> int:
     else:
         exit_status = wait_for_exit_status(state)
         if exit_status == 0:
-            images.remove(location.image_dir)
+            remove(location.image_dir)
             logger.info("delete %s: exited 0, image %s removed", where, location.image_dir)
         else:
             logger.info("delete %s: exit status %s, image %s kept", where, exit_status,

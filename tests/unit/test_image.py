@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from arch.checkpoint import image
-from arch.checkpoint.image import (
+from arch.checkpoint import store, validation
+from arch.checkpoint.metadata import (
     CRIU_DUMP_LOG,
     METADATA_FILE,
     ROOTFS_TAR,
@@ -20,20 +20,20 @@ from arch.checkpoint.image import (
     FilesystemInfo,
     ImageMetadata,
     ImageMissing,
-    ImageStaging,
     InvalidImage,
-    LeftoverAction,
     MountInfo,
-    PublishError,
-    cleanup_stale,
     host_cpu_summary,
     parse_criu_version,
-    read_metadata,
+)
+from arch.checkpoint.store import (
+    ImageStaging,
+    LeftoverAction,
+    PublishError,
+    cleanup_stale,
     recover,
     remove,
-    validate,
-    verify_tar_checksum,
 )
+from arch.checkpoint.validation import read_metadata, validate, verify_tar_checksum
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -214,7 +214,7 @@ def test_publish_replaces_an_existing_image(
     image_dir: Path, exchange: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not exchange:
-        monkeypatch.setattr(image, "_rename_exchange", lambda *args: False)
+        monkeypatch.setattr(store, "_rename_exchange", lambda *args: False)
     publish_image(image_dir, "old")
     publish_image(image_dir, "new")
     assert validate(str(image_dir)).metadata.container_id == "new"
@@ -239,7 +239,7 @@ def test_publish_over_a_symlink_replaces_the_link_only(tmp_path: Path, image_dir
 def _crash_during_publish(image_dir: str, exchange: bool, crash_at: str) -> None:
     """Child process: publish "new" over "old" and die (os._exit, no cleanup) at `crash_at`."""
     real_rename = os.rename
-    real_exchange = image._rename_exchange
+    real_exchange = store._rename_exchange
     renames = []
 
     def rename(*args: Any, **kwargs: Any) -> None:
@@ -262,9 +262,9 @@ def _crash_during_publish(image_dir: str, exchange: bool, crash_at: str) -> None
         os._exit(0)
 
     os.rename = rename
-    image._rename_exchange = exchange_then  # type: ignore[assignment]
+    store._rename_exchange = exchange_then  # type: ignore[assignment]
     if crash_at == "before-remove-old":
-        image._remove_entry = remove_entry  # type: ignore[assignment]
+        store._remove_entry = remove_entry  # type: ignore[assignment]
     staging = ImageStaging.begin(image_dir)
     staging.publish(fill_staging(staging, "new"))
     os._exit(3)  # the crash point was never reached
@@ -328,7 +328,7 @@ def test_cleanup_waits_for_leftovers_to_age(image_dir: Path) -> None:
     (crashed / "pages-1.img").write_bytes(b"x")
     parent = str(image_dir.parent)
     assert cleanup_stale(parent) == []
-    assert cleanup_stale(parent, now=time.time() + 2 * image.STALE_AFTER_SECONDS) == [
+    assert cleanup_stale(parent, now=time.time() + 2 * store.STALE_AFTER_SECONDS) == [
         LeftoverAction(crashed.name, "removed")
     ]
     assert validate(str(image_dir)).metadata.container_id == "new"
@@ -606,7 +606,7 @@ def test_unparsable_metadata(image_dir: Path, raw: bytes, message: str) -> None:
 
 def test_oversized_metadata(image_dir: Path) -> None:
     publish_image(image_dir)
-    (image_dir / METADATA_FILE).write_bytes(b" " * (image.METADATA_MAX_BYTES + 1))
+    (image_dir / METADATA_FILE).write_bytes(b" " * (validation.METADATA_MAX_BYTES + 1))
     with pytest.raises(InvalidImage, match="larger than"):
         validate(str(image_dir))
 

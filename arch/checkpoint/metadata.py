@@ -1,0 +1,452 @@
+"""Checkpoint image metadata: the layout's file names, metadata.json's schema and its parsing.
+
+An image is one flat directory `<root>/<namespace>/<checkpoint id>/` holding
+- the CRIU files exactly as `runc checkpoint` writes them (inventory.img, dump.log, ...),
+- ROOTFS_TAR, the container's filesystem changes (written by arch.checkpoint.layer_*),
+- METADATA_FILE, written last (see ImageMetadata).
+
+metadata.json may come from shared storage that other hosts write: parsing checks every field's
+type and refuses names that are not safe path components (InvalidImage says what is wrong).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
+METADATA_FILE = "metadata.json"
+ROOTFS_TAR = "rootfs-diff.tar"
+CRIU_INVENTORY = "inventory.img"
+CRIU_DUMP_LOG = "dump.log"
+FILESYSTEM_MODES = ("overlay", "none")
+
+_FILE_NAME_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:+-"
+)
+_SAFE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+class InvalidImage(Exception):
+    """The image cannot be restored; `reason` says why (meant for the log and archctl)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ImageMissing(InvalidImage):
+    """There is no image at the path (the normal case for a first start)."""
+
+
+@dataclass(frozen=True)
+class CriuFile:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FilesystemInfo:
+    """How the container's filesystem was captured: an overlay diff tar, or not at all."""
+
+    mode: str
+    tar: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+
+    @classmethod
+    def overlay(cls, sha256: str, size: int) -> FilesystemInfo:
+        return cls("overlay", ROOTFS_TAR, sha256, size)
+
+    @classmethod
+    def none(cls) -> FilesystemInfo:
+        return cls("none")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    destination: str
+    source: str | None
+    type: str | None
+
+
+@dataclass(frozen=True)
+class ContainerEssentials:
+    """What the bundle's config.json said about the process and its mounts."""
+
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    cwd: str = "/"
+    mounts: tuple[MountInfo, ...] = ()
+
+    @classmethod
+    def from_oci_config(cls, config: Mapping[str, Any]) -> ContainerEssentials:
+        """Extract the essentials from a parsed OCI config.json (ValueError when malformed)."""
+        process = config.get("process") or {}
+        if not isinstance(process, dict):
+            raise ValueError("config.json: process must be an object")
+        mounts = config.get("mounts") or []
+        if not isinstance(mounts, list) or not all(isinstance(m, dict) for m in mounts):
+            raise ValueError("config.json: mounts must be a list of objects")
+        return cls(
+            args=_strings(process.get("args") or [], "config.json: process.args", ValueError),
+            env=_strings(process.get("env") or [], "config.json: process.env", ValueError),
+            cwd=_string(process.get("cwd", "/"), "config.json: process.cwd", ValueError),
+            mounts=tuple(
+                MountInfo(
+                    _string(m.get("destination", ""), "config.json: mount destination", ValueError),
+                    _optional_string(m.get("source"), "config.json: mount source", ValueError),
+                    _optional_string(m.get("type"), "config.json: mount type", ValueError),
+                )
+                for m in mounts
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    """The contents of metadata.json."""
+
+    namespace: str
+    container_id: str
+    checkpoint_id: str
+    created: str
+    host: str
+    kernel: str
+    runc_version: str
+    criu_version: str
+    filesystem: FilesystemInfo
+    criu_files: tuple[CriuFile, ...]
+    container: ContainerEssentials = field(default_factory=ContainerEssentials)
+    cpu: CpuInfo | None = None
+    format_version: int = FORMAT_VERSION
+    # CRIU options the dump used that the restore must repeat (arch.checkpoint.criu_options).
+    criu_options: tuple[str, ...] = ()
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        namespace: str,
+        container_id: str,
+        checkpoint_id: str,
+        runc_version: str,
+        criu_version: str,
+        filesystem: FilesystemInfo,
+        criu_files: tuple[CriuFile, ...],
+        container: ContainerEssentials,
+        cpu: CpuInfo | None = None,
+        criu_options: tuple[str, ...] = (),
+    ) -> ImageMetadata:
+        """Metadata for an image made now on this host (created, host and kernel filled in)."""
+        uname = os.uname()
+        return cls(
+            namespace=namespace,
+            container_id=container_id,
+            checkpoint_id=checkpoint_id,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            host=uname.nodename,
+            kernel=uname.release,
+            runc_version=runc_version,
+            criu_version=criu_version,
+            filesystem=filesystem,
+            criu_files=criu_files,
+            container=container,
+            cpu=cpu,
+            criu_options=criu_options,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "namespace": self.namespace,
+            "container_id": self.container_id,
+            "checkpoint_id": self.checkpoint_id,
+            "created": self.created,
+            "host": self.host,
+            "kernel": self.kernel,
+            "runc_version": self.runc_version,
+            "criu_version": self.criu_version,
+            "cpu": None
+            if self.cpu is None
+            else {"model": self.cpu.model, "flags": list(self.cpu.flags)},
+            "filesystem": {
+                "mode": self.filesystem.mode,
+                "tar": self.filesystem.tar,
+                "sha256": self.filesystem.sha256,
+                "size": self.filesystem.size,
+            },
+            "process": {
+                "criu_files": [{"name": f.name, "size": f.size} for f in self.criu_files],
+                "criu_options": list(self.criu_options),
+            },
+            "container": {
+                "args": list(self.container.args),
+                "env": list(self.container.env),
+                "cwd": self.container.cwd,
+                "mounts": [
+                    {"destination": m.destination, "source": m.source, "type": m.type}
+                    for m in self.container.mounts
+                ],
+            },
+        }
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ImageMetadata:
+        """Parse and validate metadata.json; InvalidImage names what is wrong."""
+        try:
+            document = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise InvalidImage(f"{METADATA_FILE} is not valid JSON: {error}") from error
+        return cls.from_dict(document)
+
+    @classmethod
+    def from_dict(cls, document: object) -> ImageMetadata:
+        """Validate a parsed metadata document. Keys this version does not know are ignored."""
+        top = _object(document, "metadata")
+        version = _integer(_required(top, "format_version", "metadata"), "format_version")
+        if version not in SUPPORTED_FORMAT_VERSIONS:
+            raise InvalidImage(
+                f"{METADATA_FILE}: format_version {version} is not supported (this ARCH reads "
+                f"{', '.join(str(v) for v in sorted(SUPPORTED_FORMAT_VERSIONS))})"
+            )
+        text = {
+            key: _string(_required(top, key, "metadata"), key)
+            for key in (
+                "namespace", "container_id", "checkpoint_id", "created", "host", "kernel",
+                "runc_version", "criu_version",
+            )
+        }
+        _check_safe_id(text["namespace"], "namespace")
+        _check_safe_id(text["checkpoint_id"], "checkpoint_id")
+        if not text["container_id"]:
+            raise InvalidImage(f"{METADATA_FILE}: container_id is empty")
+        _check_rfc3339(text["created"])
+        parse_criu_version(text["criu_version"], source="criu_version")
+        filesystem = _filesystem_from(_required(top, "filesystem", "metadata"))
+        criu_files = _criu_files_from(_required(top, "process", "metadata"), filesystem)
+        criu_options = _criu_options_from(top["process"])
+        return cls(
+            namespace=text["namespace"],
+            container_id=text["container_id"],
+            checkpoint_id=text["checkpoint_id"],
+            created=text["created"],
+            host=text["host"],
+            kernel=text["kernel"],
+            runc_version=text["runc_version"],
+            criu_version=text["criu_version"],
+            filesystem=filesystem,
+            criu_files=criu_files,
+            container=_container_from(_required(top, "container", "metadata")),
+            cpu=_cpu_from(top.get("cpu")),
+            format_version=version,
+            criu_options=criu_options,
+        )
+
+
+def parse_criu_version(text: str, source: str = "CRIU version") -> tuple[int, ...]:
+    """(major, minor[, sublevel]) from "4.2.1" or `criu --version` output ("Version: 4.2")."""
+    found = _VERSION.search(text)
+    if found is None:
+        raise InvalidImage(f"{source} {text!r}: no version number")
+    return tuple(int(part) for part in found.groups() if part is not None)
+
+
+def host_cpu_summary(cpuinfo_path: str = "/proc/cpuinfo") -> CpuInfo | None:
+    """The first CPU's model name and flags, or None when /proc/cpuinfo does not say."""
+    model = None
+    flags: tuple[str, ...] | None = None
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key == "flags" and flags is None:
+                    flags = tuple(value.split())
+                if not line.strip() and (model is not None or flags is not None):
+                    break  # end of the first processor's block
+    except OSError:
+        return None
+    if model is None and flags is None:
+        return None
+    return CpuInfo(model or "", flags or ())
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _required(document: Mapping[str, Any], key: str, where: str) -> object:
+    if key not in document:
+        raise InvalidImage(f"{METADATA_FILE}: {where}.{key} is missing")
+    return document[key]
+
+
+def _object(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidImage(f"{METADATA_FILE}: {where} must be an object")
+    return value
+
+
+def _string(value: object, where: str, error: type[Exception] = InvalidImage) -> str:
+    if not isinstance(value, str):
+        raise error(f"{where} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _optional_string(
+    value: object, where: str, error: type[Exception] = InvalidImage
+) -> str | None:
+    return None if value is None else _string(value, where, error)
+
+
+def _strings(value: object, where: str, error: type[Exception] = InvalidImage) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise error(f"{where} must be a list of strings")
+    return tuple(value)
+
+
+def _integer(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidImage(f"{METADATA_FILE}: {where} must be an integer")
+    return value
+
+
+def _size(value: object, where: str) -> int:
+    size = _integer(value, where)
+    if size < 0:
+        raise InvalidImage(f"{METADATA_FILE}: {where} must not be negative")
+    return size
+
+
+def _check_safe_id(value: str, where: str) -> None:
+    if not 1 <= len(value) <= 128 or value in (".", "..") or not _SAFE_ID_CHARS.issuperset(value):
+        raise InvalidImage(f"{METADATA_FILE}: {where} {value!r} is not a safe path component")
+
+
+def _check_file_name(value: str, where: str) -> None:
+    if (
+        not 1 <= len(value) <= 255
+        or value.startswith(".")
+        or not _FILE_NAME_CHARS.issuperset(value)
+    ):
+        raise InvalidImage(f"{METADATA_FILE}: {where} {value!r} is not an acceptable file name")
+
+
+def _check_rfc3339(value: str) -> None:
+    from datetime import datetime
+
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None or "T" not in value.upper():
+        raise InvalidImage(f"{METADATA_FILE}: created {value!r} is not an RFC 3339 time")
+
+
+def _filesystem_from(value: object) -> FilesystemInfo:
+    section = _object(value, "filesystem")
+    mode = _string(_required(section, "mode", "filesystem"), "filesystem.mode")
+    if mode not in FILESYSTEM_MODES:
+        raise InvalidImage(
+            f"{METADATA_FILE}: filesystem.mode {mode!r} is not one of {', '.join(FILESYSTEM_MODES)}"
+        )
+    if mode == "none":
+        if any(section.get(key) is not None for key in ("tar", "sha256", "size")):
+            raise InvalidImage(f"{METADATA_FILE}: filesystem mode 'none' names a tar")
+        return FilesystemInfo.none()
+    tar = _string(_required(section, "tar", "filesystem"), "filesystem.tar")
+    if tar != ROOTFS_TAR:
+        raise InvalidImage(f"{METADATA_FILE}: filesystem.tar must be {ROOTFS_TAR!r}, got {tar!r}")
+    sha256 = _string(_required(section, "sha256", "filesystem"), "filesystem.sha256")
+    if not _SHA256_HEX.match(sha256):
+        raise InvalidImage(f"{METADATA_FILE}: filesystem.sha256 is not 64 lowercase hex digits")
+    size = _size(_required(section, "size", "filesystem"), "filesystem.size")
+    return FilesystemInfo(mode, tar, sha256, size)
+
+
+def _criu_files_from(value: object, filesystem: FilesystemInfo) -> tuple[CriuFile, ...]:
+    section = _object(value, "process")
+    listed = _required(section, "criu_files", "process")
+    if not isinstance(listed, list):
+        raise InvalidImage(f"{METADATA_FILE}: process.criu_files must be a list")
+    files = []
+    for item in listed:
+        entry = _object(item, "process.criu_files[]")
+        name = _string(_required(entry, "name", "process.criu_files[]"), "criu file name")
+        _check_file_name(name, "criu file")
+        files.append(CriuFile(name, _size(_required(entry, "size", name), f"{name}.size")))
+    names = [f.name for f in files]
+    if len(set(names)) != len(names):
+        raise InvalidImage(f"{METADATA_FILE}: process.criu_files lists a file twice")
+    for reserved in (METADATA_FILE, filesystem.tar):
+        if reserved in names:
+            raise InvalidImage(f"{METADATA_FILE}: process.criu_files lists {reserved}")
+    for required in (CRIU_INVENTORY, CRIU_DUMP_LOG):
+        if required not in names:
+            raise InvalidImage(f"{METADATA_FILE}: process.criu_files lacks {required}")
+    return tuple(files)
+
+
+def _criu_options_from(process: object) -> tuple[str, ...]:
+    from arch.checkpoint.criu_options import CriuOptionError, parse_options
+
+    listed = _strings(_object(process, "process").get("criu_options", []), "process.criu_options")
+    try:
+        return tuple(parse_options(listed, f"{METADATA_FILE}: process.criu_options"))
+    except CriuOptionError as error:
+        raise InvalidImage(str(error)) from error
+
+
+def _container_from(value: object) -> ContainerEssentials:
+    section = _object(value, "container")
+    mounts = _required(section, "mounts", "container")
+    if not isinstance(mounts, list):
+        raise InvalidImage(f"{METADATA_FILE}: container.mounts must be a list")
+    return ContainerEssentials(
+        args=_strings(_required(section, "args", "container"), "container.args"),
+        env=_strings(_required(section, "env", "container"), "container.env"),
+        cwd=_string(_required(section, "cwd", "container"), "container.cwd"),
+        mounts=tuple(_mount_from(mount) for mount in mounts),
+    )
+
+
+def _mount_from(value: object) -> MountInfo:
+    mount = _object(value, "container.mounts[]")
+    return MountInfo(
+        _string(_required(mount, "destination", "mount"), "mount.destination"),
+        _optional_string(mount.get("source"), "mount.source"),
+        _optional_string(mount.get("type"), "mount.type"),
+    )
+
+
+def _cpu_from(value: object) -> CpuInfo | None:
+    if value is None:
+        return None
+    section = _object(value, "cpu")
+    return CpuInfo(
+        _string(_required(section, "model", "cpu"), "cpu.model"),
+        _strings(_required(section, "flags", "cpu"), "cpu.flags"),
+    )

@@ -1,0 +1,472 @@
+"""The image store: atomic publication, removal, recovery and cleanup of checkpoint images.
+
+Publication: an image is assembled in a staging directory next to its final path
+(`<parent>/.staging-<id>-<random>`, same filesystem), sealed (files 0600, directory 0700, owned
+by root when running as root, everything fsynced), checked with the same checks as `validate`,
+then renamed into place. When an image already exists at the final path (A -> B -> A
+migration), the two directories are swapped with renameat2(RENAME_EXCHANGE) where the
+filesystem supports it (the final path then always holds a complete image); elsewhere (NFS) the
+old image is renamed aside to `.old-<id>-<random>` first, so the final path is briefly absent
+but never holds a partial image, and `recover` puts the old image back after a crash in that
+window. Leftovers (`.staging-`, `.old-`, `.removing-`) are removed by `cleanup_stale`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import time
+from typing import TYPE_CHECKING, NamedTuple
+
+from arch.checkpoint.metadata import METADATA_FILE, ROOTFS_TAR, CriuFile, InvalidImage
+from arch.checkpoint.validation import (
+    OPEN_DIR,
+    ValidImage,
+    open_dir,
+    open_image_dir,
+    read_metadata_at,
+    regular_entries,
+    validate_contents,
+    validate_entry,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import TracebackType
+
+    from arch.checkpoint.metadata import ImageMetadata
+
+STAGING_PREFIX = ".staging-"
+OLD_PREFIX = ".old-"
+REMOVING_PREFIX = ".removing-"
+LEFTOVER_PREFIXES = (STAGING_PREFIX, OLD_PREFIX, REMOVING_PREFIX)
+RANDOM_HEX_CHARS = 12
+# A leftover untouched for this long is not an operation in progress.
+STALE_AFTER_SECONDS = 3600.0
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+PUBLISH_ATTEMPTS = 5
+
+_RENAME_EXCHANGE = 2
+
+
+class PublishError(Exception):
+    """The staging directory could not be put at the final path."""
+
+
+class LeftoverAction(NamedTuple):
+    name: str
+    action: str  # "removed" or "restored"
+
+
+class ImageStaging:
+    """An image being assembled next to its final path; use as a context manager.
+
+    Leaving the `with` block without `publish()` having succeeded removes the staging dir.
+    """
+
+    def __init__(self, image_dir: str, parent_fd: int, name: str, lock_fd: int) -> None:
+        self.image_dir = image_dir
+        self.parent = os.path.dirname(image_dir)
+        self.name = name
+        self.path = os.path.join(self.parent, name)
+        self._parent_fd = parent_fd
+        self._lock_fd = lock_fd
+        self._finished = False
+
+    @classmethod
+    def begin(cls, image_dir: str) -> ImageStaging:
+        """Create the staging directory (and missing parents, 0700) for `image_dir`."""
+        if not os.path.isabs(image_dir):
+            raise ValueError(f"image directory must be absolute: {image_dir!r}")
+        image_dir = os.path.normpath(image_dir)
+        parent, final_name = os.path.split(image_dir)
+        try:
+            make_private_dirs(parent)
+            parent_fd = open_dir(parent)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise PublishError(f"{parent} is not a directory (a symlink?)") from error
+            raise
+        try:
+            name = f"{STAGING_PREFIX}{final_name}-{_random_hex()}"
+            os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
+            lock_fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
+        except BaseException:
+            os.close(parent_fd)
+            raise
+        # Shared lock: tells cleanup_stale the directory is in use. Where the filesystem has no
+        # flock (some network filesystems) only the age check protects it.
+        with contextlib.suppress(OSError):
+            fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return cls(image_dir, parent_fd, name, lock_fd)
+
+    @property
+    def tar_path(self) -> str:
+        return os.path.join(self.path, ROOTFS_TAR)
+
+    def describe_criu_files(self) -> tuple[CriuFile, ...]:
+        """The CRIU files in the staging dir: every file but the metadata and the tar."""
+        with open_image_dir(self.path) as dir_fd:
+            entries = regular_entries(dir_fd)
+        return tuple(
+            CriuFile(name, size)
+            for name, size in sorted(entries.items())
+            if name not in (METADATA_FILE, ROOTFS_TAR)
+        )
+
+    def publish(self, metadata: ImageMetadata) -> ValidImage:
+        """Seal the staging dir, check it like `validate`, and put it at the final path."""
+        if self._finished:
+            raise PublishError(f"{self.path}: already published or aborted")
+        with open_image_dir(self.path) as dir_fd:
+            _seal_files(dir_fd)
+            _write_file(dir_fd, METADATA_FILE, metadata.to_json())
+            os.fsync(dir_fd)
+            validate_contents(dir_fd)
+        _swap_into_place(self._parent_fd, self.name, os.path.basename(self.image_dir))
+        self._finish()
+        return ValidImage(self.image_dir, metadata)
+
+    def abort(self) -> None:
+        """Remove the staging directory (nothing was published)."""
+        if self._finished:
+            return
+        try:
+            _remove_entry(self._parent_fd, self.name)
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._finished = True
+        os.close(self._lock_fd)
+        os.close(self._parent_fd)
+
+    def __enter__(self) -> ImageStaging:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+
+def remove(image_dir: str) -> bool:
+    """Delete the image at `image_dir` without following symlinks; False when absent.
+
+    The image is first renamed to a `.removing-` name, so that a crash midway never leaves a
+    half-deleted image at the final path. Leftovers of interrupted publications of the same
+    image are removed too, so that `recover` cannot bring an older image back later.
+    """
+    parent, name = os.path.split(os.path.normpath(image_dir))
+    try:
+        parent_fd = open_dir(parent)
+    except FileNotFoundError:
+        return False
+    try:
+        for leftover in _leftovers_of(parent_fd, name):
+            if not _in_use(parent_fd, leftover):
+                _remove_entry(parent_fd, leftover)
+        doomed = f"{REMOVING_PREFIX}{name}-{_random_hex()}"
+        try:
+            os.rename(name, doomed, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except FileNotFoundError:
+            return False
+        os.fsync(parent_fd)
+        _remove_entry(parent_fd, doomed)
+        return True
+    finally:
+        os.close(parent_fd)
+
+
+def recover(image_dir: str) -> bool:
+    """After a crash between the two renames of a publication: put the old image back.
+
+    Only acts when nothing is at `image_dir` and a complete `.old-<id>-*` image of the same
+    checkpoint id exists (the newest one, by metadata `created`). Returns True when it did.
+    Called before deciding whether a `create` restores.
+    """
+    parent, name = os.path.split(os.path.normpath(image_dir))
+    try:
+        parent_fd = open_dir(parent)
+    except FileNotFoundError:
+        return False
+    try:
+        if _lexists(parent_fd, name):
+            return False
+        candidates = []
+        for leftover in _leftovers_of(parent_fd, name, prefixes=(OLD_PREFIX,)):
+            try:
+                metadata = validate_entry(parent_fd, leftover)
+            except InvalidImage:
+                continue
+            if metadata.checkpoint_id == name:
+                candidates.append((metadata.created, leftover))
+        if not candidates:
+            return False
+        try:
+            os.rename(max(candidates)[1], name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except OSError as error:
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                return False  # a publication or another recovery got there first
+            raise
+        os.fsync(parent_fd)
+        return True
+    finally:
+        os.close(parent_fd)
+
+
+def cleanup_stale(
+    parent: str, min_age: float = STALE_AFTER_SECONDS, now: float | None = None
+) -> list[LeftoverAction]:
+    """Remove leftovers of interrupted publications and removals in `parent` (a namespace dir).
+
+    A leftover is removed when its name has a leftover prefix, nothing in it changed for
+    `min_age` seconds, no process holds its lock, and it is not itself an image whose metadata
+    names it (a checkpoint id may begin with ".staging-"). Never touches other entries.
+    """
+    now = time.time() if now is None else now
+    try:
+        parent_fd = open_dir(parent)
+    except FileNotFoundError:
+        return []
+    actions = []
+    try:
+        for entry in os.scandir(parent_fd):
+            name = entry.name
+            if not name.startswith(LEFTOVER_PREFIXES) or not _has_random_suffix(name):
+                continue
+            if now - _last_change(parent_fd, name) < min_age or _in_use(parent_fd, name):
+                continue
+            if _is_image_named(parent_fd, name):
+                continue
+            _remove_entry(parent_fd, name)
+            actions.append(LeftoverAction(name, "removed"))
+    finally:
+        os.close(parent_fd)
+    return actions
+
+
+def make_private_dirs(path: str) -> None:
+    """Create `path` and missing parents with mode 0700; refuse a symlink at `path`."""
+    missing = []
+    current = path
+    while not os.path.lexists(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, DIR_MODE)
+    os.close(open_dir(path))
+
+
+def _seal_files(dir_fd: int) -> None:
+    """Files 0600 (root-owned when running as root), contents and directory fsynced."""
+    as_root = os.geteuid() == 0
+    os.fchmod(dir_fd, DIR_MODE)
+    if as_root:
+        os.fchown(dir_fd, 0, 0)
+    for name in regular_entries(dir_fd):
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            if as_root:
+                os.fchown(fd, 0, 0)
+            os.fchmod(fd, FILE_MODE)  # after fchown, which may clear mode bits
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_file(dir_fd: int, name: str, data: bytes) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, FILE_MODE, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, FILE_MODE)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(parent_fd: int, staging: str, final: str) -> None:
+    """Put the complete directory `staging` at `final`, replacing an image already there."""
+    for _ in range(PUBLISH_ATTEMPTS):
+        try:
+            os.rename(staging, final, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+        else:
+            os.fsync(parent_fd)
+            return
+        try:
+            exchanged = _rename_exchange(parent_fd, staging, final)
+        except FileNotFoundError:
+            continue  # removed meanwhile: try the plain rename again
+        if exchanged:
+            os.fsync(parent_fd)
+            _remove_entry(parent_fd, staging)  # now the previous image
+            return
+        old = f"{OLD_PREFIX}{final}-{_random_hex()}"
+        try:
+            os.rename(final, old, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except FileNotFoundError:
+            continue  # removed meanwhile: try the plain rename again
+        try:
+            os.rename(staging, final, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            continue  # `recover` put the old image back meanwhile; start over
+        os.fsync(parent_fd)
+        _remove_entry(parent_fd, old)
+        return
+    raise PublishError(f"could not publish {staging} as {final}: the final path kept changing")
+
+
+def _rename_exchange(parent_fd: int, first: str, second: str) -> bool:
+    """Swap two directory entries atomically; False where renameat2 or the flag is missing."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    result = renameat2(
+        parent_fd, os.fsencode(first), parent_fd, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
+def _remove_entry(parent_fd: int, name: str) -> None:
+    """Remove a file, symlink or directory tree in the parent, never following symlinks."""
+    try:
+        info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        _unlink_at(parent_fd, name)
+        return
+    dir_fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
+    try:
+        for entry in os.scandir(dir_fd):
+            _remove_entry(dir_fd, entry.name)
+    finally:
+        os.close(dir_fd)
+    try:
+        os.rmdir(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return
+
+
+def _unlink_at(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+
+
+def _lexists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _random_hex() -> str:
+    return os.urandom(RANDOM_HEX_CHARS // 2).hex()
+
+
+def _has_random_suffix(name: str) -> bool:
+    suffix = name[-RANDOM_HEX_CHARS - 1 :]
+    return (
+        len(name) > RANDOM_HEX_CHARS + 1
+        and suffix[0] == "-"
+        and all(c in "0123456789abcdef" for c in suffix[1:])
+    )
+
+
+def _leftovers_of(
+    parent_fd: int, image_name: str, prefixes: tuple[str, ...] = (STAGING_PREFIX, OLD_PREFIX)
+) -> Iterator[str]:
+    """Names of leftovers (with the given prefixes) that belong to the image `image_name`."""
+    names = [entry.name for entry in os.scandir(parent_fd)]
+    for name in names:
+        for prefix in prefixes:
+            if (
+                name.startswith(prefix)
+                and _has_random_suffix(name)
+                and name[len(prefix) : -RANDOM_HEX_CHARS - 1] == image_name
+            ):
+                yield name
+
+
+def _last_change(parent_fd: int, name: str) -> float:
+    """The newest mtime/ctime of the entry and, for a directory, of its direct entries."""
+    try:
+        info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return time.time()
+    newest = max(info.st_mtime, info.st_ctime)
+    if not stat.S_ISDIR(info.st_mode):
+        return newest
+    dir_fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
+    try:
+        for entry in os.scandir(dir_fd):
+            try:
+                child = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            newest = max(newest, child.st_mtime, child.st_ctime)
+    finally:
+        os.close(dir_fd)
+    return newest
+
+
+def _in_use(parent_fd: int, name: str) -> bool:
+    """Whether a process holds the lock of this (staging) directory."""
+    try:
+        fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
+    except OSError:
+        return False  # gone, or not a directory: nobody is writing into it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # no flock here; the age check alone decides
+    finally:
+        os.close(fd)
+    return False
+
+
+def _is_image_named(parent_fd: int, name: str) -> bool:
+    """Whether `name` is a published image whose checkpoint id happens to look like garbage."""
+    try:
+        dir_fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
+    except OSError:
+        return False
+    try:
+        return read_metadata_at(dir_fd).checkpoint_id == name
+    except InvalidImage:
+        return False
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,242 @@
+"""Validation of checkpoint images, which may sit on shared storage that other hosts write.
+
+Validation accepts only regular files (no symlinks, no subdirectories), exactly the files the
+metadata lists, with the listed sizes, and a dump.log that reports success; everything is opened
+relative to a directory descriptor with O_NOFOLLOW.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+
+from arch.checkpoint.metadata import (
+    CRIU_DUMP_LOG,
+    METADATA_FILE,
+    ImageMetadata,
+    ImageMissing,
+    InvalidImage,
+    parse_criu_version,
+)
+
+# The last line CRIU's dump logs when it succeeded (criu/cr-dump.c, 3.x and 4.x).
+CRIU_DUMP_SUCCESS = "Dumping finished successfully"
+CRIU_ERROR_MARKERS = ("Error (", "Dumping FAILED")
+METADATA_MAX_BYTES = 4 * 1024 * 1024
+DUMP_LOG_TAIL_BYTES = 64 * 1024
+COPY_CHUNK_BYTES = 1024 * 1024
+OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@dataclass(frozen=True)
+class ValidImage:
+    """An image that passed `validate`."""
+
+    path: str
+    metadata: ImageMetadata
+
+    @property
+    def tar_path(self) -> str | None:
+        tar = self.metadata.filesystem.tar
+        return None if tar is None else os.path.join(self.path, tar)
+
+
+def read_metadata(image_dir: str) -> ImageMetadata:
+    with open_image_dir(image_dir) as dir_fd:
+        return read_metadata_at(dir_fd)
+
+
+def validate(
+    image_dir: str,
+    criu_version: str | None = None,
+    *,
+    namespace: str | None = None,
+    checkpoint_id: str | None = None,
+) -> ValidImage:
+    """Check that the image at `image_dir` is complete and usable; raise InvalidImage if not.
+
+    `criu_version` is the restoring host's CRIU version: an image dumped by a newer CRIU major
+    is refused. `namespace`/`checkpoint_id`, when given, must match the metadata. The tar's
+    sha256 is not computed here (see verify_tar_checksum).
+    """
+    with open_image_dir(image_dir) as dir_fd:
+        metadata = validate_contents(dir_fd)
+    if namespace is not None and metadata.namespace != namespace:
+        raise InvalidImage(f"image is for namespace {metadata.namespace!r}, not {namespace!r}")
+    if checkpoint_id is not None and metadata.checkpoint_id != checkpoint_id:
+        raise InvalidImage(
+            f"image is for checkpoint id {metadata.checkpoint_id!r}, not {checkpoint_id!r}"
+        )
+    if criu_version is not None:
+        _check_criu_compatible(metadata.criu_version, criu_version)
+    return ValidImage(image_dir, metadata)
+
+
+def verify_tar_checksum(image: ValidImage) -> None:
+    """Stream the filesystem tar and compare its sha256 with the metadata's."""
+    filesystem = image.metadata.filesystem
+    if filesystem.tar is None:
+        return
+    digest = hashlib.sha256()
+    with open_image_dir(image.path) as dir_fd:
+        fd = open_regular(dir_fd, filesystem.tar)
+        try:
+            while True:
+                chunk = os.read(fd, COPY_CHUNK_BYTES)
+                if not chunk:
+                    break
+                digest.update(chunk)
+        finally:
+            os.close(fd)
+    if digest.hexdigest() != filesystem.sha256:
+        raise InvalidImage(
+            f"{filesystem.tar}: sha256 {digest.hexdigest()} does not match the metadata's "
+            f"{filesystem.sha256}"
+        )
+
+
+def validate_contents(dir_fd: int) -> ImageMetadata:
+    """Everything `validate` checks about the files, against the metadata on disk."""
+    entries = regular_entries(dir_fd)
+    if METADATA_FILE not in entries:
+        raise InvalidImage(f"{METADATA_FILE} is missing (incomplete image)")
+    metadata = read_metadata_at(dir_fd)
+    expected = {METADATA_FILE: -1}
+    expected.update((f.name, f.size) for f in metadata.criu_files)
+    filesystem = metadata.filesystem
+    if filesystem.tar is not None and filesystem.size is not None:
+        expected[filesystem.tar] = filesystem.size
+    unexpected = sorted(set(entries) - set(expected))
+    if unexpected:
+        raise InvalidImage(f"files not listed in {METADATA_FILE}: {', '.join(unexpected)}")
+    for name, size in sorted(expected.items()):
+        if name not in entries:
+            raise InvalidImage(f"{name} is missing")
+        if size >= 0 and entries[name] != size:
+            raise InvalidImage(
+                f"{name} has {entries[name]} bytes, {METADATA_FILE} says {size} (truncated?)"
+            )
+    _check_dump_log(dir_fd)
+    return metadata
+
+
+def validate_entry(parent_fd: int, name: str) -> ImageMetadata:
+    try:
+        dir_fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
+    except OSError as error:
+        raise InvalidImage(f"{name}: cannot open: {error.strerror}") from error
+    try:
+        return validate_contents(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def regular_entries(dir_fd: int) -> dict[str, int]:
+    """Name -> size of every entry; anything but a regular file is refused."""
+    entries = {}
+    for entry in os.scandir(dir_fd):
+        info = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode):
+            raise InvalidImage(f"{entry.name} is a symlink (images hold only regular files)")
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidImage(f"{entry.name} is not a regular file")
+        entries[entry.name] = info.st_size
+    return entries
+
+
+def read_metadata_at(dir_fd: int) -> ImageMetadata:
+    fd = open_regular(dir_fd, METADATA_FILE)
+    chunks: list[bytes] = []
+    length = 0
+    try:
+        while length <= METADATA_MAX_BYTES:
+            chunk = os.read(fd, METADATA_MAX_BYTES + 1 - length)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            length += len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > METADATA_MAX_BYTES:
+        raise InvalidImage(f"{METADATA_FILE} is larger than {METADATA_MAX_BYTES} bytes")
+    return ImageMetadata.from_json(data)
+
+
+def _check_dump_log(dir_fd: int) -> None:
+    """dump.log must report success, with no error after the success line."""
+    fd = open_regular(dir_fd, CRIU_DUMP_LOG)
+    try:
+        size = os.fstat(fd).st_size
+        os.lseek(fd, max(0, size - DUMP_LOG_TAIL_BYTES), os.SEEK_SET)
+        tail = os.read(fd, DUMP_LOG_TAIL_BYTES).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
+    lines = tail.splitlines()
+    success = [i for i, line in enumerate(lines) if CRIU_DUMP_SUCCESS in line]
+    if not success:
+        raise InvalidImage(f"{CRIU_DUMP_LOG} does not end with {CRIU_DUMP_SUCCESS!r}")
+    for line in lines[success[-1] + 1 :]:
+        if any(marker in line for marker in CRIU_ERROR_MARKERS):
+            raise InvalidImage(f"{CRIU_DUMP_LOG} reports an error after success: {line.strip()}")
+
+
+def _check_criu_compatible(image_version: str, host_version: str) -> None:
+    dumped = parse_criu_version(image_version, source="image CRIU version")
+    restoring = parse_criu_version(host_version, source="this host's CRIU version")
+    if dumped[0] > restoring[0]:
+        raise InvalidImage(
+            f"image was dumped by CRIU {'.'.join(map(str, dumped))}, a newer major version "
+            f"than this host's CRIU {'.'.join(map(str, restoring))}"
+        )
+
+
+class DirFd:
+    """A directory descriptor as a context manager."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self.fd)
+
+
+def open_dir(path: str) -> int:
+    return os.open(path, OPEN_DIR)
+
+
+def open_image_dir(image_dir: str) -> DirFd:
+    try:
+        return DirFd(open_dir(image_dir))
+    except FileNotFoundError as error:
+        raise ImageMissing(f"no image at {image_dir}") from error
+    except OSError as error:
+        # With O_DIRECTORY | O_NOFOLLOW, Linux reports a symlink as ENOTDIR.
+        if error.errno == errno.ELOOP or os.path.islink(image_dir):
+            raise InvalidImage(f"{image_dir} is a symlink") from error
+        if error.errno == errno.ENOTDIR:
+            raise InvalidImage(f"{image_dir} is not a directory") from error
+        raise InvalidImage(f"{image_dir}: cannot open: {error.strerror}") from error
+
+
+def open_regular(dir_fd: int, name: str) -> int:
+    """Open `name` in the directory for reading; it must be a regular file, not a symlink."""
+    try:
+        fd = os.open(name, _OPEN_FILE, dir_fd=dir_fd)
+    except FileNotFoundError as error:
+        raise InvalidImage(f"{name} is missing") from error
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InvalidImage(f"{name} is a symlink") from error
+        raise InvalidImage(f"{name}: cannot open: {error.strerror}") from error
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidImage(f"{name} is not a regular file")
+    return fd
