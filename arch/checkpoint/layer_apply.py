@@ -5,7 +5,8 @@ The archive comes from shared storage, so nothing in it is trusted:
 2. every member header is parsed and validated before anything is touched: names (relative,
    no `..`, no NUL, bounded), types (file, dir, symlink, hard link, FIFO, devices), whiteout
    names, hard-link targets (an earlier member of the same archive), xattr names, and that no
-   member lies below a symlink or file created by the archive itself;
+   member lies below a symlink or file created by the archive itself; escaped whiteout-like
+   names (layer_common) are unescaped, so such a member is a file, never a deletion;
 3. it is applied through the rootfs mount (for overlay: the merged view): deletions first
    (whiteouts and opaque markers only hide what existed before this layer), then the other
    members in archive order, then directory times. Every path is reached through directory
@@ -35,6 +36,8 @@ from arch.checkpoint.layer_common import (
     DIR_OPEN_FLAGS,
     NANOSECONDS,
     OPAQUE_MARKER,
+    PAX_ESCAPED,
+    PAX_ESCAPED_VALUE,
     PAX_MTIME,
     PAX_XATTR_PREFIX,
     WHITEOUT_DEVICE,
@@ -48,6 +51,7 @@ from arch.checkpoint.layer_common import (
     parse_pax_time,
     read_xattrs,
     remove_xattrs,
+    unescape_component,
     write_xattrs,
 )
 from arch.checkpoint.layer_journal import (
@@ -74,6 +78,8 @@ MAX_ID = 2**32 - 2
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
 END_OF_ARCHIVE_SIZE = 2 * tarfile.BLOCKSIZE
+# an escaped archive name may exceed the real path's length limit by its escape prefixes
+PATH_ESCAPE_ALLOWANCE = 1024
 
 
 @dataclass(frozen=True)
@@ -296,30 +302,28 @@ class _Validator:
         self.members.append(member)
 
     def _member(self, info: tarfile.TarInfo) -> Member:
-        parts = self._split_name(info.name)
-        kind = self._kind(info, parts)
-        if kind == Kind.OPAQUE:
-            parts = parts[:-1]  # the directory it makes opaque
-        elif kind == Kind.WHITEOUT:
-            parts = (*parts[:-1], parts[-1][len(WHITEOUT_PREFIX):])  # the path it deletes
+        escaped = _is_escaped(info)
+        kind, parts = self._kind(info, self._split_name(info.name), escaped)
         member = Member(
             name=info.name, kind=kind, parts=parts, mode=stat.S_IMODE(info.mode),
             uid=self._id(info.uid), gid=self._id(info.gid), mtime_ns=self._mtime(info),
             xattrs=self._xattrs(info))
         if kind == Kind.FILE:
             return dataclasses.replace(member, size=info.size, data_offset=info.offset_data)
-        if info.size != 0 and kind not in DELETIONS:
+        if info.size != 0:
             raise LayerError(f"a {kind.value} must not carry data")
         if kind == Kind.SYMLINK:
             return dataclasses.replace(member,
                                        symlink_target=self._symlink_target(info.linkname))
         if kind == Kind.HARDLINK:
-            return dataclasses.replace(member, link_parts=self._link_parts(info.linkname))
+            return dataclasses.replace(member,
+                                       link_parts=self._link_parts(info.linkname, escaped))
         if kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE):
             return dataclasses.replace(member, rdev=os.makedev(info.devmajor, info.devminor))
         return member
 
     def _split_name(self, name: str) -> tuple[str, ...]:
+        """The archived path components (still escaped), checked for syntax only."""
         if "\x00" in name:
             raise LayerError("NUL in name")
         if name.startswith("/"):
@@ -327,14 +331,27 @@ class _Validator:
         relative = name[2:] if name.startswith("./") else name
         if relative in ("", "."):
             return ()
-        if len(os.fsencode(relative)) > self._limits.max_path_bytes:
+        if len(os.fsencode(relative)) > self._limits.max_path_bytes + PATH_ESCAPE_ALLOWANCE:
             raise LayerError("name too long")
         parts = tuple(relative.rstrip("/").split("/"))
         for part in parts:
-            self._check_component(part)
-        if any(part.startswith(WHITEOUT_PREFIX) for part in parts[:-1]):
-            raise LayerError("a whiteout name used as a directory")
+            if part in ("", ".", ".."):
+                raise LayerError(f"path component {part!r} not allowed")
         return parts
+
+    def _real_parts(self, parts: tuple[str, ...], escaped: bool) -> tuple[str, ...]:
+        """The path a member's archived components name (never a deletion marker)."""
+        if escaped:
+            real = tuple(unescape_component(part) for part in parts)
+        elif any(part.startswith(WHITEOUT_PREFIX) for part in parts):
+            raise LayerError("a whiteout name used as a directory")
+        else:
+            real = parts
+        for part in real:
+            self._check_component(part)
+        if len(os.fsencode("/".join(real))) > self._limits.max_path_bytes:
+            raise LayerError("name too long")
+        return real
 
     def _check_component(self, part: str) -> None:
         if part in ("", ".", ".."):
@@ -342,27 +359,40 @@ class _Validator:
         if len(os.fsencode(part)) > self._limits.max_name_bytes:
             raise LayerError("path component too long")
 
-    def _kind(self, info: tarfile.TarInfo, parts: tuple[str, ...]) -> Kind:
+    def _kind(self, info: tarfile.TarInfo, parts: tuple[str, ...], escaped: bool
+              ) -> tuple[Kind, tuple[str, ...]]:
+        """The member's kind, and the path it creates (for a deletion: the path it deletes,
+        for an opaque marker: the directory it empties)."""
         if info.sparse is not None:
             raise LayerError("sparse files are not allowed")
         leaf = parts[-1] if parts else ""
-        if leaf.startswith(WHITEOUT_PREFIX):
-            if info.type not in REGULAR_TYPES:
-                raise LayerError("a whiteout must be a regular file")
-            if leaf == OPAQUE_MARKER:
-                return Kind.OPAQUE
-            if leaf.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
-                raise LayerError("unknown special whiteout")
-            self._check_component(leaf[len(WHITEOUT_PREFIX):])
-            return Kind.WHITEOUT
-        kind = _TYPE_KINDS.get(info.type)
-        if kind is None:
-            raise LayerError(f"member type {info.type!r} not allowed")
-        if not parts and kind != Kind.DIRECTORY:
-            raise LayerError("the root must be a directory")
-        if kind == Kind.CHAR_DEVICE and os.makedev(info.devmajor, info.devminor) == WHITEOUT_DEVICE:
-            raise LayerError("character device 0:0 is overlay's whiteout, not a layer member")
-        return kind
+        if not leaf.startswith(WHITEOUT_PREFIX):
+            real = self._real_parts(parts, escaped)
+            kind = _TYPE_KINDS.get(info.type)
+            if kind is None:
+                raise LayerError(f"member type {info.type!r} not allowed")
+            if not real and kind != Kind.DIRECTORY:
+                raise LayerError("the root must be a directory")
+            if (kind == Kind.CHAR_DEVICE
+                    and os.makedev(info.devmajor, info.devminor) == WHITEOUT_DEVICE):
+                raise LayerError("character device 0:0 is overlay's whiteout, not a layer member")
+            return kind, real
+        directory = self._real_parts(parts[:-1], escaped)
+        if info.type not in REGULAR_TYPES:
+            raise LayerError("a whiteout must be a regular file")
+        if info.size != 0:
+            raise LayerError("a whiteout must be empty (a real file of this name, from an image "
+                             "written before ARCH escaped such names, cannot be restored)")
+        if leaf == OPAQUE_MARKER:
+            return Kind.OPAQUE, directory
+        deleted = leaf[len(WHITEOUT_PREFIX):]
+        if escaped:
+            deleted = unescape_component(deleted)
+        elif deleted.startswith(WHITEOUT_PREFIX):
+            raise LayerError("unknown special whiteout (a real file of this name, from an image "
+                             "written before ARCH escaped such names, cannot be restored)")
+        self._check_component(deleted)
+        return Kind.WHITEOUT, (*directory, deleted)
 
     def _id(self, value: int) -> int:
         if not 0 <= value <= MAX_ID:
@@ -398,15 +428,16 @@ class _Validator:
             raise LayerError("invalid symlink target")
         return target
 
-    def _link_parts(self, target: str) -> tuple[str, ...]:
+    def _link_parts(self, target: str, escaped: bool) -> tuple[str, ...]:
         parts = self._split_name(target)
-        if not parts or parts[-1].startswith(WHITEOUT_PREFIX):
+        if not parts or (not escaped and parts[-1].startswith(WHITEOUT_PREFIX)):
             raise LayerError(f"hard link target {target!r} not allowed")
-        linked_kind = self._kinds.get(parts)
+        real = self._real_parts(parts, escaped)
+        linked_kind = self._kinds.get(real)
         if linked_kind is None or linked_kind in (Kind.DIRECTORY, Kind.HARDLINK):
             raise LayerError(f"hard link target {target!r} is not an earlier non-directory "
                              "member of this archive")
-        return parts
+        return real
 
     def _check_against_archive(self, member: Member) -> None:
         """No duplicate paths; nothing below a non-directory this archive creates."""
@@ -421,6 +452,15 @@ class _Validator:
                                  f"{parent_kind.value} in this archive; nothing can be below it")
         if member.kind not in DELETIONS:
             self._kinds[member.parts] = member.kind
+
+
+def _is_escaped(info: tarfile.TarInfo) -> bool:
+    value = info.pax_headers.get(PAX_ESCAPED)
+    if value is None:
+        return False
+    if value != PAX_ESCAPED_VALUE:
+        raise LayerError(f"PAX record {PAX_ESCAPED}={value!r} not understood")
+    return True
 
 
 _TYPE_KINDS = {

@@ -4,7 +4,9 @@ Conversions from overlay's on-disk form to OCI layer conventions:
 - a whiteout (character device 0:0, or a zero-size file carrying `<prefix>whiteout` in a
   directory marked `<prefix>opaque=x`) becomes an empty regular file `.wh.<name>`;
 - an opaque directory (`<prefix>opaque=y`) is followed by `<dir>/.wh..wh..opq`;
-- overlay's own xattrs (`trusted.overlay.*`, `user.overlay.*`) are dropped.
+- overlay's own xattrs (`trusted.overlay.*`, `user.overlay.*`) are dropped;
+- real files and directories with whiteout-like names are archived under escaped names
+  (layer_common: `.wh.x` -> `.arch..wh.x`, PAX record `ARCH.escaped=1`).
 An upperdir that does not hold the whole changed state — a directory renamed with
 `redirect_dir` (its contents stay in a lower layer) or a `metacopy` file (its data stays in a
 lower layer) — is refused: capturing it alone would silently lose data.
@@ -29,12 +31,16 @@ from arch.checkpoint.layer_common import (
     NANOSECONDS,
     OPAQUE_MARKER,
     OVERLAY_PRIVATE_XATTR_PREFIXES,
+    PAX_ESCAPED,
+    PAX_ESCAPED_VALUE,
     PAX_MTIME,
     PAX_XATTR_PREFIX,
     TRUSTED_OVERLAY_PREFIX,
     WHITEOUT_DEVICE,
     WHITEOUT_PREFIX,
     LayerError,
+    escape_component,
+    escape_path,
     format_pax_time,
     is_overlay_private_xattr,
     node_path,
@@ -79,7 +85,7 @@ def capture_layer(upperdir: str, tar_path: str,
         try:
             writer = _HashingWriter(out_fd)
             capture = _Capture(writer, tuple(opaque_xattr_names))
-            capture.directory(root_fd, ".", os.fstat(root_fd))
+            capture.directory(root_fd, (), os.fstat(root_fd))
             writer.finish()
         finally:
             os.close(out_fd)
@@ -124,71 +130,76 @@ class _Capture:
         self._opaque_xattr_names = opaque_xattr_names
         self._whiteout_xattr_names = tuple(
             name[: -len("opaque")] + "whiteout" for name in opaque_xattr_names)
-        self._first_link_names: dict[tuple[int, int], str] = {}
+        self._first_link_names: dict[tuple[int, int], tuple[str, ...]] = {}
         self._buffer = memoryview(bytearray(COPY_CHUNK_SIZE))
         self.entries = 0
 
-    def directory(self, dir_fd: int, name: str, dir_stat: os.stat_result) -> None:
+    def directory(self, dir_fd: int, parts: tuple[str, ...], dir_stat: os.stat_result) -> None:
         all_xattrs = read_xattrs(dir_fd)
         opaque_state = self._opaque_state(all_xattrs)
-        self._add(_header(name, dir_stat, tarfile.DIRTYPE, _portable(all_xattrs, name)))
+        self._add(_header(parts, dir_stat, tarfile.DIRTYPE, _portable(all_xattrs, parts)))
         if opaque_state == OPAQUE:
-            self._add(_marker(_join(name, OPAQUE_MARKER), dir_stat))
+            self._add(_marker(parts, OPAQUE_MARKER, dir_stat))
         children = sorted(os.scandir(dir_fd), key=lambda entry: os.fsencode(entry.name))
         others = []
         for child in children:
             child_stat = child.stat(follow_symlinks=False)
             if self._is_whiteout(dir_fd, child.name, child_stat, opaque_state):
-                self._add(_marker(_join(name, WHITEOUT_PREFIX + child.name), child_stat))
+                whiteout_leaf = WHITEOUT_PREFIX + escape_component(child.name)
+                self._add(_marker(parts, whiteout_leaf, child_stat,
+                                  escaped=whiteout_leaf != WHITEOUT_PREFIX + child.name))
             else:
                 others.append((child.name, child_stat))
         for child_name, child_stat in others:
-            self._child(dir_fd, child_name, _join(name, child_name), child_stat)
+            self._child(dir_fd, child_name, (*parts, child_name), child_stat)
 
-    def _child(self, dir_fd: int, name: str, archive_name: str, child_stat: os.stat_result
-               ) -> None:
+    def _child(self, dir_fd: int, name: str, parts: tuple[str, ...],
+               child_stat: os.stat_result) -> None:
         mode = child_stat.st_mode
         if stat.S_ISDIR(mode):
             child_fd = os.open(name, DIR_OPEN_FLAGS, dir_fd=dir_fd)
             try:
-                self.directory(child_fd, archive_name, _same_node(child_fd, child_stat, name))
+                self.directory(child_fd, parts, _same_node(child_fd, child_stat, name))
             finally:
                 os.close(child_fd)
         elif stat.S_ISSOCK(mode):
-            logger.warning("capture: socket %s skipped (tar cannot hold sockets)", archive_name)
-        elif self._add_hard_link(archive_name, child_stat):
+            logger.warning("capture: socket %s skipped (tar cannot hold sockets)",
+                           "/".join(parts))
+        elif self._add_hard_link(parts, child_stat):
             return
         elif stat.S_ISREG(mode):
-            self._regular_file(dir_fd, name, archive_name, child_stat)
+            self._regular_file(dir_fd, name, parts, child_stat)
         else:
-            self._special(dir_fd, name, archive_name, child_stat)
+            self._special(dir_fd, name, parts, child_stat)
 
-    def _add_hard_link(self, archive_name: str, child_stat: os.stat_result) -> bool:
+    def _add_hard_link(self, parts: tuple[str, ...], child_stat: os.stat_result) -> bool:
         """Adds a link entry when the inode was archived already; remembers it otherwise."""
         if child_stat.st_nlink < 2:
             return False
         key = (child_stat.st_dev, child_stat.st_ino)
-        first_name = self._first_link_names.get(key)
-        if first_name is None:
-            self._first_link_names[key] = archive_name
+        first_parts = self._first_link_names.get(key)
+        if first_parts is None:
+            self._first_link_names[key] = parts
             return False
-        info = _header(archive_name, child_stat, tarfile.LNKTYPE, {})
-        info.linkname = first_name
+        info = _header(parts, child_stat, tarfile.LNKTYPE, {})
+        info.linkname, link_escaped = escape_path(first_parts)
+        if link_escaped:
+            info.pax_headers = {**info.pax_headers, PAX_ESCAPED: PAX_ESCAPED_VALUE}
         self._add(info)
         return True
 
-    def _regular_file(self, dir_fd: int, name: str, archive_name: str,
+    def _regular_file(self, dir_fd: int, name: str, parts: tuple[str, ...],
                       child_stat: os.stat_result) -> None:
         file_fd = os.open(name, FILE_OPEN_FLAGS, dir_fd=dir_fd)
         try:
             file_stat = _same_node(file_fd, child_stat, name)
-            info = _header(archive_name, file_stat, tarfile.REGTYPE,
-                           _portable(read_xattrs(file_fd), archive_name))
+            info = _header(parts, file_stat, tarfile.REGTYPE,
+                           _portable(read_xattrs(file_fd), parts))
             info.size = file_stat.st_size
             self._add(info)
-            self._copy_data(file_fd, info.size, archive_name)
+            self._copy_data(file_fd, info.size, info.name)
             if _changed(file_stat, os.fstat(file_fd)):
-                raise LayerError(f"{archive_name}: file changed while it was being captured")
+                raise LayerError(f"{'/'.join(parts)}: file changed while it was being captured")
         finally:
             os.close(file_fd)
 
@@ -202,18 +213,18 @@ class _Capture:
             remaining -= count
         self._writer.pad_block()
 
-    def _special(self, dir_fd: int, name: str, archive_name: str, child_stat: os.stat_result
-                 ) -> None:
+    def _special(self, dir_fd: int, name: str, parts: tuple[str, ...],
+                 child_stat: os.stat_result) -> None:
         mode = child_stat.st_mode
-        xattrs = _portable(read_xattrs(node_path(dir_fd, name)), archive_name)
+        xattrs = _portable(read_xattrs(node_path(dir_fd, name)), parts)
         if stat.S_ISLNK(mode):
-            info = _header(archive_name, child_stat, tarfile.SYMTYPE, xattrs)
+            info = _header(parts, child_stat, tarfile.SYMTYPE, xattrs)
             info.linkname = os.readlink(name, dir_fd=dir_fd)
         elif stat.S_ISFIFO(mode):
-            info = _header(archive_name, child_stat, tarfile.FIFOTYPE, xattrs)
+            info = _header(parts, child_stat, tarfile.FIFOTYPE, xattrs)
         else:
             device_type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-            info = _header(archive_name, child_stat, device_type, xattrs)
+            info = _header(parts, child_stat, device_type, xattrs)
             info.devmajor = os.major(child_stat.st_rdev)
             info.devminor = os.minor(child_stat.st_rdev)
         self._add(info)
@@ -240,8 +251,10 @@ class _Capture:
         self.entries += 1
 
 
-def _header(name: str, node_stat: os.stat_result, member_type: bytes,
+def _header(parts: tuple[str, ...], node_stat: os.stat_result, member_type: bytes,
             xattrs: dict[str, bytes]) -> tarfile.TarInfo:
+    """The header of the node at `parts`, its whiteout-like path components escaped."""
+    name, escaped = escape_path(parts)
     info = tarfile.TarInfo(name)
     info.type = member_type
     info.mode = stat.S_IMODE(node_stat.st_mode)
@@ -253,29 +266,32 @@ def _header(name: str, node_stat: os.stat_result, member_type: bytes,
                    for key, value in xattrs.items()}
     if nanoseconds:
         pax_headers[PAX_MTIME] = format_pax_time(node_stat.st_mtime_ns)
+    if escaped:
+        pax_headers[PAX_ESCAPED] = PAX_ESCAPED_VALUE
     info.pax_headers = pax_headers
     return info
 
 
-def _marker(name: str, source_stat: os.stat_result) -> tarfile.TarInfo:
-    """An empty regular file standing for a whiteout or an opaque-directory marker."""
-    info = _header(name, source_stat, tarfile.REGTYPE, {})
+def _marker(dir_parts: tuple[str, ...], leaf: str, source_stat: os.stat_result, *,
+            escaped: bool = False) -> tarfile.TarInfo:
+    """An empty regular file `leaf` (already in archive form) in the directory `dir_parts`,
+    standing for a whiteout or an opaque-directory marker."""
+    info = _header(dir_parts, source_stat, tarfile.REGTYPE, {})
+    info.name = leaf if not dir_parts else f"{info.name}/{leaf}"
+    if escaped:
+        info.pax_headers = {**info.pax_headers, PAX_ESCAPED: PAX_ESCAPED_VALUE}
     info.mode = MARKER_MODE
     return info
 
 
-def _portable(xattrs: dict[str, bytes], archive_name: str) -> dict[str, bytes]:
+def _portable(xattrs: dict[str, bytes], parts: tuple[str, ...]) -> dict[str, bytes]:
     """The xattrs that belong to the container's file, not to overlay's bookkeeping."""
     for name in INCOMPLETE_NODE_XATTRS:
         if name in xattrs:
-            raise LayerError(f"{archive_name}: has {name}: part of it lives in a lower layer "
-                             "(overlay redirect_dir/metacopy); the upperdir alone cannot be "
-                             "captured")
+            raise LayerError(f"{'/'.join(parts) or '.'}: has {name}: part of it lives in a "
+                             "lower layer (overlay redirect_dir/metacopy); the upperdir alone "
+                             "cannot be captured")
     return {name: value for name, value in xattrs.items() if not is_overlay_private_xattr(name)}
-
-
-def _join(directory: str, name: str) -> str:
-    return name if directory == "." else f"{directory}/{name}"
 
 
 def _same_node(fd: int, expected: os.stat_result, name: str) -> os.stat_result:

@@ -5,6 +5,22 @@ regular file `dir/.wh.name`; a directory whose lower-layer contents are hidden (
 followed by an empty regular file `dir/.wh..wh..opq`. Extended attributes travel as PAX
 records `SCHILY.xattr.<name>`; sub-second modification times as the PAX record `mtime`.
 
+Whiteout-like names of real files. A container may hold real files and directories whose
+names start with `.wh.` (fuse-overlayfs, buildah and unpacked image layers create them). Such
+a member cannot keep its name without being read as a deletion, so its archived path is
+escaped, one component at a time: a component that starts with `.wh.` or with `.arch.` is
+archived as `.arch.` + the component (`.wh.config` -> `.arch..wh.config`,
+`.wh..wh..opq` -> `.arch..wh..wh..opq`); every other component is archived unchanged. A member
+whose name (or hard-link target) holds an escaped component carries the PAX record
+`ARCH.escaped=1`, and only then are its components unescaped when read. A whiteout of a
+whiteout-like name is `.wh.` + the escaped name (`.wh..arch..wh.config` deletes `.wh.config`),
+with the record. Tools that do not know the record see plain files with `.arch.` names:
+nothing is deleted because of a real file's name, and every other member is standard OCI.
+Archives without any record (all images written before this encoding) read as before: an
+empty regular `.wh.NAME` is a deletion; a `.wh.` member with data, any other `.wh..wh.` name and
+a `.wh.` directory are refused (a real file the old capture could not encode; the image is not
+restored and the container starts fresh, with the reason logged).
+
 Paths inside the rootfs are always reached one component at a time through directory file
 descriptors opened with O_NOFOLLOW, so no operation ever resolves a symlink inside the tree.
 Nodes that cannot be opened (symlinks, FIFOs, devices) are addressed as `/proc/self/fd/<dir>/name`
@@ -31,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+ESCAPE_PREFIX = ".arch."
+PAX_ESCAPED = "ARCH.escaped"  # "1": the member's name and link target are escaped
+PAX_ESCAPED_VALUE = "1"
 PAX_XATTR_PREFIX = "SCHILY.xattr."
 PAX_MTIME = "mtime"
 # Overlayfs keeps its bookkeeping (origin, impure, redirect, opaque, ...) in these namespaces;
@@ -60,6 +79,32 @@ class LayerError(Exception):
 
 class UnsafePathError(LayerError):
     """Reaching a path would mean going through a symlink or a non-directory."""
+
+
+def needs_escape(component: str) -> bool:
+    return component.startswith((WHITEOUT_PREFIX, ESCAPE_PREFIX))
+
+
+def escape_component(component: str) -> str:
+    return ESCAPE_PREFIX + component if needs_escape(component) else component
+
+
+def unescape_component(component: str) -> str:
+    """The real name of one component of an escaped member; refuses non-canonical forms."""
+    if component.startswith(ESCAPE_PREFIX):
+        real = component[len(ESCAPE_PREFIX):]
+        if not needs_escape(real):
+            raise LayerError(f"{component!r} is not an escaped name")
+        return real
+    if needs_escape(component):
+        raise LayerError(f"unescaped whiteout-like component {component!r} in an escaped member")
+    return component
+
+
+def escape_path(parts: Sequence[str]) -> tuple[str, bool]:
+    """The archive name of the real path `parts` ("." for the root), and whether it changed."""
+    escaped = [escape_component(part) for part in parts]
+    return ("/".join(escaped) if escaped else "."), escaped != list(parts)
 
 
 def is_overlay_private_xattr(name: str) -> bool:

@@ -421,6 +421,7 @@ def write_archive(path: Path, entries: list[Entry]) -> tuple[str, int]:
     return hashlib.sha256(content).hexdigest(), len(content)
 
 
+ESCAPED = ("ARCH.escaped", "1")
 FIRST = Entry("first-created-file", data=b"proves that rollback ran\n")
 HOSTILE_ARCHIVES = {
     "absolute name": [FIRST, Entry("/etc/evil", data=b"x")],
@@ -450,6 +451,12 @@ HOSTILE_ARCHIVES = {
         Entry("etc", tarfile.DIRTYPE, pax=(("SCHILY.xattr.trusted.overlay.opaque", "y"),))],
     "duplicate member": [Entry("dup", data=b"1"), Entry("dup", data=b"2")],
     "member below a file of the archive": [Entry("f", data=b"f"), Entry("f/g", data=b"g")],
+    "whiteout with data (a real file of an image older than escaping)": [
+        FIRST, Entry("etc/.wh.hosts", data=b"a real file named .wh.hosts\n")],
+    "escaped name that is not canonical": [Entry(".arch.plain", pax=(ESCAPED,))],
+    "unescaped whiteout-like directory in an escaped member": [
+        Entry(".wh.dir/x", data=b"x", pax=(ESCAPED,))],
+    "escape record with another value": [Entry(".arch..wh.x", pax=(("ARCH.escaped", "2"),))],
 }
 
 
@@ -564,3 +571,56 @@ def test_capture_refuses_a_redirected_directory(tmp_path: Path, mounts: Mounts) 
 
     with pytest.raises(LayerError, match="redirect"):
         capture_layer(str(overlay.upper), str(tmp_path / "layer.tar"))
+
+
+# whiteout-like names of real files ---------------------------------------------------------
+
+WHITEOUT_LIKE_FILES = {
+    ".wh.config": b"a real file, not a deletion of config\n",
+    ".wh..wh..opq": b"not an opaque marker\n",
+    ".wh..wh.cache": b"fuse-overlayfs leaves these\n",
+    ".arch.plain": b"the escape prefix itself\n",
+    ".wh.dir/inner": b"inside a whiteout-like directory\n",
+    ".wh.dir/.wh.nested": b"nested\n",
+    "data/.wh.": b"only the prefix\n",
+}
+
+
+def test_whiteout_like_names_round_trip_as_files(tmp_path: Path, mounts: Mounts) -> None:
+    lower = tmp_path / "lower"
+    (lower / "data").mkdir(parents=True)
+    for name in ("config", "nested", "data/.wh.from-image", "data/keep"):
+        (lower / name).write_text(f"{name} of the image\n")
+    source = mounts.overlay(tmp_path / "source", lower)
+    for name, content in WHITEOUT_LIKE_FILES.items():
+        (source.merged / name).parent.mkdir(exist_ok=True)
+        (source.merged / name).write_bytes(content)
+    os.link(source.merged / ".wh.config", source.merged / "link-to-literal")
+    (source.merged / "data/.wh.from-image").unlink()  # a whiteout of a whiteout-like name
+    tar = tmp_path / "layer.tar"
+    digest = capture_layer(str(source.upper), str(tar))
+    target = mounts.overlay(tmp_path / "target", lower)
+
+    apply_layer(str(tar), str(target.merged), digest.sha256, digest.size,
+                backup_dir=str(tmp_path / "backup")).commit()
+
+    assert snapshot(target.merged) == snapshot(source.merged)
+    assert (target.merged / "config").read_text() == "config of the image\n"
+    with tarfile.open(tar) as archive:
+        visible = [member.name for member in archive]
+    # What tools without ARCH's record see: deletions only where the container deleted.
+    assert [name for name in visible if "/.wh." in f"/{name}"] == [
+        "data/.wh..arch..wh.from-image"]
+
+
+def test_archive_without_escape_records_reads_as_before(image_target: tuple[Overlay, Path],
+                                                        tmp_path: Path) -> None:
+    target, _outside = image_target
+    sha256, size = write_archive(tmp_path / "layer.tar", [
+        Entry(".arch..wh.x", data=b"an old image's file\n"), Entry("etc/.wh.hosts")])
+
+    apply_layer(str(tmp_path / "layer.tar"), str(target.merged), sha256, size,
+                backup_dir=str(tmp_path / "backup")).commit()
+
+    assert (target.merged / ".arch..wh.x").read_text() == "an old image's file\n"
+    assert not (target.merged / "etc/hosts").exists()
