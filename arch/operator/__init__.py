@@ -1,0 +1,1 @@
+"""Operations on the containers of this host through containerd (archctl list / checkpoint)."""

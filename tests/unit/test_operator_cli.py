@@ -1,0 +1,67 @@
+"""archctl list / checkpoint: usage errors (exit 2), --help, argument forms, output helpers."""
+
+from __future__ import annotations
+
+import pytest
+
+from arch.cli.main import main
+from arch.cli.output import format_table, human_bytes
+from arch.operator.containerd import Task, parse_task_list
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["checkpoint"],  # neither --all nor a container
+        ["checkpoint", "--all", "default/web"],  # both
+        ["checkpoint", "no-slash"],
+        ["checkpoint", "default/"],
+        ["checkpoint", "/web"],
+        ["checkpoint", "default/../etc"],
+        ["checkpoint", "--all", "--parallel", "0"],
+        ["checkpoint", "--all", "--parallel", "many"],
+        ["list", "--bogus"],
+        ["list", "extra"],
+    ],
+)
+def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        status = main(["--address", "/nonexistent.sock", *argv])
+    except SystemExit as stop:
+        status = int(stop.code or 0)
+    assert status == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["list", "checkpoint"])
+def test_help_exits_0(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    assert "--json" in capsys.readouterr().out
+
+
+def test_unreachable_containerd_is_a_failure_not_a_crash(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.setenv("ARCH_CONFIG", "/nonexistent/arch.toml")  # defaults
+    assert main(["--address", "/nonexistent/containerd.sock", "list"]) == 1
+    assert main(["--address", "/nonexistent/containerd.sock", "checkpoint", "--all"]) == 1
+    assert "archctl checkpoint:" in capsys.readouterr().err
+
+
+def test_task_list_rows() -> None:
+    text = "TASK    PID     STATUS\nweb     1234    RUNNING\ndb      0       STOPPED\n"
+    assert parse_task_list(text) == [Task("web", 1234, "RUNNING"), Task("db", 0, "STOPPED")]
+    assert parse_task_list("TASK    PID     STATUS\n") == []
+
+
+def test_table_and_sizes() -> None:
+    table = format_table(("A", "LONGER", "C"), [("xyz", "1", "last"), ("", "22", "")])
+    assert table.splitlines() == ["A    LONGER  C", "xyz  1       last", "     22"]
+    assert [human_bytes(n) for n in (None, 0, 1536, 5 * 1024**3)] == [
+        "-",
+        "0 B",
+        "1.5 KiB",
+        "5.0 GiB",
+    ]
