@@ -2,6 +2,8 @@
 
 config.json is the engine's file: ARCH changes it only in shared-filesystem mode (a bind mount
 and the working directory), atomically, and leaves it untouched when the change is refused.
+ARCH reads it as runc does (arch.container.oci_spec): `spec` is that reading; `document` is the
+file as Python's json module reads it, kept only to write the shared-filesystem change back.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
+
+from arch.container import oci_spec
 
 CONFIG_FILE = "config.json"
 SHAREDFS_MOUNT_OPTIONS = ["rbind", "rw"]
@@ -19,47 +23,67 @@ class BundleError(Exception):
 
 
 class Bundle:
-    def __init__(self, path: str, spec: dict[str, Any]) -> None:
+    def __init__(
+        self, path: str, spec: dict[str, Any], document: dict[str, Any] | None = None
+    ) -> None:
         self.path = path
         self.spec = spec
+        # The file for rewriting; None when it must not be rewritten through Python's json
+        # (case-variant or repeated keys, or JSON that only Go's decoder takes).
+        self.document = document
 
     @classmethod
     def load(cls, path: str) -> Bundle:
         config_path = os.path.join(path, CONFIG_FILE)
         try:
             with open(config_path, "rb") as config_file:
-                spec = json.loads(config_file.read())
-        except (OSError, ValueError) as error:
+                data = config_file.read()
+        except OSError as error:
             raise BundleError(f"{config_path}: {error}") from error
-        if not isinstance(spec, dict):
-            raise BundleError(f"{config_path}: not a JSON object")
-        return cls(path, spec)
+        return cls.from_bytes(path, data)
+
+    @classmethod
+    def from_bytes(cls, path: str, data: bytes) -> Bundle:
+        try:
+            decoded = oci_spec.decode(data)
+        except oci_spec.SpecError as error:
+            raise BundleError(f"{os.path.join(path, CONFIG_FILE)}: {error}") from error
+        document = None
+        if decoded.plain:
+            try:
+                loaded = json.loads(data)
+            except ValueError:
+                loaded = None
+            document = loaded if isinstance(loaded, dict) else None
+        return cls(path, decoded.spec, document)
 
     @property
     def config_path(self) -> str:
         return os.path.join(self.path, CONFIG_FILE)
 
     @property
+    def process(self) -> dict[str, Any]:
+        """runc's process section (its zero value when config.json has none)."""
+        process = self.spec.get("process")
+        return process if process is not None else oci_spec.zero_process()
+
+    @property
     def env(self) -> list[str]:
-        process = self.spec.get("process") or {}
-        env = process.get("env") if isinstance(process, dict) else None
-        return [item for item in env if isinstance(item, str)] if isinstance(env, list) else []
+        return list(self.process["env"] or [])
 
     @property
     def rootfs(self) -> str:
-        root = self.spec.get("root") or {}
-        path = root.get("path", "rootfs") if isinstance(root, dict) else "rootfs"
-        return os.path.normpath(os.path.join(self.path, str(path)))
+        root = self.spec.get("root")
+        path = root["path"] if root is not None else "rootfs"
+        return os.path.normpath(os.path.join(self.path, path))
 
     @property
     def mounts(self) -> list[dict[str, Any]]:
-        mounts = self.spec.get("mounts")
-        return [m for m in mounts if isinstance(m, dict)] if isinstance(mounts, list) else []
+        return list(self.spec.get("mounts") or [])
 
     def process_owner(self) -> tuple[int, int]:
-        process = self.spec.get("process") or {}
-        user = process.get("user") or {} if isinstance(process, dict) else {}
-        return int(user.get("uid", 0)), int(user.get("gid", 0))
+        user = self.process["user"]
+        return int(user["uid"]), int(user["gid"])
 
     def with_sharedfs_workdir(self, host_dir: str, container_dir: str) -> Bundle | None:
         """The spec with `host_dir` bind-mounted at `container_dir` as the working directory.
@@ -74,8 +98,7 @@ class Bundle:
             "source": host_dir,
             "options": SHAREDFS_MOUNT_OPTIONS,
         }
-        process = self.spec.get("process") or {}
-        if existing == [wanted] and process.get("cwd") == container_dir:
+        if existing == [wanted] and self.process["cwd"] == container_dir:
             return None
         if existing:
             conflicting = ", ".join(
@@ -85,10 +108,20 @@ class Bundle:
                 f"ARCH_WORKDIR_CONTAINER_PATH={container_dir} conflicts with the container's "
                 f"mount(s) {conflicting}"
             )
-        spec = json.loads(json.dumps(self.spec))
-        spec.setdefault("mounts", []).append(wanted)
-        spec.setdefault("process", {})["cwd"] = container_dir
-        return Bundle(self.path, spec)
+        if self.document is None:
+            raise BundleError(
+                f"{self.config_path}: ARCH_WORKDIR_CONTAINER_PATH needs config.json rewritten, "
+                "and this one spells keys in another case or repeats them: refused rather than "
+                "written in a form runc would read differently"
+            )
+        document = json.loads(json.dumps(self.document))
+        if not isinstance(document.get("mounts"), list):
+            document["mounts"] = []
+        if not isinstance(document.get("process"), dict):
+            document["process"] = {}
+        document["mounts"].append(wanted)
+        document["process"]["cwd"] = container_dir
+        return Bundle.from_bytes(self.path, json.dumps(document).encode("utf-8"))
 
     def save(self) -> None:
         """Write config.json atomically, keeping its mode."""
@@ -97,7 +130,7 @@ class Bundle:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
             with os.fdopen(descriptor, "w", encoding="utf-8") as config_file:
-                json.dump(self.spec, config_file)
+                json.dump(self.document, config_file)
                 config_file.flush()
                 os.fsync(config_file.fileno())
             os.replace(temporary, self.config_path)

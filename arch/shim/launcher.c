@@ -4,7 +4,8 @@
  * A Python interpreter alone starts slower than `runc state` runs, and containerd calls runc
  * for every state/kill/exec/ps of every container. So this front decides, without Python,
  * whether a call can concern ARCH at all. Calls that cannot are exec'd straight into the real
- * runc named by arch.toml's top-level `runc = "..."`:
+ * runc named by arch.toml's `runc = "..."` (only when this front understands the whole file,
+ * so that Python, reading the same file, would pick the same runc):
  *   - every subcommand ARCH never intercepts;
  *   - start/resume/delete/checkpoint when no argument names a container that has ARCH state
  *     (<state_dir>/<namespace>/<id>, written by the Python create of an opted-in container);
@@ -109,39 +110,161 @@ static const char *skip_blanks(const char *p)
 }
 
 /*
- * Parse one line `KEY = "PATH"` (or 'PATH') into out. Returns 1 when the line is that key with
- * a plain absolute path, 0 when the line is another key, -1 when it is KEY in a form this
- * scanner does not handle (escapes, odd quoting): then Python must read the file.
+ * arch.toml's keys, as arch/config.py's KNOWN_KEYS (a unit test compares the two lists). The
+ * scanner reads a file only when every line is one it understands fully; anything else (a
+ * table, a quoted or dotted key, an escape, a relative or unnormalised path, a value Python
+ * would refuse) goes to Python, which then decides with the same file.
  */
-static int parse_path_line(const char *line, const char *key, char *out, size_t out_size)
+enum value_kind { PATH_VALUE, LOG_LEVEL_VALUE, PATH_LIST_VALUE, CRIU_OPTIONS_VALUE };
+struct known_key {
+	const char *name;
+	enum value_kind kind;
+};
+enum { RUNC_KEY = 0, STATE_DIR_KEY = 3 }; /* indexes in known_keys */
+static const struct known_key known_keys[] = {
+	{"runc", PATH_VALUE},		    {"criu", PATH_VALUE},
+	{"checkpoint_root", PATH_VALUE},    {"state_dir", PATH_VALUE},
+	{"log_file", PATH_VALUE},	    {"log_level", LOG_LEVEL_VALUE},
+	{"allowed_roots", PATH_LIST_VALUE}, {"criu_options", CRIU_OPTIONS_VALUE},
+	{NULL, PATH_VALUE},
+};
+static const char *const log_levels[] = {"debug", "info", "warning", "error", NULL};
+/* The CRIU options arch/checkpoint/criu_options.py accepts, in their normalised form. */
+static const char *const criu_option_values[] = {
+	"--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks",
+	"--manage-cgroups-mode=soft", "--manage-cgroups-mode=full", "--manage-cgroups-mode=strict",
+	"--manage-cgroups-mode=ignore", "--empty-ns=network", "--empty-ns=cgroup", "--empty-ns=ipc",
+	"--empty-ns=mount", "--empty-ns=pid", "--empty-ns=user", "--empty-ns=uts", NULL,
+};
+
+/*
+ * A quoted TOML string without escapes at *p: its contents go to start/len and *p moves past
+ * the closing quote. 0 when it is not one (Python reads anything else).
+ */
+static int scan_plain_string(const char **p, const char **start, size_t *len)
 {
-	size_t key_len = strlen(key);
-	const char *p = skip_blanks(line);
-	if (strncmp(p, key, key_len) != 0)
-		return 0;
-	p = skip_blanks(p + key_len);
-	if (*p != '=')
-		return 0;
-	p = skip_blanks(p + 1);
-	char quote = *p;
+	char quote = **p;
 	if (quote != '"' && quote != '\'')
-		return -1;
-	const char *start = ++p;
-	while (*p && *p != quote && *p != '\\' && *p != '\n')
-		p++;
-	if (*p != quote || p == start || *start != '/' || (size_t)(p - start) >= out_size)
-		return -1;
-	size_t len = (size_t)(p - start);
-	p = skip_blanks(p + 1);
-	if (*p != '\0' && *p != '\n' && *p != '\r' && *p != '#')
-		return -1;
-	memcpy(out, start, len);
-	out[len] = '\0';
+		return 0;
+	const char *q = *p + 1;
+	while (*q && *q != quote && *q != '\\')
+		q++;
+	if (*q != quote)
+		return 0;
+	*start = *p + 1;
+	*len = (size_t)(q - *start);
+	*p = q + 1;
 	return 1;
 }
 
+/* An absolute path that os.path.normpath leaves as it is: no //, . or .. component, no / at the end. */
+static int is_normal_absolute(const char *path, size_t len)
+{
+	if (len == 0 || path[0] != '/')
+		return 0;
+	if (len == 1)
+		return 1;
+	if (path[len - 1] == '/')
+		return 0;
+	for (size_t i = 0; i < len;) {
+		size_t next = i + 1;
+		while (next < len && path[next] != '/')
+			next++;
+		size_t part = next - i - 1; /* the component after path[i] == '/' */
+		if (part == 0 || (part == 1 && path[i + 1] == '.') ||
+		    (part == 2 && path[i + 1] == '.' && path[i + 2] == '.'))
+			return 0;
+		i = next;
+	}
+	return 1;
+}
+
+static int in_list_nocase(const char *const *list, const char *name, size_t len)
+{
+	for (; *list; list++)
+		if (strlen(*list) == len && strncasecmp(*list, name, len) == 0)
+			return 1;
+	return 0;
+}
+
+/* A one-line array of plain strings, each accepted by `ok`; *p moves past the `]`. */
+static int scan_string_list(const char **p, int (*ok)(const char *, size_t))
+{
+	const char *q = skip_blanks(*p + 1);
+	while (*q != ']') {
+		const char *start;
+		size_t len;
+		if (!scan_plain_string(&q, &start, &len) || !ok(start, len))
+			return 0;
+		q = skip_blanks(q);
+		if (*q == ',')
+			q = skip_blanks(q + 1);
+		else if (*q != ']')
+			return 0;
+	}
+	*p = q + 1;
+	return 1;
+}
+
+static int is_criu_option(const char *value, size_t len)
+{
+	return in_list(criu_option_values, value, len);
+}
+
+/*
+ * One `key = value` line of a known key, fully understood: 1 (with a path value copied to
+ * out when the key is runc or state_dir), 0 when Python must read the file.
+ */
+static int scan_key_line(const char *line, struct host_config *config, unsigned *seen)
+{
+	const char *p = line;
+	while ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+	       *p == '_' || *p == '-')
+		p++;
+	size_t key_len = (size_t)(p - line);
+	int index = -1;
+	for (int i = 0; known_keys[i].name; i++)
+		if (strlen(known_keys[i].name) == key_len && strncmp(known_keys[i].name, line, key_len) == 0)
+			index = i;
+	p = skip_blanks(p);
+	if (index < 0 || *p != '=' || (*seen & (1u << index)))
+		return 0;
+	*seen |= 1u << index;
+	p = skip_blanks(p + 1);
+	const char *start;
+	size_t len;
+	switch (known_keys[index].kind) {
+	case PATH_VALUE: {
+		if (!scan_plain_string(&p, &start, &len) || !is_normal_absolute(start, len))
+			return 0;
+		char *out = index == RUNC_KEY ? config->runc : index == STATE_DIR_KEY ? config->state_dir : NULL;
+		if (out) {
+			if (len >= sizeof(config->runc))
+				return 0;
+			memcpy(out, start, len);
+			out[len] = '\0';
+		}
+		break;
+	}
+	case LOG_LEVEL_VALUE:
+		if (!scan_plain_string(&p, &start, &len) || !in_list_nocase(log_levels, start, len))
+			return 0;
+		break;
+	case PATH_LIST_VALUE:
+		if (*p != '[' || !scan_string_list(&p, is_normal_absolute))
+			return 0;
+		break;
+	case CRIU_OPTIONS_VALUE:
+		if (*p != '[' || !scan_string_list(&p, is_criu_option))
+			return 0;
+		break;
+	}
+	p = skip_blanks(p);
+	return *p == '\0' || *p == '#';
+}
+
 /* Read a whole small file into a NUL-terminated buffer; NULL when absent, unreadable or big. */
-static char *read_small_file(const char *path, size_t max_bytes)
+static char *read_small_file(const char *path, size_t max_bytes, size_t *size)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -157,39 +280,52 @@ static char *read_small_file(const char *path, size_t max_bytes)
 		return NULL;
 	}
 	text[total] = '\0';
+	*size = total;
 	return text;
 }
 
+/* Printable ASCII, tabs and line ends only (CR only before LF): the text the scanner reads. */
+static int is_simple_text(const char *text, size_t size)
+{
+	for (size_t i = 0; i < size; i++) {
+		unsigned char c = (unsigned char)text[i];
+		if (c == '\r' && i + 1 < size && text[i + 1] == '\n')
+			continue;
+		if (c != '\t' && c != '\n' && (c < 0x20 || c > 0x7e))
+			return 0;
+	}
+	return 1;
+}
+
 /*
- * The real runc and the state directory from the config's top-level table; 0 when Python must
- * decide (no config, no `runc` key, a form this scanner does not read).
+ * The real runc and the state directory from the config; 0 when Python must decide (no
+ * config, no `runc` key, anything this scanner does not understand fully).
  */
 static int read_host_config(struct host_config *config)
 {
 	const char *path = getenv("ARCH_CONFIG");
-	char *text = read_small_file(path && *path ? path : DEFAULT_CONFIG, MAX_CONFIG_BYTES);
+	size_t size = 0;
+	char *text = read_small_file(path && *path ? path : DEFAULT_CONFIG, MAX_CONFIG_BYTES, &size);
 	if (!text)
 		return 0;
-	int found_runc = 0, found_state_dir = 0, usable = !strstr(text, "\"\"\"") && !strstr(text, "'''");
+	unsigned seen = 0;
+	int usable = is_simple_text(text, size);
 	for (char *line = text; usable && line && *line;) {
 		char *next = strchr(line, '\n');
 		if (next)
 			*next++ = '\0';
-		if (*skip_blanks(line) == '[')
-			break;
-		int runc = parse_path_line(line, "runc", config->runc, sizeof(config->runc));
-		int state_dir = parse_path_line(line, "state_dir", config->state_dir,
-						sizeof(config->state_dir));
-		if (runc < 0 || state_dir < 0 || (runc && found_runc) || (state_dir && found_state_dir))
-			usable = 0;
-		found_runc |= runc > 0;
-		found_state_dir |= state_dir > 0;
+		size_t len = strlen(line);
+		if (len && line[len - 1] == '\r')
+			line[len - 1] = '\0';
+		const char *p = skip_blanks(line);
+		if (*p != '\0' && *p != '#')
+			usable = scan_key_line(p, config, &seen);
 		line = next;
 	}
 	free(text);
-	if (!found_state_dir)
+	if (!(seen & (1u << STATE_DIR_KEY)))
 		strcpy(config->state_dir, DEFAULT_STATE_DIR);
-	return usable && found_runc;
+	return usable && (seen & (1u << RUNC_KEY));
 }
 
 /* The containerd namespace: the last component of runc's --root ("runc" for the default). */
@@ -255,10 +391,11 @@ static int may_opt_in(const char *bundle)
 	int len = snprintf(path, sizeof(path), "%s/config.json", bundle);
 	if (len < 0 || (size_t)len >= sizeof(path))
 		return 1;
-	char *text = read_small_file(path, MAX_BUNDLE_CONFIG_BYTES);
+	size_t size = 0;
+	char *text = read_small_file(path, MAX_BUNDLE_CONFIG_BYTES, &size);
 	if (!text)
 		return 1;
-	int maybe = strstr(text, "ARCH_ENABLE") != NULL || strstr(text, "\\u") != NULL;
+	int maybe = memmem(text, size, "ARCH_ENABLE", 11) != NULL || memmem(text, size, "\\u", 2) != NULL;
 	free(text);
 	return maybe;
 }

@@ -36,7 +36,7 @@ PARTIAL_DUMP_FLAGS = ("pre-dump", "parent-path", "lazy-pages", "page-server")
 EXIT_FAILED = 1
 
 
-def _location(state: ContainerState | None) -> ImageLocation | None:
+def location_of(state: ContainerState | None) -> ImageLocation | None:
     """The image location in the container's state record; None when there is no usable one."""
     from arch.container.identity import ImageLocation
 
@@ -130,16 +130,25 @@ class Call:
         return run_runc(self.args, self.config)
 
 
-def handle_create(call: Call) -> int:
+def opted_in_bundle(command: RuncCommand) -> Bundle | None:
+    """The bundle of a create whose container opted in; None when the create is runc's alone
+    (not opted in, or a config.json runc's decoder refuses: runc reports that itself)."""
     from arch.container.bundle import Bundle, BundleError
-    from arch.container.identity import ImagePathError, image_location, opted_in
+    from arch.container.identity import opted_in
 
-    bundle_path = call.command.get("bundle") or os.getcwd()
     try:
-        bundle = Bundle.load(bundle_path)
+        bundle = Bundle.load(command.get("bundle") or os.getcwd())
     except BundleError:
-        return call.pass_through()  # runc reports the unreadable bundle itself
-    if not opted_in(bundle.env) or not call.container_id:
+        return None
+    return bundle if command.container_id and opted_in(bundle.env) else None
+
+
+def handle_create(call: Call) -> int:
+    from arch.container.bundle import BundleError
+    from arch.container.identity import ImagePathError, image_location
+
+    bundle = opted_in_bundle(call.command)
+    if bundle is None:
         stale = call.state()
         if stale is not None:  # left by an earlier container of this id, e.g. a crashed delete
             stale.remove_all()
@@ -236,7 +245,7 @@ def handle_checkpoint(call: Call) -> int:
     from arch.checkpoint.handler import CheckpointFailed, CheckpointJob
 
     state = call.state()
-    location = _location(state)
+    location = location_of(state)
     if state is None or location is None:
         return call.pass_through()
     partial = [flag for flag in PARTIAL_DUMP_FLAGS if call.command.has(flag)]
@@ -265,7 +274,7 @@ def handle_delete(call: Call) -> int:
     from arch.container.exit_watch import wait_for_exit_status
 
     state = call.state()
-    location = _location(state)
+    location = location_of(state)
     if state is None or location is None:
         if state is not None:
             state.remove_all()

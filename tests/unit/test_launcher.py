@@ -72,7 +72,7 @@ def front(tmp_path: Path) -> Front:
     state_dir = tmp_path / "state"
     config.write_text(
         f'# ARCH host configuration\nrunc = "{runc}"  # detected\nstate_dir = "{state_dir}"\n'
-        "[future]\nx = 1\n"
+        "log_level = \"info\"\nallowed_roots = [\"/checkpoint\", \"/data/team\"]\n"
     )
     return Front(binary, config, runc, runc_record, python_record, state_dir, tmp_path)
 
