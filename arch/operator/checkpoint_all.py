@@ -277,9 +277,12 @@ def checkpoint_all(
     workers: int,
     progress: Callable[[Outcome, int, int], None] | None = None,
 ) -> Report:
-    """Checkpoint every running ARCH container of this containerd (ContainerdError: unreachable)."""
+    """Checkpoint every running ARCH container of this containerd (unreachable: a problem)."""
     started = time.monotonic()
-    targets, problems = plan_all(client, config)
+    try:
+        targets, problems = plan_all(client, config)
+    except ContainerdError as error:
+        return Report([], [str(error)], time.monotonic() - started, workers)
     outcomes = CheckpointRun(client, config, workers, progress).run(targets)
     return Report(outcomes, problems, time.monotonic() - started, workers)
 

@@ -1,0 +1,173 @@
+"""The spot-watch loop against a real IMDSv2 server on 127.0.0.1; the checkpoint run is recorded.
+
+(The real checkpoint of real containers on a notice is tested in
+tests/integration/test_spot_notice.py.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from arch.operator.checkpoint_all import FAILED, OK, Outcome, Report
+from arch.spot.imds import ImdsClient, Notice
+from arch.spot.notice import marker_path, notice_active, read_marker
+from arch.spot.watcher import MAX_BACKOFF, SpotWatcher
+from tests.imds_server import NOTICE, ImdsServer
+
+INTERVAL = 0.5
+
+
+@pytest.fixture
+def imds() -> Iterator[ImdsServer]:
+    server = ImdsServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Runs:
+    """A stand-in for checkpoint --all that counts its calls."""
+
+    def __init__(self, status: str = OK, error: Exception | None = None) -> None:
+        self.calls = 0
+        self.status = status
+        self.error = error
+        self.marker_during_run: list[bool] = []
+        self.state_dir = ""
+
+    def __call__(self) -> Report:
+        self.calls += 1
+        self.marker_during_run.append(notice_active(self.state_dir))
+        if self.error is not None:
+            raise self.error
+        outcome = Outcome("default", "job", self.status, "reason", 0.5, None, None)
+        return Report([outcome], [], 0.5, 2)
+
+
+def watcher_for(imds: ImdsServer, state_dir: Path, runs: Runs, **kwargs: object) -> SpotWatcher:
+    runs.state_dir = str(state_dir)
+    logger = logging.getLogger("spot-watch-test")
+    logger.setLevel(logging.INFO)
+    client = ImdsClient(imds.endpoint, timeout=1.0)
+    return SpotWatcher(client, str(state_dir), runs, logger, interval=INTERVAL, **kwargs)  # type: ignore[arg-type]
+
+
+def test_no_notice_nothing_happens(imds: ImdsServer, tmp_path: Path) -> None:
+    runs = Runs()
+    watcher = watcher_for(imds, tmp_path, runs)
+    assert [watcher.poll() for _ in range(5)] == [INTERVAL] * 5
+    assert runs.calls == 0
+    assert not notice_active(str(tmp_path))
+    assert watcher.run_once() == 0
+
+
+def test_first_notice_checkpoints_once_and_records_the_outcome(
+    imds: ImdsServer, tmp_path: Path
+) -> None:
+    runs = Runs()
+    seen: list[Notice] = []
+    watcher = watcher_for(imds, tmp_path, runs, notice_seen=seen.append)
+    watcher.poll()
+    imds.mode = "notice"
+    for _ in range(4):
+        watcher.poll()
+    assert runs.calls == 1
+    assert runs.marker_during_run == [True]  # stops racing the run already become checkpoints
+    assert seen == [Notice("terminate", NOTICE["time"])]
+    marker = read_marker(str(tmp_path))
+    assert marker is not None
+    assert marker["notice"] == NOTICE
+    assert marker["outcome"]["ok"] is True
+    assert marker["outcome"]["summary"] == {"ok": 1, "failed": 0, "skipped": 0}
+    assert (Path(marker_path(str(tmp_path))).stat().st_mode & 0o777) == 0o600
+
+    # spot-watch restarted during the same notice: the recorded outcome stands, no second run.
+    again = Runs()
+    watcher_for(imds, tmp_path, again).poll()
+    assert again.calls == 0
+
+    imds.mode = "none"  # the notice went away
+    watcher.poll()
+    assert not notice_active(str(tmp_path))
+
+
+def test_a_new_notice_after_one_went_away_is_handled(imds: ImdsServer, tmp_path: Path) -> None:
+    runs = Runs()
+    watcher = watcher_for(imds, tmp_path, runs)
+    imds.mode = "notice"
+    watcher.poll()
+    imds.mode = "none"
+    watcher.poll()
+    imds.notice = {"action": "stop", "time": "2026-11-30T18:00:00Z"}
+    imds.mode = "notice"
+    watcher.poll()
+    assert runs.calls == 2
+
+
+@pytest.mark.parametrize("mode", ["garbage", "malformed", "unknown-action", "error", "hangup"])
+def test_bad_answers_back_off_and_never_trigger(
+    imds: ImdsServer, tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = Runs()
+    watcher = watcher_for(imds, tmp_path, runs)
+    imds.mode = mode
+    delays = [watcher.poll() for _ in range(6)]
+    assert delays == [INTERVAL, 2 * INTERVAL, 4 * INTERVAL, 8 * INTERVAL, MAX_BACKOFF, MAX_BACKOFF]
+    assert runs.calls == 0
+    assert not notice_active(str(tmp_path))
+    assert watcher.run_once() == 1
+    assert "instance metadata unusable" in caplog.text
+    imds.mode = "none"
+    assert watcher.poll() == INTERVAL  # recovered: back to the normal interval
+    assert "answers again" in caplog.text
+
+
+def test_service_down_and_stale_tokens_never_trigger(imds: ImdsServer, tmp_path: Path) -> None:
+    runs = Runs()
+    watcher = watcher_for(imds, tmp_path, runs)
+    watcher.poll()
+    imds.stop()
+    watcher.poll()
+    watcher.poll()
+    imds.start()  # back, with none of the old tokens
+    imds.revoke_tokens()
+    assert watcher.poll() == INTERVAL
+    assert imds.unauthorized == 1
+    assert runs.calls == 0
+    assert watcher.failures == 0
+
+
+def test_a_failed_run_is_recorded_and_the_watch_goes_on(imds: ImdsServer, tmp_path: Path) -> None:
+    runs = Runs(error=RuntimeError("boom"))
+    watcher = watcher_for(imds, tmp_path, runs)
+    imds.mode = "notice"
+    assert watcher.run_once() == 1
+    marker = read_marker(str(tmp_path))
+    assert marker is not None
+    assert marker["outcome"] == {**marker["outcome"], "ok": False, "error": "RuntimeError: boom"}
+    assert watcher.poll() == INTERVAL  # still watching; the same notice is not run again
+    assert runs.calls == 1
+
+    failing = Runs(status=FAILED)
+    other_dir = tmp_path / "other"
+    assert watcher_for(imds, other_dir, failing).run_once() == 1
+    marker = read_marker(str(other_dir))
+    assert marker is not None and marker["outcome"]["failed"] == ["default/job"]
+
+
+def test_rebalance_recommendation_is_only_reported(
+    imds: ImdsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = Runs()
+    watcher = watcher_for(imds, tmp_path, runs, rebalance=True)
+    imds.rebalance = {"noticeTime": "2026-11-30T16:50:00Z"}
+    watcher.poll()
+    watcher.poll()
+    assert caplog.text.count("rebalance recommendation since 2026-11-30T16:50:00Z") == 1
+    assert runs.calls == 0
+    assert not notice_active(str(tmp_path))
