@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 ENABLE_VAR = "ARCH_ENABLE"
 CHECKPOINT_ID_VAR = "ARCH_CHECKPOINT_ID"
+CHECKPOINT_POOL_VAR = "ARCH_CHECKPOINT_POOL"
 BATCH_JOB_ID_VAR = "AWS_BATCH_JOB_ID"
 CHECKPOINT_HOST_PATH_VAR = "ARCH_CHECKPOINT_HOST_PATH"
 SHAREDFS_HOST_PATH_VAR = "ARCH_SHAREDFS_HOST_PATH"
@@ -54,6 +55,7 @@ class ImageLocation:
         "container_workdir",
         "image_dir",
         "namespace",
+        "pool_dir",
         "sharedfs_workdir",
     )
 
@@ -64,7 +66,9 @@ class ImageLocation:
         checkpoint_id: str,
         sharedfs_workdir: str | None = None,
         container_workdir: str | None = None,
+        pool_dir: str | None = None,
     ) -> None:
+        # A pool member's image_dir is the image it claimed, "" while it holds none.
         self.image_dir = image_dir
         self.namespace = namespace
         self.checkpoint_id = checkpoint_id
@@ -72,6 +76,24 @@ class ImageLocation:
         self.sharedfs_workdir = sharedfs_workdir
         # Where that directory appears inside the container (its working directory), else None.
         self.container_workdir = container_workdir
+        # ARCH_CHECKPOINT_POOL: the pool's directory (checkpoint_id is then the pool), else None.
+        self.pool_dir = pool_dir
+
+    @property
+    def pool(self) -> str | None:
+        """The pool's name for a pool member, else None."""
+        return None if self.pool_dir is None else self.checkpoint_id
+
+    def with_image_dir(self, image_dir: str) -> ImageLocation:
+        """The same location with another image directory (a pool member's claim)."""
+        return ImageLocation(
+            image_dir,
+            self.namespace,
+            self.checkpoint_id,
+            self.sharedfs_workdir,
+            self.container_workdir,
+            self.pool_dir,
+        )
 
     def as_dict(self) -> dict[str, str | None]:
         """JSON-ready, e.g. for the container's state record."""
@@ -93,6 +115,7 @@ class ImageLocation:
             str(text("checkpoint_id")),
             text("sharedfs_workdir", optional=True),
             text("container_workdir", optional=True),
+            text("pool_dir", optional=True),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -175,21 +198,42 @@ def image_location(
     """Where the container's image lives (see the contract's "Container environment")."""
     variables = env_map(env)
     namespace = validate_namespace(namespace)
-    identifier = _checkpoint_id_from(variables, container_id)
+    pool = _pool_from(variables)
+    identifier = pool or _checkpoint_id_from(variables, container_id)
     shared = variables.get(SHAREDFS_HOST_PATH_VAR, "")
     container_workdir = variables.get(WORKDIR_CONTAINER_PATH_VAR, "")
     if shared or container_workdir:
-        return _sharedfs_location(shared, container_workdir, namespace, identifier, config)
-    checkpoint_path = variables.get(CHECKPOINT_HOST_PATH_VAR, "")
-    if checkpoint_path:
-        base = _host_path(CHECKPOINT_HOST_PATH_VAR, checkpoint_path, config)
-        image_dir = _inside_allowed_root(
-            CHECKPOINT_HOST_PATH_VAR, os.path.join(base, namespace, identifier), config
+        location = _sharedfs_location(shared, container_workdir, namespace, identifier, config)
+    else:
+        checkpoint_path = variables.get(CHECKPOINT_HOST_PATH_VAR, "")
+        if checkpoint_path:
+            base = _host_path(CHECKPOINT_HOST_PATH_VAR, checkpoint_path, config)
+            image_dir = _inside_allowed_root(
+                CHECKPOINT_HOST_PATH_VAR, os.path.join(base, namespace, identifier), config
+            )
+        else:
+            # The checkpoint root comes from the trusted host configuration: no allowed_roots check.
+            image_dir = os.path.join(config.checkpoint_root, namespace, identifier)
+        location = ImageLocation(image_dir, namespace, identifier, None, None)
+    if pool is None:
+        return location
+    # A pool member holds no image until it claims one (arch.checkpoint.pool).
+    pool_location = location.with_image_dir("")
+    pool_location.pool_dir = location.image_dir
+    return pool_location
+
+
+def _pool_from(variables: Mapping[str, str]) -> str | None:
+    """ARCH_CHECKPOINT_POOL when set (validated), else None; it excludes ARCH_CHECKPOINT_ID."""
+    pool = variables.get(CHECKPOINT_POOL_VAR, "")
+    if not pool:
+        return None
+    if variables.get(CHECKPOINT_ID_VAR, ""):
+        raise ImagePathError(
+            f"{CHECKPOINT_POOL_VAR} and {CHECKPOINT_ID_VAR} are both set: a container either "
+            "has its own image or takes one from a pool"
         )
-        return ImageLocation(image_dir, namespace, identifier, None, None)
-    # The checkpoint root comes from the trusted host configuration: no allowed_roots check.
-    image_dir = os.path.join(config.checkpoint_root, namespace, identifier)
-    return ImageLocation(image_dir, namespace, identifier, None, None)
+    return validate_checkpoint_id(pool, CHECKPOINT_POOL_VAR)
 
 
 def _checkpoint_id_from(variables: Mapping[str, str], container_id: str) -> str:

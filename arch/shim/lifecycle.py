@@ -34,6 +34,10 @@ RECORD_VERSION = 1
 # migration): such calls are runc's business, not ARCH's.
 PARTIAL_DUMP_FLAGS = ("pre-dump", "parent-path", "lazy-pages", "page-server")
 EXIT_FAILED = 1
+# Images a new pool member tries (claims, validates, restores) before it starts fresh.
+POOL_CLAIM_ATTEMPTS = 3
+# What became of one restore attempt.
+RESTORED, NO_IMAGE, INVALID, REFUSED = "restored", "no image", "invalid", "refused"
 
 
 def location_of(state: ContainerState | None) -> ImageLocation | None:
@@ -165,13 +169,55 @@ def handle_create(call: Call) -> int:
     except (ImagePathError, StateError, BundleError, OSError) as error:
         return call.fail(str(error))
     state.remove_all()
-    state.write_record(
-        {"version": RECORD_VERSION, "location": location.as_dict(), "bundle": bundle.path}
-    )
-    if _restore(call, bundle, location):
+    _write_record(state, location, bundle)
+    if location.pool_dir is not None:
+        restored = _restore_from_pool(call, bundle, location, state)
+    else:
+        restored = _restore(call, bundle, location) == RESTORED
+    if restored:
         state.set(SKIP_START)
         return 0
     return call.pass_through()
+
+
+def _write_record(state: ContainerState, location: ImageLocation, bundle: Bundle) -> None:
+    state.write_record(
+        {"version": RECORD_VERSION, "location": location.as_dict(), "bundle": bundle.path}
+    )
+
+
+def _restore_from_pool(
+    call: Call, bundle: Bundle, location: ImageLocation, state: ContainerState
+) -> bool:
+    """Claim pool images one by one until one restores; False: none left, create fresh.
+
+    An image refused by validation is moved aside (it would fail for every member); one that
+    this host cannot restore (CPU, mounts, runc) goes back to the pool for another host.
+    """
+    from arch.checkpoint import pool
+
+    assert location.pool_dir is not None
+    where = call.where
+    try:
+        for claim in pool.claims(location.pool_dir, POOL_CLAIM_ATTEMPTS):
+            claimed = location.with_image_dir(claim.path)
+            _write_record(state, claimed, bundle)  # the claim is named before it is used
+            outcome = _restore(call, bundle, claimed)
+            if outcome == RESTORED:
+                return True
+            if outcome == INVALID:
+                moved = pool.quarantine(claim.path)
+                logger.warning("create %s: pool image moved aside to %s", where, moved)
+            elif outcome == REFUSED:
+                pool.release(claim.path)
+            _write_record(state, location, bundle)
+    except OSError as error:
+        logger.warning("create %s: pool %s unusable, starting fresh: %s", where,
+                       location.pool_dir, error)  # fmt: skip
+        return False
+    logger.info("create %s: no unclaimed image in pool %s, starting fresh", where,
+                location.pool_dir)  # fmt: skip
+    return False
 
 
 def _with_sharedfs_workdir(bundle: Bundle, host_dir: str, container_dir: str) -> Bundle:
@@ -187,8 +233,12 @@ def _with_sharedfs_workdir(bundle: Bundle, host_dir: str, container_dir: str) ->
     return changed
 
 
-def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> bool:
-    """Restore the container from its image if there is a usable one; False: create fresh."""
+def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> str:
+    """Restore the container from its image if there is a usable one; else create fresh.
+
+    Returns RESTORED, or why not: NO_IMAGE, INVALID (the image is unusable anywhere) or REFUSED
+    (this host cannot restore it).
+    """
     from arch.checkpoint.handler import RestoreJob, RestoreRefused
     from arch.checkpoint.metadata import ImageMissing, InvalidImage
     from arch.checkpoint.store import recover
@@ -206,22 +256,25 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> bool:
         )
     except ImageMissing:
         logger.info("create %s: no image at %s, starting fresh", where, location.image_dir)
-        return False
-    except (InvalidImage, OSError) as error:
+        return NO_IMAGE
+    except InvalidImage as error:
         logger.warning("create %s: image %s not restored: %s", where, location.image_dir, error)
-        return False
+        return INVALID
+    except OSError as error:
+        logger.warning("create %s: image %s not restored: %s", where, location.image_dir, error)
+        return REFUSED
     scratch = os.path.join(call.config.state_dir, ".work")
     job = RestoreJob(runc, call.command, bundle, image, call.container_id, scratch)
     try:
         job.run()
     except RestoreRefused as error:
         logger.warning("create %s: restore refused, starting fresh: %s", where, error)
-        return False
+        return REFUSED
     except Exception:  # the container must still start: any restore bug means a fresh create
         logger.exception("create %s: restore failed, starting fresh", where)
-        return False
+        return REFUSED
     logger.info("create %s: restored from %s", where, location.image_dir)
-    return True
+    return RESTORED
 
 
 def handle_start(call: Call) -> int:
@@ -255,8 +308,13 @@ def handle_checkpoint(call: Call) -> int:
         return call.pass_through()
     if call.config_error is not None:
         return call.fail(str(call.config_error))
+    target = location
+    if location.pool_dir is not None:
+        from arch.checkpoint import pool
+
+        target = location.with_image_dir(pool.publication_path(location.pool_dir))
     job = CheckpointJob(
-        call.runc(), call.command, location, call.container_id, call.config.criu_options
+        call.runc(), call.command, target, call.container_id, call.config.criu_options
     )
     try:
         image = job.run()
@@ -264,8 +322,30 @@ def handle_checkpoint(call: Call) -> int:
         return call.fail(f"checkpoint failed, the container keeps running: {error}")
     state.set(CHECKPOINTED)
     state.set(SKIP_RESUME)
-    logger.info("checkpoint %s: image published at %s", call.where, image.path)
+    published = image.path
+    if location.pool_dir is not None:
+        published = _hand_to_pool(call, location, image.path)
+    logger.info("checkpoint %s: image published at %s", call.where, published)
     return 0
+
+
+def _hand_to_pool(call: Call, location: ImageLocation, claimed_path: str) -> str:
+    """After a pool member's checkpoint (it is stopped now): offer its new image to the pool
+    and drop the image it was restored from, which the new one supersedes."""
+    from arch.checkpoint import pool
+    from arch.checkpoint.store import remove
+
+    try:
+        published = pool.release(claimed_path) or claimed_path
+    except OSError as error:  # the image is complete; `archctl gc` releases it later
+        logger.error("checkpoint %s: image %s not released into the pool: %s", call.where,
+                     claimed_path, error)  # fmt: skip
+        published = claimed_path
+    if location.image_dir:
+        remove(location.image_dir)
+        logger.info("checkpoint %s: superseded pool image %s removed", call.where,
+                    location.image_dir)  # fmt: skip
+    return published
 
 
 def handle_delete(call: Call) -> int:
@@ -284,17 +364,34 @@ def handle_delete(call: Call) -> int:
         return status
     where = call.where
     if state.has(CHECKPOINTED):
-        logger.info("delete %s: checkpointed, image %s kept", where, location.image_dir)
+        logger.info("delete %s: checkpointed, image kept in %s", where,
+                    location.image_dir or location.pool_dir)  # fmt: skip
+    elif not location.image_dir:
+        logger.info("delete %s: pool member without a claimed image", where)
     else:
         exit_status = wait_for_exit_status(state)
         if exit_status == 0:
             remove(location.image_dir)
             logger.info("delete %s: exited 0, image %s removed", where, location.image_dir)
+        elif location.pool_dir is not None:
+            _release_claim(where, location.image_dir, exit_status)
         else:
             logger.info("delete %s: exit status %s, image %s kept", where, exit_status,
                         location.image_dir)  # fmt: skip
     state.remove_all()
     return 0
+
+
+def _release_claim(where: str, claimed_path: str, exit_status: int | None) -> None:
+    from arch.checkpoint import pool
+
+    try:
+        released = pool.release(claimed_path)
+    except OSError as error:
+        logger.error("delete %s: cannot release pool image %s: %s", where, claimed_path, error)
+        return
+    logger.info("delete %s: exit status %s, pool image released as %s", where, exit_status,
+                released)  # fmt: skip
 
 
 HANDLERS: dict[str, Callable[[Call], int]] = {

@@ -11,6 +11,7 @@ arch-runc's log and the runc calls arch-runc made are attached to the test repor
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -162,3 +163,30 @@ def node(
     started.import_image(workload_image.oci_archive)
     with cr.watched(started, tmp_path / "watch-exits.out"):
         yield started
+
+
+@pytest.fixture
+def shared_checkpoints(tmp_path: Path) -> Path:
+    """A checkpoint root that several nodes share, as hosts sharing EFS/NFS would."""
+    shared = tmp_path / "shared-checkpoints"
+    shared.mkdir(mode=0o700)
+    return shared
+
+
+@pytest.fixture
+def two_nodes(
+    working_criu: None,
+    containerd_nodes: NodeFactory,
+    workload_image: cr.WorkloadImage,
+    shared_checkpoints: Path,
+    tmp_path: Path,
+) -> Iterator[tuple[ContainerdNode, ContainerdNode]]:
+    """Nodes a and b with one checkpoint root, each watched by its own exit watcher."""
+    with contextlib.ExitStack() as watchers:
+        nodes = []
+        for name in ("a", "b"):
+            node = containerd_nodes(name, checkpoint_root=shared_checkpoints, image=False)
+            node.import_image(workload_image.oci_archive)
+            watchers.enter_context(cr.watched(node, tmp_path / f"watch-exits-{name}.out"))
+            nodes.append(node)
+        yield nodes[0], nodes[1]

@@ -10,10 +10,8 @@ container's cwd, moves with it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import stat
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,36 +20,9 @@ from harness.containerd import ContainerdNode
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
 
-NodeFactory = Callable[..., ContainerdNode]
 Nodes = tuple[ContainerdNode, ContainerdNode]
 CHECKPOINT_ID = "job-42"
 HELD_LOG = cr.HELD_FILE.lstrip("/")
-
-
-@pytest.fixture
-def shared_checkpoints(tmp_path: Path) -> Path:
-    shared = tmp_path / "shared-checkpoints"
-    shared.mkdir(mode=0o700)
-    return shared
-
-
-@pytest.fixture
-def two_nodes(
-    working_criu: None,
-    containerd_nodes: NodeFactory,
-    workload_image: cr.WorkloadImage,
-    shared_checkpoints: Path,
-    tmp_path: Path,
-) -> Iterator[Nodes]:
-    """Nodes a and b with one checkpoint root, each watched by its own exit watcher."""
-    with contextlib.ExitStack() as watchers:
-        nodes = []
-        for name in ("a", "b"):
-            node = containerd_nodes(name, checkpoint_root=shared_checkpoints, image=False)
-            node.import_image(workload_image.oci_archive)
-            watchers.enter_context(cr.watched(node, tmp_path / f"watch-exits-{name}.out"))
-            nodes.append(node)
-        yield nodes[0], nodes[1]
 
 
 def test_migration_from_a_to_b_and_back_to_a(

@@ -258,3 +258,42 @@ def test_image_location_as_dict_round_trips() -> None:
         ImageLocation.from_dict({"image_dir": "/x", "namespace": "ns"})
     assert location != ImageLocation("/c/ns/id", "ns", "id")
     assert "sharedfs_workdir='/efs/work/ns/id'" in repr(location)
+
+
+def test_pool_member_holds_no_image_until_it_claims_one(root: Path, config: HostConfig) -> None:
+    env = ["ARCH_CHECKPOINT_POOL=web", "AWS_BATCH_JOB_ID=ignored"]
+    location = image_location(env, "default", "c1", config)
+    assert location.image_dir == ""
+    assert location.pool_dir == os.path.join(config.checkpoint_root, "default", "web")
+    assert (location.pool, location.checkpoint_id) == ("web", "web")
+    claimed = location.with_image_dir(f"{location.pool_dir}/.claimed~h~0~image-1")
+    assert ImageLocation.from_dict(claimed.as_dict()) == claimed
+    assert claimed.pool == "web"
+
+
+def test_pool_in_sharedfs_mode(root: Path, config: HostConfig) -> None:
+    env = [f"ARCH_SHAREDFS_HOST_PATH={root}/efs", "ARCH_WORKDIR_CONTAINER_PATH=/w",
+           "ARCH_CHECKPOINT_POOL=svc"]  # fmt: skip
+    location = image_location(env, "ns", "c1", config)
+    assert location.pool_dir == f"{root}/efs/checkpoint/ns/svc"
+    assert location.sharedfs_workdir == f"{root}/efs/work/ns/svc"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (["ARCH_CHECKPOINT_POOL=a/b"], "ARCH_CHECKPOINT_POOL='a/b'"),
+        (["ARCH_CHECKPOINT_POOL=.."], "ARCH_CHECKPOINT_POOL='..'"),
+        (["ARCH_CHECKPOINT_POOL=" + "p" * 129], "1 to 128"),
+        (["ARCH_CHECKPOINT_POOL=p", "ARCH_CHECKPOINT_ID=i"], "both set"),
+    ],
+)
+def test_refused_pools(env: list[str], message: str, config: HostConfig) -> None:
+    with pytest.raises(ImagePathError, match=message):
+        image_location(env, "default", "c1", config)
+
+
+def test_location_records_without_pool_still_load() -> None:
+    record = {"image_dir": "/c/ns/id", "namespace": "ns", "checkpoint_id": "id"}
+    location = ImageLocation.from_dict(record)
+    assert (location.pool_dir, location.pool) == (None, None)

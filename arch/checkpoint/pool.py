@@ -1,0 +1,208 @@
+"""Image pools (ARCH_CHECKPOINT_POOL): images of replicated containers, one claim per image.
+
+A pool is one directory `<root>/<namespace>/<pool>/` holding one image directory per
+checkpointed member:
+
+- `image-<UTC time>-<random>`: published and unclaimed; any new member may take it.
+- `.claimed~<host>~<random>~<entry>`: taken by one container (its state record names the path).
+- `.invalid~<random>~<entry>`: refused by validation when claimed; kept for `archctl inspect`,
+  removed by `archctl gc`.
+
+Claiming is one rename of an unclaimed entry to a claimed name that only the claimer knows. A
+rename is atomic on the server, also between NFS/EFS clients (flock is not), so of two
+containers racing for one entry exactly one rename finds it; the other gets ENOENT and tries the
+next entry. An NFS client may resend a rename whose reply was lost and then see ENOENT for its
+own success; the claimer therefore looks for its claimed name before giving up on an entry.
+
+A member's checkpoint is published under a claimed name of its own and renamed to an unclaimed
+entry only once the container is stopped, so no other container can restore it while the
+checkpointed processes might still run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ENTRY_PREFIX = "image-"
+CLAIMED_PREFIX = ".claimed~"
+INVALID_PREFIX = ".invalid~"
+SEPARATOR = "~"
+RANDOM_HEX_CHARS = 12
+HOST_MAX = 64
+
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ENTRY = re.compile(r"image-\d{8}T\d{6}Z-[0-9a-f]{12}\Z")
+_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+class PoolError(OSError):
+    """The pool directory cannot be read or an entry cannot be renamed."""
+
+
+class Claim(NamedTuple):
+    """An image this host renamed out of the pool: `path` is where it is now."""
+
+    pool_dir: str
+    entry: str
+    claimed: str
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.pool_dir, self.claimed)
+
+
+class ClaimedName(NamedTuple):
+    """The parts of a `.claimed~` name."""
+
+    host: str
+    token: str
+    entry: str
+
+
+def host_label(nodename: str | None = None) -> str:
+    """This host's name as it appears in claimed names (safe characters, bounded length)."""
+    name = nodename if nodename is not None else os.uname().nodename
+    return _HOST_UNSAFE.sub("_", name)[:HOST_MAX] or "host"
+
+
+def is_entry(name: str) -> bool:
+    """Whether `name` is an unclaimed image entry of a pool."""
+    return _ENTRY.match(name) is not None
+
+
+def new_entry_name(now: float | None = None) -> str:
+    """A fresh unclaimed entry name; names sort by creation time (oldest is claimed first)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{ENTRY_PREFIX}{stamp}-{_random_hex()}"
+
+
+def claimed_name(entry: str, host: str | None = None) -> str:
+    """A claimed name for `entry` that no other claimer can choose."""
+    return SEPARATOR.join((CLAIMED_PREFIX[:-1], host or host_label(), _random_hex(), entry))
+
+
+def parse_claimed(name: str) -> ClaimedName | None:
+    """The host, token and entry of a claimed name; None for any other name."""
+    if not name.startswith(CLAIMED_PREFIX):
+        return None
+    parts = name[len(CLAIMED_PREFIX) :].split(SEPARATOR)
+    if len(parts) != 3 or not is_entry(parts[2]) or len(parts[1]) != RANDOM_HEX_CHARS:
+        return None
+    return ClaimedName(*parts)
+
+
+def unclaimed_entries(pool_dir: str) -> list[str]:
+    """The pool's unclaimed entries, oldest first ([] when the pool does not exist)."""
+    try:
+        names = os.listdir(pool_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names if is_entry(name))
+
+
+def claim_next(pool_dir: str, skip: frozenset[str] = frozenset()) -> Claim | None:
+    """Claim the oldest unclaimed entry not in `skip`; None when there is none left."""
+    parent_fd = _open_pool(pool_dir)
+    if parent_fd is None:
+        return None
+    try:
+        for entry in sorted(name for name in os.listdir(parent_fd) if is_entry(name)):
+            if entry in skip:
+                continue
+            claimed = claimed_name(entry)
+            if _rename(parent_fd, entry, claimed):
+                os.fsync(parent_fd)
+                return Claim(pool_dir, entry, claimed)
+        return None
+    finally:
+        os.close(parent_fd)
+
+
+def claims(pool_dir: str, attempts: int) -> Iterator[Claim]:
+    """Claim entries one at a time, at most `attempts` (the caller releases or keeps each)."""
+    tried: set[str] = set()
+    for _ in range(attempts):
+        claim = claim_next(pool_dir, frozenset(tried))
+        if claim is None:
+            return
+        tried.add(claim.entry)
+        yield claim
+
+
+def release(claimed_path: str) -> str | None:
+    """Put a claimed image back into its pool, unclaimed; returns its entry path (None: gone)."""
+    pool_dir, name = os.path.split(os.path.normpath(claimed_path))
+    parsed = parse_claimed(name)
+    if parsed is None:
+        raise PoolError(errno.EINVAL, f"not a claimed pool image: {claimed_path}")
+    return _move(pool_dir, name, parsed.entry)
+
+
+def quarantine(claimed_path: str) -> str | None:
+    """Move a claimed image that failed validation out of the pool's reach."""
+    pool_dir, name = os.path.split(os.path.normpath(claimed_path))
+    parsed = parse_claimed(name)
+    if parsed is None:
+        raise PoolError(errno.EINVAL, f"not a claimed pool image: {claimed_path}")
+    return _move(pool_dir, name, SEPARATOR.join((INVALID_PREFIX[:-1], parsed.token, parsed.entry)))
+
+
+def publication_path(pool_dir: str) -> str:
+    """Where a member's checkpoint is published: a claimed name, released after the stop."""
+    return os.path.join(pool_dir, claimed_name(new_entry_name()))
+
+
+def _move(pool_dir: str, name: str, target: str) -> str | None:
+    parent_fd = _open_pool(pool_dir)
+    if parent_fd is None:
+        return None
+    try:
+        if not _rename(parent_fd, name, target):
+            return None
+        os.fsync(parent_fd)
+        return os.path.join(pool_dir, target)
+    finally:
+        os.close(parent_fd)
+
+
+def _rename(parent_fd: int, name: str, target: str) -> bool:
+    """Rename within the pool; False when `name` is gone (someone else renamed it first)."""
+    try:
+        os.rename(name, target, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+    except FileNotFoundError:
+        # Over NFS, a retransmitted rename that already succeeded answers ENOENT.
+        return _lexists(parent_fd, target)
+    except OSError as error:
+        if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            return False
+        raise
+    return True
+
+
+def _open_pool(pool_dir: str) -> int | None:
+    try:
+        return os.open(pool_dir, _OPEN_DIR)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        message = f"{pool_dir}: cannot open the pool: {error.strerror}"
+        raise PoolError(error.errno, message) from error
+
+
+def _lexists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _random_hex() -> str:
+    return os.urandom(RANDOM_HEX_CHARS // 2).hex()
