@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if ctr is None:
         print("archctl watch-exits: ctr not found on PATH or beside containerd", file=sys.stderr)
         return 1
-    logger = setup_logging(config.log_file, config.log_level)
+    logger = setup_logging(config.log_file, config.log_level, journal=True)
     stop = StopRequest()
     previous_handlers = {number: signal.getsignal(number) for number in STOP_SIGNALS}
     for number in STOP_SIGNALS:
