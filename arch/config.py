@@ -26,8 +26,10 @@ KNOWN_KEYS = frozenset(
         "log_level",
         "allowed_roots",
         "criu_options",
+        "metrics_file",
     }
 )
+DEFAULT_METRICS_FILE = "/var/lib/node_exporter/textfile_collector/arch.prom"
 
 
 class ConfigError(Exception):
@@ -44,6 +46,7 @@ class HostConfig:
         "criu_options",
         "log_file",
         "log_level",
+        "metrics_file",
         "path",
         "runc",
         "state_dir",
@@ -60,6 +63,7 @@ class HostConfig:
         allowed_roots: tuple[str, ...] | None = None,
         criu_options: tuple[str, ...] = (),
         criu: str | None = None,
+        metrics_file: str = DEFAULT_METRICS_FILE,
     ) -> None:
         self.path = path
         self.runc = runc
@@ -72,6 +76,8 @@ class HostConfig:
         self.allowed_roots = allowed_roots if allowed_roots is not None else (checkpoint_root,)
         # CRIU options added to every checkpoint (and replayed at restore), e.g. --tcp-established.
         self.criu_options = criu_options
+        # Prometheus textfile-collector output of arch.metrics; "" turns metrics off.
+        self.metrics_file = metrics_file
 
 
 def config_path() -> str:
@@ -130,6 +136,9 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         if not isinstance(allowed_roots, list):
             raise ConfigError(f"{path}: allowed_roots must be a list of absolute paths")
         allowed_roots = tuple(_absolute_path(path, "allowed_roots", root) for root in allowed_roots)
+    metrics_file = document.get("metrics_file", defaults.metrics_file)
+    if metrics_file != "":
+        metrics_file = _absolute_path(path, "metrics_file", metrics_file)
     criu_options = document.get("criu_options", [])
     if not isinstance(criu_options, list) or not all(isinstance(o, str) for o in criu_options):
         raise ConfigError(f"{path}: criu_options must be a list of strings")
@@ -149,6 +158,7 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         allowed_roots=allowed_roots,
         criu_options=tuple(criu_options),
         criu=criu,
+        metrics_file=metrics_file,
     )
 
 

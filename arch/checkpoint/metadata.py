@@ -172,6 +172,16 @@ class ImageMetadata:
             criu_options=criu_options,
         )
 
+    @property
+    def process_bytes(self) -> int:
+        """Bytes of the CRIU files (process state)."""
+        return sum(criu_file.size for criu_file in self.criu_files)
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of the image's data: the CRIU files plus the filesystem tar (not metadata)."""
+        return self.process_bytes + (self.filesystem.size or 0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from arch.config import ConfigError, HostConfig, config_path, load_config
@@ -125,6 +126,20 @@ class Call:
                 log.write(line + "\n")
         except OSError as error:
             logger.warning("cannot add the error to runc's log %s: %s", path, error)
+
+    def count(
+        self,
+        operation: str,
+        started: float,
+        image_bytes: int | None = None,
+        failure: str | None = None,
+    ) -> None:
+        """Add this checkpoint or restore (begun at time.monotonic() `started`) to the metrics."""
+        from arch import metrics
+
+        seconds = time.monotonic() - started
+        metrics.record(self.config, operation, seconds=seconds, image_bytes=image_bytes,
+                       failure=failure)  # fmt: skip
 
     def runc(self) -> Runc:
         return Runc.for_command(resolve_runc(self.config), self.command, self.config.criu)
@@ -259,21 +274,27 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> str:
         return NO_IMAGE
     except InvalidImage as error:
         logger.warning("create %s: image %s not restored: %s", where, location.image_dir, error)
+        call.count("restore", time.monotonic(), failure="invalid_image")
         return INVALID
     except OSError as error:
         logger.warning("create %s: image %s not restored: %s", where, location.image_dir, error)
+        call.count("restore", time.monotonic(), failure="storage")
         return REFUSED
     scratch = os.path.join(call.config.state_dir, ".work")
     job = RestoreJob(runc, call.command, bundle, image, call.container_id, scratch)
+    started = time.monotonic()
     try:
         job.run()
     except RestoreRefused as error:
         logger.warning("create %s: restore refused, starting fresh: %s", where, error)
+        call.count("restore", started, failure=error.reason)
         return REFUSED
     except Exception:  # the container must still start: any restore bug means a fresh create
         logger.exception("create %s: restore failed, starting fresh", where)
+        call.count("restore", started, failure="other")
         return REFUSED
     logger.info("create %s: restored from %s", where, location.image_dir)
+    call.count("restore", started, image_bytes=image.metadata.image_bytes)
     return RESTORED
 
 
@@ -316,10 +337,13 @@ def handle_checkpoint(call: Call) -> int:
     job = CheckpointJob(
         call.runc(), call.command, target, call.container_id, call.config.criu_options
     )
+    started = time.monotonic()
     try:
         image = job.run()
     except CheckpointFailed as error:
+        call.count("checkpoint", started, failure=error.reason)
         return call.fail(f"checkpoint failed, the container keeps running: {error}")
+    call.count("checkpoint", started, image_bytes=image.metadata.image_bytes)
     state.set(CHECKPOINTED)
     state.set(SKIP_RESUME)
     published = image.path

@@ -17,6 +17,7 @@ import pytest
 from harness import checkpointing as cr
 from harness.containerd import ContainerdNode
 
+from arch import metrics
 from arch.checkpoint import pool
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
@@ -131,6 +132,12 @@ def test_replicas_never_share_an_image_and_each_restores_its_own(
     released = pool.parse_claimed(entries["end-b"].name)
     assert released is not None
     assert pool_names(pool_dir) == [released.entry]
+    # Both nodes counted their checkpoints and restores in their metrics files.
+    totals = {"checkpoint": 2 + 2 * ROUNDS, "restore": 2 * ROUNDS + 2}
+    for operation, expected in totals.items():
+        key = f'arch_{operation}s_total{{result="ok"}}'
+        counted = sum(metrics.read_samples(str(n.arch.metrics_file)).get(key, 0) for n in two_nodes)
+        assert counted == expected, key
 
 
 def finish(member: Member, exit_code: str) -> None:

@@ -31,6 +31,7 @@ class ArchHost:
     log_file: Path
     checkpoint_root: Path
     runc_calls_log: Path
+    metrics_file: Path
 
     @property
     def environment(self) -> dict[str, str]:
@@ -81,6 +82,7 @@ def write_arch_host(
         log_file=directory / "arch.log",
         checkpoint_root=checkpoint_root or directory / "checkpoint",
         runc_calls_log=directory / "runc-calls.log",
+        metrics_file=directory / "metrics" / "arch.prom",
     )
     recorder = directory / "runc-recorder"
     recorder_text = _RECORDER.format(
@@ -98,6 +100,7 @@ def write_arch_host(
                 f"checkpoint_root = {json.dumps(str(host.checkpoint_root))}",
                 f"state_dir = {json.dumps(str(host.state_dir))}",
                 f"log_file = {json.dumps(str(host.log_file))}",
+                f"metrics_file = {json.dumps(str(host.metrics_file))}",
                 'log_level = "debug"',
                 "",
             ]
