@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from arch.shim.parser import RuncCommand
+    from arch.runc.parser import RuncCommand
 
 BOOLEAN_FLAGS = ("tcp-established", "ext-unix-sk", "shell-job", "file-locks")
 VALUED_FLAGS = {

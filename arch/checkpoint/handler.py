@@ -31,14 +31,14 @@ from arch.checkpoint.metadata import (
 from arch.checkpoint.store import ImageStaging, PublishError
 from arch.checkpoint.store import remove as remove_image
 from arch.checkpoint.validation import ValidImage
-from arch.container.runtime import RuncError, binary_version
+from arch.runc.runtime import RuncError, binary_version
 
 if TYPE_CHECKING:
     from arch.checkpoint.filesystem import Journal
     from arch.container.bundle import Bundle
     from arch.container.identity import ImageLocation
-    from arch.container.runtime import Runc
-    from arch.shim.parser import RuncCommand
+    from arch.runc.parser import RuncCommand
+    from arch.runc.runtime import Runc
 
 logger = logging.getLogger("arch")
 

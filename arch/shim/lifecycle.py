@@ -14,9 +14,9 @@ import time
 from typing import TYPE_CHECKING
 
 from arch.config import ConfigError, HostConfig, config_path, load_config
-from arch.container.runtime import Runc
 from arch.container.state import SKIP_RESUME, SKIP_START, ContainerState, StateError
 from arch.log import setup_logging
+from arch.runc.runtime import Runc
 from arch.shim.passthrough import pass_through, resolve_runc, run_runc
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from arch.container.bundle import Bundle
     from arch.container.identity import ImageLocation
-    from arch.shim.parser import RuncCommand
+    from arch.runc.parser import RuncCommand
 
 logger = logging.getLogger("arch")
 
@@ -258,7 +258,7 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> str:
     from arch.checkpoint.metadata import ImageMissing, InvalidImage
     from arch.checkpoint.store import recover
     from arch.checkpoint.validation import validate
-    from arch.container.runtime import binary_version
+    from arch.runc.runtime import binary_version
 
     where = call.where
     runc = call.runc()

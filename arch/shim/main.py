@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from arch.runc.parser import ParseError, parse
 from arch.shim import passthrough
-from arch.shim.parser import ParseError, parse
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -1,4 +1,4 @@
-"""Tests of the runc command-line parser (arch.shim.parser) and its flag tables."""
+"""Tests of the runc command-line parser (arch.runc.parser) and its flag tables."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from arch.shim.parser import Option, ParseError, RuncCommand, parse
-from arch.shim.runc_flags import COMMAND_LOOKUP, COMMANDS, GLOBAL_FLAGS, CommandSpec, FlagSpec
+from arch.runc.flags import COMMAND_LOOKUP, COMMANDS, GLOBAL_FLAGS, CommandSpec, FlagSpec
+from arch.runc.parser import Option, ParseError, RuncCommand, parse
 
 RUNC = "/usr/sbin/runc"
 NEEDS_RUNC = pytest.mark.skipif(

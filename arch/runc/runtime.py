@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from arch.shim.parser import RuncCommand
+    from arch.runc.parser import RuncCommand
 
 RUNC_TIMEOUT_SECONDS = 600
 

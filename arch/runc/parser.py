@@ -15,13 +15,13 @@ Hot path: imported by every `arch-runc` call; it imports only the flag tables.
 
 from __future__ import annotations
 
-from arch.shim.runc_flags import COMMAND_LOOKUP, GLOBAL_LOOKUP
+from arch.runc.flags import COMMAND_LOOKUP, GLOBAL_LOOKUP
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-    from arch.shim.runc_flags import CommandSpec, FlagSpec
+    from arch.runc.flags import CommandSpec, FlagSpec
 
 # strconv.ParseBool, which Go's flag package uses for `--bool=VALUE`.
 _GO_TRUE = frozenset(("1", "t", "T", "TRUE", "true", "True"))

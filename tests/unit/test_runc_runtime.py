@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from arch.container.runtime import Runc
-from arch.shim.parser import parse
+from arch.runc.parser import parse
+from arch.runc.runtime import Runc
 
 
 def test_caller_globals_are_kept_and_host_criu_added() -> None:
