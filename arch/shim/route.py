@@ -16,16 +16,16 @@ from arch.config import ConfigError, HostConfig, config_path, load_config
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from arch.shim.parser import RuncCommand
+    from arch.runc.parser import RuncCommand
 
 ARCH = "arch"  # ARCH handles the call itself
 
 
 def decide(args: Sequence[str]) -> str:
     """ARCH, or the path of the runc the call passes through to unchanged."""
+    from arch.runc.parser import ParseError, parse
     from arch.shim import passthrough
     from arch.shim.main import INTERCEPTED_SUBCOMMANDS
-    from arch.shim.parser import ParseError, parse
 
     try:
         config = load_config()
