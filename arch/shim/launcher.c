@@ -126,6 +126,7 @@ static const struct known_key known_keys[] = {
 	{"checkpoint_root", PATH_VALUE},    {"state_dir", PATH_VALUE},
 	{"log_file", PATH_VALUE},	    {"log_level", LOG_LEVEL_VALUE},
 	{"allowed_roots", PATH_LIST_VALUE}, {"criu_options", CRIU_OPTIONS_VALUE},
+	{"metrics_file", PATH_VALUE},
 	{NULL, PATH_VALUE},
 };
 static const char *const log_levels[] = {"debug", "info", "warning", "error", NULL};
