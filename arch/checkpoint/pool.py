@@ -114,15 +114,32 @@ def claim_next(pool_dir: str, skip: frozenset[str] = frozenset()) -> Claim | Non
         return None
     try:
         for entry in sorted(name for name in os.listdir(parent_fd) if is_entry(name)):
-            if entry in skip:
-                continue
-            claimed = claimed_name(entry)
-            if _rename(parent_fd, entry, claimed):
-                os.fsync(parent_fd)
-                return Claim(pool_dir, entry, claimed)
+            if entry not in skip:
+                claim = _claim_at(parent_fd, pool_dir, entry)
+                if claim is not None:
+                    return claim
         return None
     finally:
         os.close(parent_fd)
+
+
+def claim_entry(pool_dir: str, entry: str) -> Claim | None:
+    """Claim one named entry (e.g. to remove it without racing a claimer); None when taken."""
+    parent_fd = _open_pool(pool_dir)
+    if parent_fd is None:
+        return None
+    try:
+        return _claim_at(parent_fd, pool_dir, entry)
+    finally:
+        os.close(parent_fd)
+
+
+def _claim_at(parent_fd: int, pool_dir: str, entry: str) -> Claim | None:
+    claimed = claimed_name(entry)
+    if not _rename(parent_fd, entry, claimed):
+        return None
+    os.fsync(parent_fd)
+    return Claim(pool_dir, entry, claimed)
 
 
 def claims(pool_dir: str, attempts: int) -> Iterator[Claim]:
