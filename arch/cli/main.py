@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from arch import __version__
-from arch.cli import checkpoint, listing, selftest, spot_watch, verify, watch_exits
+from arch.cli import checkpoint, gc, inspect, listing, selftest, spot_watch, verify, watch_exits
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_parser(subcommands)
     checkpoint.add_parser(subcommands)
     spot_watch.add_parser(subcommands)
+    inspect.add_parser(subcommands)
+    gc.add_parser(subcommands)
     verify.add_parser(subcommands)
     watch_exits.add_parser(subcommands)
     selftest.add_parser(subcommands)

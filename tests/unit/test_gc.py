@@ -1,0 +1,165 @@
+"""archctl gc's planning rules (arch.operator.gc) on directories laid out like image roots, and
+the inspect/gc command lines (usage errors exit 2, --help)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from arch.checkpoint import pool
+from arch.cli.main import main
+from arch.config import HostConfig
+from arch.container.identity import ImageLocation
+from arch.container.state import EXIT_STATUS, ContainerState
+from arch.operator import gc
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+NOW = 1_900_000_000.0
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> HostConfig:
+    return HostConfig("/nonexistent/arch.toml", checkpoint_root=str(tmp_path / "root"),
+                      state_dir=str(tmp_path / "state"), metrics_file="")  # fmt: skip
+
+
+def aged(path: Path, seconds_ago: float) -> Path:
+    os.utime(path, (NOW - seconds_ago, NOW - seconds_ago))
+    return path
+
+
+def record(config: HostConfig, container_id: str, image_dir: str, exit_status: str | None) -> None:
+    state = ContainerState(config.state_dir, "default", container_id)
+    location = ImageLocation(image_dir, "default", "x")
+    state.write_record({"version": 1, "location": location.as_dict()})
+    if exit_status is not None:
+        state.set(EXIT_STATUS, exit_status)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("12h", 43200), ("7d", 604800),
+                          ("2w", 1209600), ("45", 45), ("1.5h", 5400)],
+)  # fmt: skip
+def test_durations(text: str, seconds: float) -> None:
+    assert gc.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "-5m", "0", "soon", "inf", "nan"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        gc.parse_duration(text)
+
+
+def test_unreadable_images_go_by_age_and_use(config: HostConfig, tmp_path: Path) -> None:
+    namespace = tmp_path / "root" / "default"
+    for name in ("young", "old", "used-old", "exited-old"):
+        (namespace / name).mkdir(parents=True)
+    aged(namespace / "young", 60)
+    for name in ("old", "used-old", "exited-old"):
+        aged(namespace / name, 86400 * 10)
+    record(config, "runner", str(namespace / "used-old"), None)
+    record(config, "failed", str(namespace / "exited-old"), "3")
+    plan = gc.plan([config.checkpoint_root], config, older_than=86400 * 7, now=NOW)
+    assert [(os.path.basename(a.path), a.rule) for a in plan.actions] == [
+        ("exited-old", "older-than"), ("old", "older-than"),
+    ]  # fmt: skip
+    assert all("invalid image" in a.detail for a in plan.actions)
+    kept = {os.path.basename(k.path): k.reason for k in plan.kept}
+    assert kept["used-old"] == "in use by default/runner"
+    assert kept["young"].startswith("invalid: metadata.json is missing")
+    assert plan.sweep_dirs == [str(namespace)]
+    # Without --older-than nothing is removed.
+    assert gc.plan([config.checkpoint_root], config, now=NOW).actions == []
+
+
+def test_exit_0_recorded_here_means_finished(config: HostConfig, tmp_path: Path) -> None:
+    image = tmp_path / "root" / "default" / "job"
+    image.mkdir(parents=True)
+    record(config, "c1", str(image), "0")
+    plan = gc.plan([config.checkpoint_root], config, now=time.time())
+    assert [(a.rule, a.detail) for a in plan.actions] == [("finished", "default/c1 exited 0")]
+    ContainerState(config.state_dir, "default", "c1").set("checkpointed")
+    assert gc.plan([config.checkpoint_root], config).actions == []
+
+
+def test_pool_rules(config: HostConfig, tmp_path: Path) -> None:
+    pool_dir = tmp_path / "root" / "default" / "web"
+    pool_dir.mkdir(parents=True)
+    old_entry = pool_dir / pool.new_entry_name(NOW - 86400 * 30)
+    old_entry.mkdir()
+    aged(old_entry, 86400 * 30)
+    new_entry = pool_dir / pool.new_entry_name(NOW)
+    new_entry.mkdir()
+    aged(new_entry, 60)
+    orphan = pool_dir / pool.claimed_name(pool.new_entry_name(NOW))
+    orphan.mkdir()
+    aged(orphan, 7200)
+    elsewhere = pool_dir / pool.claimed_name(pool.new_entry_name(NOW), host="other-host")
+    elsewhere.mkdir()
+    aged(elsewhere, 86400 * 30)
+    used = pool_dir / pool.claimed_name(pool.new_entry_name(NOW))
+    used.mkdir()
+    aged(used, 86400 * 30)
+    record(config, "replica", str(used), None)
+    invalid = pool_dir / ".invalid~0123456789ab~image-20200101T000000Z-0123456789ab"
+    invalid.mkdir()
+    aged(invalid, 7200)
+    plan = gc.plan([config.checkpoint_root], config, older_than=86400 * 7, now=NOW)
+    actions = {os.path.basename(a.path): (a.rule, a.action) for a in plan.actions}
+    assert actions == {
+        old_entry.name: ("older-than", "remove"),
+        orphan.name: ("orphaned-claim", "release"),
+        invalid.name: ("invalid", "remove"),
+    }
+    kept = {os.path.basename(k.path): k.reason for k in plan.kept}
+    assert kept == {
+        new_entry.name: "unclaimed, not expired",
+        elsewhere.name: "claimed by other-host",
+        used.name: f"claimed by {pool.host_label()}",
+    }
+    assert str(pool_dir) in plan.sweep_dirs
+    outcomes = gc.execute(plan.actions)
+    assert all(outcome.done for outcome in outcomes), outcomes
+    names = sorted(p.name for p in pool_dir.iterdir())
+    released = pool.parse_claimed(orphan.name)
+    assert released is not None
+    assert names == sorted([new_entry.name, elsewhere.name, used.name, released.entry])
+
+
+def test_dry_run_lists_leftovers_and_touches_nothing(config: HostConfig, tmp_path: Path) -> None:
+    namespace = tmp_path / "root" / "default"
+    leftover = namespace / ".staging-job-0123456789ab"
+    leftover.mkdir(parents=True)
+    listed = gc.sweep_leftovers([str(namespace)], dry_run=True, now=NOW)
+    assert [(o.action.rule, o.done) for o in listed] == [("leftover", False)]
+    assert leftover.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["inspect"], ["inspect", "a/b/c"], ["inspect", "x", "y"], ["inspect", "ns/.."],
+     ["inspect", "no-slash"], ["gc", "--older-than", "x"], ["gc", "extra"], ["gc", "--bogus"]],
+)  # fmt: skip
+def test_bad_usage_exits_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARCH_CONFIG", "/nonexistent/arch.toml")
+    try:
+        status = main(["--address", "/nonexistent.sock", *argv])
+    except SystemExit as stop:
+        status = int(stop.code or 0)
+    assert status == 2
+    assert "archctl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["inspect", "gc", "verify"])
+def test_help_exits_0(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    assert "--json" in capsys.readouterr().out
