@@ -21,7 +21,8 @@ def add_parser(subcommands: Any) -> None:
         "verify",
         help="check runc, CRIU, iptables, containerd/Docker wiring, storage and services",
         description="Check that this host is a working ARCH appliance. Exit 0 when every check "
-        "passes (warnings allowed), 1 when any fails.",
+        "passes (warnings allowed), 1 when any fails, 2 on bad usage. --json prints "
+        '{"ok": BOOL, "checks": [{"name", "status", "detail"}, ...]}.',
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
@@ -56,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
 
 def print_results(results: Sequence[CheckResult], as_json: bool) -> None:
     if as_json:
-        print(json.dumps([result._asdict() for result in results], indent=2))
+        document = {
+            "ok": not any(result.status == FAIL for result in results),
+            "checks": [result._asdict() for result in results],
+        }
+        print(json.dumps(document, indent=2))
         return
     width = max(len(result.name) for result in results)
     for result in results:

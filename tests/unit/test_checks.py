@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -130,8 +131,15 @@ def test_verify_exit_status_and_json(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 1
-    assert '"status": "fail"' in result.stdout
-    assert "malformed TOML" in result.stdout
+    document = json.loads(result.stdout)
+    assert document["ok"] is False
+    assert [(c["name"], c["status"]) for c in document["checks"]] == [("config", "fail")]
+    assert "malformed TOML" in document["checks"][0]["detail"]
+    usage = subprocess.run(
+        [sys.executable, "-m", "arch.cli.main", "verify", "--bogus"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert usage.returncode == 2 and "unrecognized arguments" in usage.stderr
 
 
 def start_fake_watcher(*archctl_args: str) -> subprocess.Popen[bytes]:
