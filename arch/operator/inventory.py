@@ -54,8 +54,10 @@ class ArchContainer(NamedTuple):
 
 
 def image_published(image_dir: str) -> bool:
-    """Whether a complete image is published there (metadata.json is written last)."""
-    return os.path.isfile(os.path.join(image_dir, METADATA_FILE))
+    """Whether a complete image is published there (metadata.json is written last).
+
+    A pool member without a claimed image has no image_dir ("")."""
+    return bool(image_dir) and os.path.isfile(os.path.join(image_dir, METADATA_FILE))
 
 
 def recorded_location(
