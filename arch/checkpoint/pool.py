@@ -98,6 +98,22 @@ def parse_claimed(name: str) -> ClaimedName | None:
     return ClaimedName(*parts)
 
 
+def is_pool_dir(path: str) -> bool:
+    """Whether `path` is a pool directory: no image itself, and it holds pool entries."""
+    from arch.checkpoint.metadata import METADATA_FILE
+
+    if os.path.lexists(os.path.join(path, METADATA_FILE)):
+        return False
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return any(
+        is_entry(name) or parse_claimed(name) is not None or name.startswith(INVALID_PREFIX)
+        for name in names
+    )
+
+
 def unclaimed_entries(pool_dir: str) -> list[str]:
     """The pool's unclaimed entries, oldest first ([] when the pool does not exist)."""
     try:

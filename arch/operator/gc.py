@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, NamedTuple
 
 from arch.checkpoint import pool
-from arch.checkpoint.metadata import METADATA_FILE, ImageMetadata, InvalidImage
+from arch.checkpoint.metadata import ImageMetadata, InvalidImage
 from arch.checkpoint.store import LEFTOVER_PREFIXES, STALE_AFTER_SECONDS, cleanup_stale, remove
 from arch.checkpoint.validation import read_metadata, validate
 from arch.container.identity import ImageLocation
@@ -118,7 +118,7 @@ def plan(
         for namespace_dir in _subdirectories(root):
             sweep.append(namespace_dir)
             for path in _subdirectories(namespace_dir):
-                if _is_pool(path):
+                if pool.is_pool_dir(path):
                     sweep.append(path)
                     _plan_pool(path, uses, older_than, now, actions, kept)
                 else:
@@ -313,19 +313,6 @@ def _finished_after(use: ContainerUse, created: float | None) -> bool:
     if use.exit_status != 0 or use.checkpointed:
         return False
     return created is None or use.exited_at is None or use.exited_at >= created
-
-
-def _is_pool(path: str) -> bool:
-    if os.path.lexists(os.path.join(path, METADATA_FILE)):
-        return False
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return False
-    return any(
-        pool.is_entry(n) or pool.parse_claimed(n) or n.startswith(pool.INVALID_PREFIX)
-        for n in names
-    )
 
 
 def _entry_created(path: str) -> float | None:

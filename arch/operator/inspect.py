@@ -124,7 +124,7 @@ def inspect(path: str, config: HostConfig, *, checksum: bool = True) -> ImageRep
     """Inspect the image (or pool) at `path`; InspectError when there is neither."""
     if not os.path.lexists(path):
         raise InspectError(f"no image at {path}")
-    if os.path.isdir(path) and not os.path.islink(path) and _is_pool(path):
+    if os.path.isdir(path) and not os.path.islink(path) and pool.is_pool_dir(path):
         return inspect_pool(path)
     return inspect_image(path, config, checksum=checksum)
 
@@ -221,16 +221,6 @@ def image_versions(metadata: ImageMetadata | None) -> dict[str, object]:
         "kernel": metadata.kernel,
         "host": metadata.host,
     }
-
-
-def _is_pool(path: str) -> bool:
-    if os.path.lexists(os.path.join(path, METADATA_FILE)):
-        return False
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return False
-    return any(pool.is_entry(name) or pool.parse_claimed(name) for name in names)
 
 
 def _criu_check(path: str, host_criu: str) -> Check:

@@ -163,3 +163,27 @@ def test_help_exits_0(command: str, capsys: pytest.CaptureFixture[str]) -> None:
         main([command, "--help"])
     assert stop.value.code == 0
     assert "--json" in capsys.readouterr().out
+
+
+def test_inspect_resolves_targets_and_lists_pools(config: HostConfig, tmp_path: Path) -> None:
+    from arch.operator.inspect import inspect, resolve_target
+
+    root = config.checkpoint_root
+    assert resolve_target("/abs/img", config) == "/abs/img"
+    assert resolve_target("default/job-1", config) == f"{root}/default/job-1"
+    record(config, "c1", "/elsewhere/ns/claimed", None)
+    assert resolve_target("default/c1", config) == "/elsewhere/ns/claimed"
+    for bad in ("no-slash", "a/b/c", "ns/..", "bad ns/x"):
+        with pytest.raises(ValueError):
+            resolve_target(bad, config)
+    pool_dir = tmp_path / "root" / "default" / "web"
+    entry = pool_dir / pool.new_entry_name(NOW)
+    entry.mkdir(parents=True)
+    claimed = pool_dir / pool.claimed_name(pool.new_entry_name(NOW), host="h2")
+    claimed.mkdir()
+    report = inspect(str(pool_dir), config)
+    document = report.as_dict()
+    assert [(e["name"], e["status"]) for e in document["pool"]] == [
+        (claimed.name, "claimed by h2"), (entry.name, "unclaimed"),
+    ]  # fmt: skip
+    assert all("metadata.json is missing" in str(e["problem"]) for e in document["pool"])
