@@ -115,7 +115,7 @@ static const char *skip_blanks(const char *p)
  * table, a quoted or dotted key, an escape, a relative or unnormalised path, a value Python
  * would refuse) goes to Python, which then decides with the same file.
  */
-enum value_kind { PATH_VALUE, LOG_LEVEL_VALUE, PATH_LIST_VALUE, CRIU_OPTIONS_VALUE };
+enum value_kind { PATH_VALUE, OPTIONAL_PATH_VALUE, LOG_LEVEL_VALUE, PATH_LIST_VALUE, CRIU_OPTIONS_VALUE };
 struct known_key {
 	const char *name;
 	enum value_kind kind;
@@ -126,7 +126,7 @@ static const struct known_key known_keys[] = {
 	{"checkpoint_root", PATH_VALUE},    {"state_dir", PATH_VALUE},
 	{"log_file", PATH_VALUE},	    {"log_level", LOG_LEVEL_VALUE},
 	{"allowed_roots", PATH_LIST_VALUE}, {"criu_options", CRIU_OPTIONS_VALUE},
-	{"metrics_file", PATH_VALUE},
+	{"metrics_file", OPTIONAL_PATH_VALUE}, /* "" turns metrics off */
 	{NULL, PATH_VALUE},
 };
 static const char *const log_levels[] = {"debug", "info", "warning", "error", NULL};
@@ -247,6 +247,10 @@ static int scan_key_line(const char *line, struct host_config *config, unsigned 
 		}
 		break;
 	}
+	case OPTIONAL_PATH_VALUE:
+		if (!scan_plain_string(&p, &start, &len) || (len > 0 && !is_normal_absolute(start, len)))
+			return 0;
+		break;
 	case LOG_LEVEL_VALUE:
 		if (!scan_plain_string(&p, &start, &len) || !in_list_nocase(log_levels, start, len))
 			return 0;

@@ -62,7 +62,11 @@ CORPUS = [
     Case("all known keys", BASE + 'criu = "/usr/local/sbin/criu"\ncheckpoint_root = '
          '"/checkpoint"\nlog_file = "/var/log/a.log"\nlog_level = "INFO"  # any case\n'
          'allowed_roots = ["/checkpoint", "/data",]\ncriu_options = ["--tcp-established", '
-         '"--manage-cgroups-mode=soft"]\n', None, ["state", "job-9"], RUNC, DIRECT),
+         '"--manage-cgroups-mode=soft"]\nmetrics_file = "/var/lib/m/arch.prom"\n', None,
+         ["state", "job-9"], RUNC, DIRECT),
+    Case("metrics off", BASE + 'metrics_file = ""\n', None, ["state", "job-9"], RUNC, DIRECT),
+    Case("relative metrics file", BASE + 'metrics_file = "arch.prom"\n', None, ["state", "job-9"],
+         PATH_RUNC, PYTHON),
     Case("CRLF line ends", BASE.replace("\n", "\r\n"), None, ["state", "job-9"], RUNC, DIRECT),
     Case("quoted key", 'runc = "{runc}"\n"state_dir" = "{other_state}"\n', None,
          ["--root", ROOT, "delete", "job-7"], ARCH, PYTHON),
