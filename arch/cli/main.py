@@ -8,7 +8,18 @@ import sys
 from typing import TYPE_CHECKING
 
 from arch import __version__
-from arch.cli import checkpoint, gc, inspect, listing, selftest, spot_watch, verify, watch_exits
+from arch.cli import (
+    checkpoint,
+    gc,
+    inspect,
+    listing,
+    selftest,
+    spot_watch,
+    template,
+    userdata,
+    verify,
+    watch_exits,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -40,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_parser(subcommands)
     watch_exits.add_parser(subcommands)
     selftest.add_parser(subcommands)
+    template.add_parser(subcommands)
+    userdata.add_parser(subcommands)
     return parser
 
 
