@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from arch import __version__
 from arch.cli import (
+    ami,
     checkpoint,
     gc,
     inspect,
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch_exits.add_parser(subcommands)
     selftest.add_parser(subcommands)
     template.add_parser(subcommands)
+    ami.add_parser(subcommands)
     userdata.add_parser(subcommands)
     return parser
 

@@ -1,0 +1,189 @@
+"""The ARCH AMI builds of packer/, for old and current packers alike.
+
+packer/ declares its plugins in a `packer { required_plugins ... }` block (Packer >= 1.7, which
+installs them with `packer init`). Debian's packer 1.6.6 rejects that block and its built-in
+amazon builder predates `metadata_options` (IMDSv2). For such a packer the templates are staged
+in a temporary copy without the `packer` block, the local (null) build is validated and built
+in full, and the AMI flavours are checked for syntax only. Same files, both generations.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from arch import __version__
+from arch.delivery.resources import CHECKOUT_DIR, ansible_dir
+from arch.packer.driver import Artifact, Packer, PackerError, read_manifest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+
+    from arch.packer.machine_readable import MachineEvent
+
+LOCAL_BUILD = "local.null.local"
+FLAVOUR_BUILDS = {"ecs": "ecs.amazon-ebs.ecs", "batch": "batch.amazon-ebs.batch"}
+SETTINGS_FILE = "variables.pkr.hcl"
+FULL, SYNTAX = "full", "syntax only"
+
+
+@dataclass(frozen=True)
+class TemplateCheck:
+    """One line of `archctl ami validate`."""
+
+    name: str
+    ok: bool
+    level: str  # FULL, SYNTAX, or "fmt"
+    detail: str
+
+
+def strip_packer_block(text: str) -> str:
+    """The file without its top-level `packer { ... }` block (packer fmt puts the block's
+    closing brace alone at column 0)."""
+    lines = text.splitlines(keepends=True)
+    kept: list[str] = []
+    inside = False
+    for line in lines:
+        if not inside and line.startswith("packer {"):
+            inside = True
+            continue
+        if inside:
+            if line.rstrip("\r\n") == "}":
+                inside = False
+            continue
+        kept.append(line)
+    if inside:
+        raise PackerError("the packer { ... } block in variables.pkr.hcl has no closing brace")
+    return "".join(kept)
+
+
+@contextmanager
+def staged_templates(packer: Packer, template_dir: Path) -> Iterator[Path]:
+    """The directory to run this packer in: the templates themselves for packer >= 1.7, else a
+    temporary copy whose settings file has no `packer` block."""
+    if packer.version().has_plugin_requirements:
+        yield template_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="arch-packer-") as staging:
+        staged = Path(staging) / "packer"
+        shutil.copytree(template_dir, staged, ignore=shutil.ignore_patterns("packer_cache"))
+        settings = staged / SETTINGS_FILE
+        settings.write_text(strip_packer_block(settings.read_text(encoding="utf-8")))
+        yield staged
+
+
+def source_revision(checkout: Path = CHECKOUT_DIR) -> str:
+    """The checkout's git commit (with `-dirty` for uncommitted changes), else "unknown"."""
+    if not (checkout / ".git").exists():
+        return "unknown"
+    try:
+        described = subprocess.run(
+            ["git", "-C", str(checkout), "describe", "--always", "--dirty", "--abbrev=40"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return described.stdout.strip() or "unknown"
+
+
+def build_variables(manifest: Path | None, overrides: Mapping[str, str]) -> dict[str, str]:
+    """What every run passes: the version and revision baked, where the role and manifest are."""
+    variables = {
+        "arch_version": __version__,
+        "arch_source_revision": source_revision(),
+        "ansible_dir": str(ansible_dir()),
+    }
+    if manifest is not None:
+        variables["manifest_path"] = str(manifest)
+    variables.update(overrides)
+    return variables
+
+
+def validate_templates(
+    packer: Packer, template_dir: Path, overrides: Mapping[str, str]
+) -> list[TemplateCheck]:
+    """`packer fmt -check`, then `packer validate` of every build this packer can validate."""
+    unformatted = packer.fmt_check(template_dir)
+    checks = [
+        TemplateCheck(
+            "fmt",
+            not unformatted,
+            "fmt",
+            f"needs `packer fmt`: {', '.join(unformatted)}" if unformatted else "formatted",
+        )
+    ]
+    variables = build_variables(None, overrides)
+    with staged_templates(packer, template_dir) as workdir:
+        if packer.version().has_plugin_requirements:
+            packer.init(workdir)
+            for name, build in {"local": LOCAL_BUILD, **FLAVOUR_BUILDS}.items():
+                checks.append(_validate_one(packer, workdir, name, [build], variables, FULL))
+        else:
+            checks.append(_validate_one(packer, workdir, "local", [LOCAL_BUILD], variables, FULL))
+            syntax = _validate_one(packer, workdir, "", [], variables, SYNTAX)
+            for name in FLAVOUR_BUILDS:
+                checks.append(TemplateCheck(name, syntax.ok, SYNTAX, syntax.detail))
+    return checks
+
+
+def _validate_one(
+    packer: Packer,
+    workdir: Path,
+    name: str,
+    only: Sequence[str],
+    variables: Mapping[str, str],
+    level: str,
+) -> TemplateCheck:
+    result = packer.validate(workdir, only, variables, syntax_only=level == SYNTAX)
+    if result.returncode == 0:
+        detail = f"valid for packer {packer.version()}"
+        if level == SYNTAX:
+            detail += " (syntax; full validation needs packer >= 1.7 and `packer init`)"
+        return TemplateCheck(name, True, level, detail)
+    return TemplateCheck(name, False, level, result.failure_message())
+
+
+def build_images(
+    packer: Packer,
+    template_dir: Path,
+    *,
+    local: bool,
+    flavours: Sequence[str],
+    manifest: Path,
+    overrides: Mapping[str, str],
+    on_event: Callable[[MachineEvent], None] | None = None,
+) -> list[Artifact]:
+    """Run the builds; the artifacts of this run as the manifest records them."""
+    if local:
+        only = [LOCAL_BUILD]
+    else:
+        if not packer.version().has_plugin_requirements:
+            raise PackerError(
+                f"packer {packer.version()} cannot build the AMI flavours (no required_plugins; "
+                "its amazon builder has no metadata_options for IMDSv2): use packer >= 1.7, or "
+                "--local to provision this host"
+            )
+        unknown = sorted(set(flavours) - set(FLAVOUR_BUILDS))
+        if unknown:
+            raise PackerError(f"no AMI flavour {', '.join(unknown)} (known: ecs, batch)")
+        only = [FLAVOUR_BUILDS[name] for name in flavours or FLAVOUR_BUILDS]
+    variables = build_variables(manifest, overrides)
+    with staged_templates(packer, template_dir) as workdir:
+        if packer.version().has_plugin_requirements:
+            packer.init(workdir)
+        result = packer.build(workdir, only, variables, on_event)
+    artifacts = read_manifest(manifest) if manifest.exists() else []
+    if not artifacts:
+        raise PackerError(
+            f"packer finished but built nothing for {', '.join(only)}; its last words: "
+            + "; ".join(event.text.strip() for event in result.events[-3:] if event.type == "ui")
+        )
+    return artifacts

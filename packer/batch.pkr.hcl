@@ -1,0 +1,44 @@
+# ARCH AMI for AWS Batch compute environments: the ECS-optimized AL2023 AMI plus the ARCH
+# appliance with Docker's default runtime arch-runc. Batch sets the cluster and drives retries
+# itself (see templates/batch-job.json.j2), so the ECS agent keeps Batch's settings.
+
+build {
+  name = "batch"
+
+  source "source.amazon-ebs.al2023" {
+    name            = "batch"
+    ami_name        = "${var.ami_name_prefix}-batch-${var.arch_version}-{{ timestamp }}"
+    ami_description = "ARCH ${var.arch_version} checkpoint/restore appliance on the ECS-optimized AL2023 AMI (AWS Batch)"
+    tags            = merge(local.build_tags, { "arch:flavour" = "batch" })
+    snapshot_tags   = merge(local.build_tags, { "arch:flavour" = "batch" })
+  }
+
+  provisioner "ansible" {
+    command       = var.ansible_playbook
+    playbook_file = "${local.ansible_dir}/site.yml"
+    user          = "ec2-user"
+    use_proxy     = false
+    extra_arguments = [
+      "--become",
+      "--extra-vars", jsonencode(merge(local.ami_role_vars, {
+        arch_ecs_agent_settings = local.ecs_agent_settings
+      })),
+    ]
+    ansible_env_vars = ["ANSIBLE_CONFIG=${local.ansible_dir}/ansible.cfg"]
+  }
+
+  provisioner "shell" {
+    inline = ["sudo /usr/local/bin/archctl verify"]
+  }
+
+  post-processor "manifest" {
+    output     = var.manifest_path
+    strip_path = true
+    custom_data = {
+      flavour         = "batch"
+      arch_version    = var.arch_version
+      source_revision = var.arch_source_revision
+      source_ami_name = var.source_ami_name
+    }
+  }
+}
