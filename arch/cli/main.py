@@ -14,6 +14,7 @@ from arch.cli import (
     gc,
     inspect,
     listing,
+    remote,
     selftest,
     spot_watch,
     template,
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     template.add_parser(subcommands)
     ami.add_parser(subcommands)
     userdata.add_parser(subcommands)
+    remote.add_parser(subcommands)
     return parser
 
 
