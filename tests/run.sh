@@ -14,7 +14,8 @@ test_venv=${ARCH_TEST_VENV:-/opt/arch/test-venv}
 host_python=${ARCH_TEST_PYTHON:-/usr/bin/python3}
 oldest_python=${ARCH_TEST_PYTHON_OLDEST:-$(ls -d "$HOME"/.pyenv/versions/3.9.*/bin/python 2>/dev/null | tail -n 1 || true)}
 
-# Test-only OS packages: a static busybox for the test containers' images.
+# Test-only OS packages: a static busybox for the test containers' images; for the delivery
+# tests (tests/integration/delivery) packer, shellcheck and OpenSSH's server and client.
 install_test_packages() {
     [ "$(id -u)" -eq 0 ] || return 0
     if ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
@@ -23,6 +24,25 @@ install_test_packages() {
         elif command -v dnf >/dev/null; then
             dnf install -y -q busybox file >/dev/null
         fi
+    fi
+    local missing=() command package
+    for command in packer:packer shellcheck:shellcheck /usr/sbin/sshd:openssh-server \
+        ssh-keygen:openssh-client; do
+        package=${command##*:}
+        command=${command%:*}
+        command -v "$command" >/dev/null 2>&1 || missing+=("$package")
+    done
+    if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
+        # A policy-rc.d that denies service starts: installing openssh-server must not start a
+        # system sshd (the tests start their own). An existing policy-rc.d is left as it is.
+        local policy=/usr/sbin/policy-rc.d created_policy=false status=0
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && created_policy=true
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null || status=$?
+        if [ "$created_policy" = true ]; then rm -f "$policy"; fi
+        return "$status"
     fi
 }
 
