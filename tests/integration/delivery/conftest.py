@@ -23,7 +23,7 @@ ROLE_TIMEOUT = 1800
 
 
 def archctl(
-    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """archctl of the package under test, as a command (exit status, stdout, stderr)."""
     return subprocess.run(
@@ -33,6 +33,7 @@ def archctl(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
         env=env,
+        cwd=cwd,
         check=False,
     )
 

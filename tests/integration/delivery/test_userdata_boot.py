@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROLE_TIMEOUT, archctl
+from harness import procs
 
 from arch.delivery.userdata import LOG_FILE
 
@@ -29,15 +30,7 @@ def render(tmp_path: Path, *options: str) -> Path:
 def boot(script: Path, timeout: float = ROLE_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run the script the way cloud-init does: as root, with no AWS region or credentials."""
     environment = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-    return subprocess.run(
-        ["bash", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env=environment,
-        check=False,
-    )
+    return procs.run(["bash", str(script)], timeout=timeout, env=environment, check=False)
 
 
 def test_the_wheel_carries_templates_role_and_packer(arch_wheel: Path) -> None:
@@ -60,6 +53,7 @@ def test_an_installed_wheel_renders_from_its_own_templates(
     unpacked = tmp_path / "site"
     zipfile.ZipFile(arch_wheel).extractall(unpacked)
     environment = {**os.environ, "PYTHONPATH": str(unpacked)}
+    # Not from the checkout: its arch/ would be importable from the working directory.
     where = subprocess.run(
         [
             sys.executable,
@@ -69,10 +63,13 @@ def test_an_installed_wheel_renders_from_its_own_templates(
         capture_output=True,
         text=True,
         env=environment,
+        cwd=tmp_path,
         check=True,
     )
     assert where.stdout.strip() == str(unpacked / "arch" / "_bundled" / "templates")
-    result = archctl("template", "batch-job", "-p", "name=j", "-p", "image=i", env=environment)
+    result = archctl(
+        "template", "batch-job", "-p", "name=j", "-p", "image=i", env=environment, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["retryStrategy"]["evaluateOnExit"][0]["action"] == "RETRY"
 
