@@ -10,7 +10,8 @@
  *   - start/resume/delete/checkpoint when no argument names a container that has ARCH state
  *     (<state_dir>/<namespace>/<id>, written by the Python create of an opted-in container);
  *   - create when the bundle's config.json does not mention ARCH_ENABLE (and has no JSON \u
- *     escape that could hide it) and the container has no stale ARCH state.
+ *     escape that could hide it) and the container has no stale ARCH state;
+ *   - kill, unless a Spot notice is active and it names a container with ARCH state.
  * It answers `start` after a restore and `resume` after a checkpoint itself: both are no-ops.
  * Everything else, and every case this front is not sure about (an unknown global flag, a
  * config or bundle it cannot read simply), is exec'd into the Python arch-runc, which
@@ -38,7 +39,7 @@
 #define MAX_BUNDLE_CONFIG_BYTES (4 << 20)
 #define EXIT_RUNC_UNAVAILABLE 127
 
-/* Keep in sync with INTERCEPTED_SUBCOMMANDS in arch/shim/main.py. */
+/* Keep in sync with INTERCEPTED_SUBCOMMANDS in arch/shim/main.py (kill: see main()). */
 static const char *const intercepted[] = {"create", "start", "checkpoint", "resume", "delete", NULL};
 /* runc's global options that take a value; the booleans are listed so unknown ones stand out. */
 static const char *const valued_globals[] = {"root", "log", "log-format", "criu", "rootless", NULL};
@@ -437,6 +438,24 @@ static int concerns_arch(const struct host_config *config, const char *root, int
 	return strcmp(argv[sub], "create") == 0 && may_opt_in(bundle_of(argc, argv, sub));
 }
 
+/*
+ * While a Spot interruption notice is active (spot-watch's marker exists), the stop of an ARCH
+ * container becomes a checkpoint: `kill` of a container with ARCH state goes to Python. Without
+ * a notice this costs kill one stat(). Keep NOTICE_MARKER in sync with arch/spot/notice.py.
+ */
+#define NOTICE_MARKER ".spot-notice"
+static int kill_may_checkpoint(const struct host_config *config, const char *root, int argc,
+			       char **argv, int sub)
+{
+	char path[8192];
+	struct stat info;
+	int len = snprintf(path, sizeof(path), "%s/%s", config->state_dir, NOTICE_MARKER);
+	if (len < 0 || (size_t)len >= sizeof(path) || lstat(path, &info) != 0)
+		return 0;
+	char ns[256];
+	return !namespace_of(root, ns, sizeof(ns)) || names_arch_container(config, ns, argc, argv, sub);
+}
+
 int main(int argc, char **argv)
 {
 	const char *root = DEFAULT_RUNC_ROOT;
@@ -446,6 +465,9 @@ int main(int argc, char **argv)
 		exec_python(argv);
 	if (sub > 0 && in_list(intercepted, argv[sub], strlen(argv[sub])) &&
 	    concerns_arch(&config, root, argc, argv, sub))
+		exec_python(argv);
+	if (sub > 0 && strcmp(argv[sub], "kill") == 0 &&
+	    kill_may_checkpoint(&config, root, argc, argv, sub))
 		exec_python(argv);
 	argv[0] = config.runc;
 	execv(config.runc, argv);

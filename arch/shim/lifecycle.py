@@ -1,4 +1,5 @@
-"""The runc calls ARCH intercepts: create, start, checkpoint, resume and delete.
+"""The runc calls ARCH intercepts: create, start, checkpoint, resume, delete, and kill while a
+Spot interruption notice is active.
 
 Each handler first decides whether the container opted in (create: ARCH_ENABLE in the bundle's
 config.json; the others: the state record create wrote). A container that did not opt in goes to
@@ -7,6 +8,7 @@ the real runc unchanged, whatever happens here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -20,7 +22,7 @@ from arch.runc.runtime import Runc
 from arch.shim.passthrough import pass_through, resolve_runc, run_runc
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from arch.container.bundle import Bundle
     from arch.container.identity import ImageLocation
@@ -35,6 +37,8 @@ RECORD_VERSION = 1
 # migration): such calls are runc's business, not ARCH's.
 PARTIAL_DUMP_FLAGS = ("pre-dump", "parent-path", "lazy-pages", "page-server")
 EXIT_FAILED = 1
+# Held while a container is checkpointed (not a flag: its name has a dot).
+CHECKPOINT_LOCK = ".checkpoint.lock"
 # Images a new pool member tries (claims, validates, restores) before it starts fresh.
 POOL_CLAIM_ATTEMPTS = 3
 # What became of one restore attempt.
@@ -316,7 +320,7 @@ def _skip_once(call: Call, flag: str) -> int:
 
 
 def handle_checkpoint(call: Call) -> int:
-    from arch.checkpoint.handler import CheckpointFailed, CheckpointJob
+    from arch.checkpoint.handler import CheckpointFailed
 
     state = call.state()
     location = location_of(state)
@@ -329,28 +333,111 @@ def handle_checkpoint(call: Call) -> int:
         return call.pass_through()
     if call.config_error is not None:
         return call.fail(str(call.config_error))
+    with _exclusive_checkpoint(state):
+        if state.has(CHECKPOINTED):  # a stop during a Spot notice checkpointed it meanwhile
+            state.set(SKIP_RESUME)
+            logger.info("checkpoint %s: already checkpointed", call.where)
+            return 0
+        try:
+            published = _checkpoint(call, state, location, call.command)
+        except CheckpointFailed as error:
+            return call.fail(f"checkpoint failed, the container keeps running: {error}")
+    state.set(SKIP_RESUME)
+    logger.info("checkpoint %s: image published at %s", call.where, published)
+    return 0
+
+
+def _checkpoint(
+    call: Call, state: ContainerState, location: ImageLocation, command: RuncCommand
+) -> str:
+    """Checkpoint and stop the container; where its image is published. CheckpointFailed
+    leaves it running. The caller holds the container's checkpoint lock."""
+    from arch.checkpoint.handler import CheckpointFailed, CheckpointJob
+
     target = location
     if location.pool_dir is not None:
         from arch.checkpoint import pool
 
         target = location.with_image_dir(pool.publication_path(location.pool_dir))
-    job = CheckpointJob(
-        call.runc(), call.command, target, call.container_id, call.config.criu_options
-    )
+    job = CheckpointJob(call.runc(), command, target, call.container_id, call.config.criu_options)
     started = time.monotonic()
     try:
         image = job.run()
     except CheckpointFailed as error:
         call.count("checkpoint", started, failure=error.reason)
-        return call.fail(f"checkpoint failed, the container keeps running: {error}")
+        raise
     call.count("checkpoint", started, image_bytes=image.metadata.image_bytes)
     state.set(CHECKPOINTED)
-    state.set(SKIP_RESUME)
-    published = image.path
     if location.pool_dir is not None:
-        published = _hand_to_pool(call, location, image.path)
-    logger.info("checkpoint %s: image published at %s", call.where, published)
+        return _hand_to_pool(call, location, image.path)
+    return image.path
+
+
+def handle_kill(call: Call) -> int:
+    """While a Spot notice is active, the stop of an ARCH container becomes a checkpoint.
+
+    Docker and the ECS agent stop a container with its stop signal, then SIGKILL: either
+    arrives here as `kill <id> <signal>` from containerd's shim. Checkpointing instead (the
+    processes are killed once the image is published) means that a stop racing spot-watch's
+    own checkpoint run still ends in an image. The kill returns only when that is done, so the
+    caller's stop timeout starts after it. If the checkpoint fails, the signal is delivered as
+    asked: the stop must still stop the container.
+    """
+    from arch.checkpoint.handler import CheckpointFailed
+    from arch.runc.parser import parse
+    from arch.spot.notice import notice_active
+
+    state = call.state()
+    location = location_of(state)
+    if (
+        state is None
+        or location is None
+        or not notice_active(call.config.state_dir)
+        or not is_stop_signal(call.command.positionals[1:2])
+        or call.config_error is not None
+    ):
+        return call.pass_through()
+    with _exclusive_checkpoint(state):
+        if state.has(CHECKPOINTED):
+            logger.info("kill %s: already checkpointed during the Spot notice", call.where)
+            return 0
+        globals_ = [token for option in call.command.global_options for token in option.tokens]
+        checkpoint = parse([*globals_, "checkpoint", call.container_id])
+        try:
+            published = _checkpoint(call, state, location, checkpoint)
+        except CheckpointFailed as error:
+            logger.error("kill %s during a Spot notice: checkpoint failed, delivering the "
+                         "signal instead: %s", call.where, error)  # fmt: skip
+            return call.pass_through()
+    logger.info("kill %s during a Spot notice: checkpointed instead, image published at %s",
+                call.where, published)  # fmt: skip
     return 0
+
+
+# The signals that stop a container (Docker's and ECS's default stop signal, SIGKILL after the
+# timeout, and the usual interactive ones), by name and by number as runc accepts them.
+STOP_SIGNALS = frozenset({"TERM", "KILL", "INT", "QUIT", "15", "9", "2", "3"})
+
+
+def is_stop_signal(signal_argument: list[str]) -> bool:
+    """runc kill's optional signal argument (default SIGTERM) names a stop signal."""
+    name = (signal_argument[0] if signal_argument else "TERM").upper()
+    return (name[3:] if name.startswith("SIG") else name) in STOP_SIGNALS
+
+
+@contextlib.contextmanager
+def _exclusive_checkpoint(state: ContainerState) -> Iterator[None]:
+    """One checkpoint of a container at a time (a stop and checkpoint --all may race)."""
+    import fcntl
+
+    path = os.path.join(state.path, CHECKPOINT_LOCK)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _hand_to_pool(call: Call, location: ImageLocation, claimed_path: str) -> str:
@@ -424,6 +511,7 @@ HANDLERS: dict[str, Callable[[Call], int]] = {
     "checkpoint": handle_checkpoint,
     "resume": handle_resume,
     "delete": handle_delete,
+    "kill": handle_kill,
 }
 
 

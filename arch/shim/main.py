@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 # Keep in sync with INTERCEPTED in launcher.c: the native front sends only these to Python.
-INTERCEPTED_SUBCOMMANDS = frozenset({"create", "start", "checkpoint", "resume", "delete"})
+# kill concerns ARCH only while a Spot notice is active (see lifecycle.handle_kill).
+INTERCEPTED_SUBCOMMANDS = frozenset({"create", "start", "checkpoint", "resume", "delete", "kill"})
 
 
 def run(args: Sequence[str]) -> int:

@@ -60,6 +60,14 @@ def _claimed(command: RuncCommand, config: HostConfig) -> bool:
         return False
     if not state.exists():
         return False
+    if command.subcommand == "kill":
+        from arch.spot.notice import notice_active
+
+        return (
+            notice_active(config.state_dir)
+            and lifecycle.is_stop_signal(command.positionals[1:2])
+            and lifecycle.location_of(state) is not None
+        )
     if command.subcommand in ("start", "resume"):
         return state.has(SKIP_START if command.subcommand == "start" else SKIP_RESUME)
     if command.subcommand == "checkpoint" and any(

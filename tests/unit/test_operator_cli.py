@@ -65,3 +65,25 @@ def test_table_and_sizes() -> None:
         "1.5 KiB",
         "5.0 GiB",
     ]
+
+
+@pytest.mark.parametrize(
+    ("argument", "stops"),
+    [
+        ([], True),  # runc kill's default: SIGTERM
+        (["15"], True),
+        (["9"], True),
+        (["SIGKILL"], True),
+        (["term"], True),
+        (["INT"], True),
+        (["QUIT"], True),
+        (["HUP"], False),
+        (["SIGUSR1"], False),
+        (["0"], False),
+        (["10"], False),
+    ],
+)
+def test_stop_signals(argument: list[str], stops: bool) -> None:
+    from arch.shim.lifecycle import is_stop_signal
+
+    assert is_stop_signal(argument) is stops

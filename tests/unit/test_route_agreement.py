@@ -49,6 +49,7 @@ class Case(NamedTuple):
     args: list[str]
     route: str  # Python's decision
     front: str  # the front's route
+    notice: bool = False  # a Spot notice is active (spot-watch's marker in the state dir)
 
 
 STATE_CALL = ["--root", ROOT, "delete", "job-1"]  # job-1 has ARCH state in {state}
@@ -129,6 +130,18 @@ CORPUS = [
     Case("not an array", BASE, '{"process": {"env": "ARCH_ENABLE=1"}}', CREATE, RUNC, PYTHON),
     Case("value not recognised", BASE, '{"process": {"env": ["ARCH_ENABLE=maybe"]}}', CREATE,
          RUNC, PYTHON),
+    # kill: ARCH's only while a Spot notice is active, for a stop signal
+    Case("kill, no notice", BASE, None, ["--root", ROOT, "kill", "job-1", "15"], RUNC, DIRECT),
+    Case("kill during a notice", BASE, None, ["--root", ROOT, "kill", "job-1", "15"], ARCH,
+         PYTHON, notice=True),
+    Case("kill --all KILL during a notice", BASE, None,
+         ["--root", ROOT, "kill", "--all", "job-1", "SIGKILL"], ARCH, PYTHON, notice=True),
+    Case("default signal during a notice", BASE, None, ["--root", ROOT, "kill", "job-1"], ARCH,
+         PYTHON, notice=True),
+    Case("kill of another container during a notice", BASE, None,
+         ["--root", ROOT, "kill", "job-9", "9"], RUNC, DIRECT, notice=True),
+    Case("non-stop signal during a notice", BASE, None, ["--root", ROOT, "kill", "job-1", "HUP"],
+         RUNC, PYTHON, notice=True),
 ]
 
 
@@ -184,6 +197,8 @@ def test_front_and_python_choose_the_same_route(
         "other_state_escaped": str(other_state).replace("state", "st\\u0061te"),
         "bundle": str(tmp_path / "bundle"),
     }
+    if case.notice:
+        (state / ".spot-notice").write_text("{}")
     config = tmp_path / "arch.toml"
     config.write_bytes(_fill(case.config, values).encode("utf-8"))
     if case.bundle is not None:
