@@ -13,7 +13,7 @@ from arch.operator.containerd import Containerd, ContainerdError
 from arch.operator.inventory import FROM_SPEC, ArchContainer, discover
 
 EXIT_OK, EXIT_FAILED = 0, 1
-HEADERS = ("NAMESPACE", "CONTAINER", "CHECKPOINT ID", "STATE", "IMAGE")
+HEADERS = ("NAMESPACE", "CONTAINER", "CHECKPOINT ID/POOL", "STATE", "IMAGE")
 
 
 def add_parser(subcommands: Any) -> None:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         (
             container.namespace,
             container.container_id,
-            container.checkpoint_id or f"refused: {container.problem}",
+            checkpoint_column(container),
             container.status.lower(),
             "yes" if container.image_present else "no",
         )
@@ -59,15 +59,25 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def checkpoint_column(container: ArchContainer) -> str:
+    if container.location is None:
+        return f"refused: {container.problem}"
+    if container.pool is not None:
+        return f"pool:{container.pool}"
+    return container.checkpoint_id or "-"
+
+
 def as_dict(container: ArchContainer) -> dict[str, object]:
     location = container.location
     return {
         "namespace": container.namespace,
         "container_id": container.container_id,
-        "checkpoint_id": container.checkpoint_id,
+        "checkpoint_id": container.checkpoint_id if container.pool is None else None,
+        "pool": container.pool,
         "state": container.status.lower(),
         "image_present": container.image_present,
-        "image_dir": location.image_dir if location else None,
+        "image_dir": location.image_dir or None if location else None,
+        "pool_dir": location.pool_dir if location else None,
         # arch-runc created it opted in (False: only its spec says so, e.g. no task yet).
         "arch_state": container.source != FROM_SPEC,
         "problem": container.problem,

@@ -26,7 +26,7 @@ from arch.spot.imds import (
     ImdsClient,
     parse_endpoint,
 )
-from arch.spot.watcher import ADVISED_MAX_INTERVAL, DEFAULT_INTERVAL, SpotWatcher
+from arch.spot.watcher import ADVISED_MAX_INTERVAL, DEFAULT_INTERVAL, REBALANCE, SpotWatcher
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -136,6 +136,12 @@ def run(args: argparse.Namespace) -> int:
     def checkpoint_everything() -> Report:
         return checkpoint_all(client, config, args.parallel, log_outcome)
 
+    def record_notice(action: str, when: str) -> None:
+        from arch import metrics
+
+        action_time = None if action == REBALANCE else epoch_seconds(when)
+        metrics.record_spot_notice(config, action, action_time)
+
     watcher = SpotWatcher(
         ImdsClient(endpoint, token_ttl=args.token_ttl),
         config.state_dir,
@@ -143,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         logger,
         interval=args.interval,
         rebalance=args.rebalance,
+        notice_seen=record_notice,
     )
     if args.once:
         return watcher.run_once()
@@ -156,6 +163,17 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     watcher.run()
     return 0
+
+
+def epoch_seconds(timestamp: str) -> float | None:
+    """2026-11-30T17:00:00Z (IMDS's form, fractions allowed) as seconds since the epoch."""
+    import calendar
+    import time
+
+    try:
+        return float(calendar.timegm(time.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
 
 
 def _logger(log_file: str, level: str) -> logging.Logger:

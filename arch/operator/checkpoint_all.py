@@ -199,6 +199,9 @@ class CheckpointRun:
                 status, reason = OK, "checkpointed by a concurrent stop"
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        if location.pool_dir is not None:  # published into the pool under a name of its own
+            image_dir = location.pool_dir if status == OK else None
+            return self._outcome(target, status, reason, started, image_dir, measure=False)
         if status == OK and not image_published(location.image_dir):
             status, reason = (
                 FAILED,
@@ -209,9 +212,14 @@ class CheckpointRun:
 
     @staticmethod
     def _outcome(
-        target: Target, status: str, reason: str, started: float, image_dir: str | None
+        target: Target,
+        status: str,
+        reason: str,
+        started: float,
+        image_dir: str | None,
+        measure: bool = True,
     ) -> Outcome:
-        size = directory_bytes(image_dir) if image_dir else None
+        size = directory_bytes(image_dir) if image_dir and measure else None
         seconds = time.monotonic() - started
         return Outcome(
             target.namespace, target.container_id, status, reason, seconds, image_dir, size

@@ -49,8 +49,18 @@ class ArchContainer(NamedTuple):
         return self.location.checkpoint_id if self.location else None
 
     @property
+    def pool(self) -> str | None:
+        return self.location.pool if self.location else None
+
+    @property
     def image_present(self) -> bool:
-        return self.location is not None and image_published(self.location.image_dir)
+        """A published image at its location (a pool member: the image it claimed)."""
+        location = self.location
+        return (
+            location is not None
+            and bool(location.image_dir)
+            and image_published(location.image_dir)
+        )
 
 
 def image_published(image_dir: str) -> bool:

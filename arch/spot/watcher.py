@@ -31,6 +31,7 @@ ADVISED_MAX_INTERVAL = 5.0  # AWS advises polling at least every 5 s
 MAX_BACKOFF = 5.0
 LOG_EVERY_FAILURES = 30
 EXIT_OK, EXIT_FAILED = 0, 1
+REBALANCE = "rebalance"  # what notice_seen hears for a rebalance recommendation
 
 
 def utc_now() -> str:
@@ -38,7 +39,11 @@ def utc_now() -> str:
 
 
 class SpotWatcher:
-    """Polls one IMDS; `checkpoint_all` is the run to do on the first notice."""
+    """Polls one IMDS; `checkpoint_all` is the run to do on the first notice.
+
+    `notice_seen(action, time)` hears of each new notice (and rebalance recommendation, action
+    REBALANCE) before anything is done about it: the metrics hook.
+    """
 
     def __init__(
         self,
@@ -49,7 +54,7 @@ class SpotWatcher:
         *,
         interval: float = DEFAULT_INTERVAL,
         rebalance: bool = False,
-        notice_seen: Callable[[Notice], None] | None = None,
+        notice_seen: Callable[[str, str], None] | None = None,
     ) -> None:
         self.imds = imds
         self.state_dir = state_dir
@@ -122,6 +127,8 @@ class SpotWatcher:
                 "Spot interruption (reported only; nothing is checkpointed)",
                 recommendation.notice_time,
             )
+            if self.notice_seen is not None:
+                self.notice_seen(REBALANCE, recommendation.notice_time)
 
     # -- notices ---------------------------------------------------------------------------
 
@@ -149,7 +156,7 @@ class SpotWatcher:
             notice.time,
         )
         if self.notice_seen is not None:
-            self.notice_seen(notice)
+            self.notice_seen(notice.action, notice.time)
         document["outcome"] = self._checkpoint()
         write_marker(self.state_dir, document)
 

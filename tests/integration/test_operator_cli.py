@@ -44,24 +44,33 @@ def test_list_then_checkpoint_named_then_restore(
     start(node, workload_image, "tenant-job", {**OPTED, "ARCH_CHECKPOINT_ID": "job-7"},
           real_runc_binary, namespace="tenant")  # fmt: skip
 
+    start(node, workload_image, "replica", {**OPTED, "ARCH_CHECKPOINT_POOL": "web"},
+          real_runc_binary)  # fmt: skip
+
     listed = by_name(archctl_json(node, "list"))
-    assert set(listed) == {f"{NS}/opted", "tenant/tenant-job"}, listed
+    assert set(listed) == {f"{NS}/opted", f"{NS}/replica", "tenant/tenant-job"}, listed
+    assert (listed[f"{NS}/replica"]["pool"], listed[f"{NS}/replica"]["checkpoint_id"]) == (
+        "web", None)  # fmt: skip
     assert listed[f"{NS}/opted"]["state"] == "running"
     assert listed[f"{NS}/opted"]["image_present"] is False
     assert listed["tenant/tenant-job"]["checkpoint_id"] == "job-7"
     table = archctl(node, "list")
     assert table.returncode == 0, describe(table)
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["NAMESPACE", "CONTAINER", "CHECKPOINT", "ID", "STATE", "IMAGE"]
+    assert lines[0].split() == ["NAMESPACE", "CONTAINER", "CHECKPOINT", "ID/POOL", "STATE", "IMAGE"]
     assert ["tenant", "tenant-job", "job-7", "running", "no"] in [line.split() for line in lines]
+    assert [NS, "replica", "pool:web", "running", "no"] in [line.split() for line in lines]
 
-    document = archctl_json(node, "checkpoint", f"{NS}/opted", f"{NS}/plain")
+    document = archctl_json(node, "checkpoint", f"{NS}/opted", f"{NS}/plain", f"{NS}/replica")
     results = by_name(document)
     assert results[f"{NS}/opted"]["status"] == "ok", document
     assert results[f"{NS}/opted"]["image_bytes"] > 0
     assert results[f"{NS}/plain"]["status"] == "skipped"
     assert "not ARCH-enabled" in results[f"{NS}/plain"]["reason"]
-    assert document["summary"] == {"ok": 1, "failed": 0, "skipped": 1}
+    assert results[f"{NS}/replica"]["status"] == "ok", document
+    assert document["summary"] == {"ok": 2, "failed": 0, "skipped": 1}
+    pool_images = list((node.arch.checkpoint_root / NS / "web").iterdir())
+    assert [(path / "metadata.json").is_file() for path in pool_images] == [True], pool_images
     node.wait_for_status("opted", "STOPPED")
     assert node.task_status("plain") == "RUNNING"
     assert node.task_status("tenant-job", namespace="tenant") == "RUNNING"

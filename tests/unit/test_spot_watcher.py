@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from arch.operator.checkpoint_all import FAILED, OK, Outcome, Report
-from arch.spot.imds import ImdsClient, Notice
+from arch.spot.imds import ImdsClient
 from arch.spot.notice import marker_path, notice_active, read_marker
 from arch.spot.watcher import MAX_BACKOFF, SpotWatcher
 from tests.imds_server import NOTICE, ImdsServer
@@ -70,15 +70,15 @@ def test_first_notice_checkpoints_once_and_records_the_outcome(
     imds: ImdsServer, tmp_path: Path
 ) -> None:
     runs = Runs()
-    seen: list[Notice] = []
-    watcher = watcher_for(imds, tmp_path, runs, notice_seen=seen.append)
+    seen: list[tuple[str, str]] = []
+    watcher = watcher_for(imds, tmp_path, runs, notice_seen=lambda *notice: seen.append(notice))
     watcher.poll()
     imds.mode = "notice"
     for _ in range(4):
         watcher.poll()
     assert runs.calls == 1
     assert runs.marker_during_run == [True]  # stops racing the run already become checkpoints
-    assert seen == [Notice("terminate", NOTICE["time"])]
+    assert seen == [("terminate", NOTICE["time"])]
     marker = read_marker(str(tmp_path))
     assert marker is not None
     assert marker["notice"] == NOTICE
@@ -164,10 +164,13 @@ def test_rebalance_recommendation_is_only_reported(
     imds: ImdsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     runs = Runs()
-    watcher = watcher_for(imds, tmp_path, runs, rebalance=True)
+    seen: list[tuple[str, str]] = []
+    watcher = watcher_for(imds, tmp_path, runs, rebalance=True,
+                          notice_seen=lambda *notice: seen.append(notice))  # fmt: skip
     imds.rebalance = {"noticeTime": "2026-11-30T16:50:00Z"}
     watcher.poll()
     watcher.poll()
+    assert seen == [("rebalance", "2026-11-30T16:50:00Z")]
     assert caplog.text.count("rebalance recommendation since 2026-11-30T16:50:00Z") == 1
     assert runs.calls == 0
     assert not notice_active(str(tmp_path))
