@@ -3,8 +3,12 @@ layer as an OCI layer tar, and apply such a tar to a new container's rootfs.
 
     mount = find_overlay_layers(rootfs)        # None: not overlay -> processes only
     digest = capture_layer(mount.upperdir, tar_path, mount.opaque_xattr_names)
-    journal = apply_layer(tar_path, new_rootfs, digest.sha256, digest.size, backup_dir=...)
+    journal = apply_layer(tar_path, new_rootfs, digest.sha256, digest.size)
     journal.commit()   # or journal.rollback()
+
+apply_layer finds the overlay mounted at the new rootfs itself: a fresh one (empty upper layer)
+or one whose upper layer was kept from an earlier run of the same container (layer_reset), and
+keeps its rollback material next to the upper layer, never in RAM (layer_journal).
 
 Mountinfo escaping, in the order it has to be undone: the kernel writes space, tab, newline,
 backslash (and, in super options, comma) as octal `\\ooo`; inside overlay's path options, a
@@ -19,7 +23,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from arch.checkpoint.layer_apply import ArchiveLimits, apply_layer, read_members
+from arch.checkpoint import layer_apply
+from arch.checkpoint.layer_apply import DEFAULT_LIMITS, ArchiveLimits, read_members
 from arch.checkpoint.layer_capture import LayerDigest, capture_layer
 from arch.checkpoint.layer_common import (
     TRUSTED_OVERLAY_PREFIX,
@@ -73,6 +78,14 @@ class OverlayMount:
     @property
     def opaque_xattr_names(self) -> tuple[str, ...]:
         return (self.xattr_prefix + "opaque",)
+
+
+def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size: int, *,
+                limits: ArchiveLimits = DEFAULT_LIMITS) -> Journal:
+    """layer_apply.apply_layer onto whatever is mounted at `rootfs` (an overlay, or a plain
+    directory tree)."""
+    return layer_apply.apply_layer(tar_path, rootfs, expected_sha256, expected_size,
+                                   overlay=find_overlay_layers(rootfs), limits=limits)
 
 
 def find_overlay_layers(rootfs: str, mountinfo_path: str = MOUNTINFO) -> OverlayMount | None:

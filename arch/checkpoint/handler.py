@@ -275,7 +275,7 @@ class RestoreJob:
         os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
         work_dir = tempfile.mkdtemp(prefix="restore-", dir=self.scratch_dir)
         try:
-            journal = self._apply_filesystem(work_dir)
+            journal = self._apply_filesystem()
             try:
                 problems = cpu_check.problems()
                 if problems:
@@ -291,7 +291,7 @@ class RestoreJob:
             cpu_check.problems()  # reaped in every case
             shutil.rmtree(work_dir, ignore_errors=True)
 
-    def _apply_filesystem(self, work_dir: str) -> Journal | None:
+    def _apply_filesystem(self) -> Journal | None:
         filesystem = self.image.metadata.filesystem
         tar_path = self.image.tar_path
         if filesystem.mode != "overlay" or tar_path is None:
@@ -303,7 +303,6 @@ class RestoreJob:
                 self.bundle.rootfs,
                 filesystem.sha256,
                 filesystem.size,
-                backup_dir=os.path.join(work_dir, "rollback"),
             )
         except (OSError, LayerError) as error:
             raise RestoreRefused(

@@ -26,6 +26,8 @@ import logging
 import os
 import stat
 import tarfile
+import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,15 +37,20 @@ from arch.checkpoint.layer_common import (
     COPY_CHUNK_SIZE,
     DIR_OPEN_FLAGS,
     NANOSECONDS,
+    NEW_FILE_FLAGS,
     OPAQUE_MARKER,
     PAX_ESCAPED,
     PAX_ESCAPED_VALUE,
     PAX_MTIME,
     PAX_XATTR_PREFIX,
+    PRIVATE_DIR_MODE,
+    PRIVATE_MODE,
     WHITEOUT_DEVICE,
     WHITEOUT_PREFIX,
     DirectoryWalker,
     LayerError,
+    NodeMetadata,
+    OverlayMarkers,
     UnsafePathError,
     copy_range,
     display_name,
@@ -51,21 +58,27 @@ from arch.checkpoint.layer_common import (
     parse_pax_time,
     read_xattrs,
     remove_xattrs,
+    set_fd_metadata,
+    set_special_metadata,
     unescape_component,
     write_xattrs,
 )
-from arch.checkpoint.layer_journal import (
-    NEW_FILE_FLAGS,
-    PRIVATE_DIR_MODE,
-    PRIVATE_MODE,
-    Journal,
-    NodeMetadata,
-    set_fd_metadata,
-    set_special_metadata,
+from arch.checkpoint.layer_journal import Journal, RollbackSources
+from arch.checkpoint.layer_lower import open_lower_view
+from arch.checkpoint.layer_reset import (
+    Coverage,
+    ResetStep,
+    check_rollback_space,
+    is_empty_directory,
+    plan_reset,
+    rollback_space_needed,
+    run_reset,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from arch.checkpoint.filesystem import OverlayMount
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +149,15 @@ class Member:
 
 
 def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size: int, *,
-                backup_dir: str, limits: ArchiveLimits = DEFAULT_LIMITS) -> Journal:
+                overlay: OverlayMount | None, limits: ArchiveLimits = DEFAULT_LIMITS) -> Journal:
     """Verify, validate and apply the layer at `tar_path` to `rootfs`.
 
-    `backup_dir` (created here; it must not exist, and must be outside the rootfs) receives the
-    prior contents of what gets replaced or removed. Returns the journal: commit() once the
-    restore succeeded, rollback() to undo every change. On failure everything is already
-    rolled back and LayerError is raised.
+    `overlay`: the overlay mounted at `rootfs` (its upper layer may be empty or kept from an
+    earlier run of the container), or None for a plain directory tree. Before anything changes,
+    the space a rollback may need is checked on the upper layer's filesystem (LayerError when
+    it is missing). Returns the journal: commit() once the restore succeeded, rollback() to
+    undo every change. On failure everything is already rolled back and LayerError is raised.
     """
-    _refuse_backup_inside(backup_dir, rootfs)
     archive_fd = os.open(tar_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check_file(archive_fd, tar_path, expected_size)
@@ -156,7 +169,8 @@ def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size:
             raise
         root_fd = os.open(rootfs, DIR_OPEN_FLAGS)
         try:
-            journal = Journal.start(root_fd, backup_dir)
+            target = _Target.prepare(rootfs, root_fd, overlay, members)
+            journal = Journal(root_fd, target.sources)
             # The digest is checked while the members are applied (hashing runs without the
             # GIL): every member path was validated above, so nothing lands outside the
             # rootfs meanwhile, and a mismatch rolls everything back before anything runs.
@@ -164,7 +178,9 @@ def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size:
                 verifying = background.submit(
                     _verify_digest, archive_fd, tar_path, expected_sha256, expected_size
                 )
-                _apply_or_roll_back(members, archive_fd, root_fd, journal, verifying)
+                _apply_or_roll_back(members, archive_fd, root_fd, journal, verifying,
+                                    target.reset)
+            target.log_applied()
         finally:
             os.close(root_fd)
     finally:
@@ -172,14 +188,106 @@ def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size:
     return journal
 
 
+@dataclass
+class _Target:
+    """The rootfs about to change: where rollback finds what it needs, and the kept upper
+    layer's reset steps (none on a fresh overlay)."""
+
+    sources: RollbackSources
+    steps: list[ResetStep]
+    started: float
+    description: str
+
+    @classmethod
+    def prepare(cls, rootfs: str, root_fd: int, overlay: OverlayMount | None,
+                members: list[Member]) -> _Target:
+        started = time.monotonic()
+        if overlay is None or overlay.upperdir is None:
+            return cls._plain(rootfs, root_fd, members, started)
+        if overlay.datadirs:
+            raise LayerError(f"{rootfs}: overlay data-only layers (datadir+) are not supported")
+        upper_fd = os.open(overlay.upperdir, DIR_OPEN_FLAGS)
+        try:
+            lower_fd = _open_lower_view(overlay)
+        except BaseException:
+            os.close(upper_fd)
+            raise
+        sources = RollbackSources(
+            _backup_parent(overlay.upperdir, os.fstat(upper_fd).st_dev), upper_fd, lower_fd)
+        try:
+            fresh = is_empty_directory(upper_fd)
+            lower = DirectoryWalker(lower_fd)
+            try:
+                steps = [] if fresh else plan_reset(
+                    upper_fd, lower, OverlayMarkers(overlay.opaque_xattr_names),
+                    Coverage(members))
+            finally:
+                lower.close()
+            needed = _space_needed(root_fd, members, steps)
+            check_rollback_space(overlay.upperdir, needed)
+        except BaseException:
+            os.close(upper_fd)
+            os.close(lower_fd)
+            raise
+        upper = "fresh upper layer" if fresh else f"kept upper layer, {len(steps)} reset steps"
+        return cls(sources, steps, started,
+                   f"{upper}, rollback may write back {needed} bytes")
+
+    @classmethod
+    def _plain(cls, rootfs: str, root_fd: int, members: list[Member], started: float
+               ) -> _Target:
+        backup_parent = _backup_parent(os.path.realpath(rootfs), os.fstat(root_fd).st_dev)
+        needed = _space_needed(root_fd, members, [])
+        if needed and backup_parent is None:
+            raise LayerError(f"{rootfs}: no directory next to it on its filesystem for the "
+                             "rollback's backups")
+        check_rollback_space(rootfs, needed)
+        return cls(RollbackSources(backup_parent), [], started,
+                   f"plain tree, rollback may write back {needed} bytes")
+
+    def reset(self, root_fd: int, journal: Journal) -> None:
+        if not self.steps:
+            return
+        assert self.sources.lower_fd is not None
+        merged = DirectoryWalker(root_fd)
+        lower = DirectoryWalker(self.sources.lower_fd)
+        try:
+            run_reset(self.steps, merged, lower, journal)
+        finally:
+            merged.close()
+            lower.close()
+
+    def log_applied(self) -> None:
+        logger.info("layer applied in %.3f s (%s)", time.monotonic() - self.started,
+                    self.description)
+
+
+def _space_needed(root_fd: int, members: list[Member], steps: list[ResetStep]) -> int:
+    merged = DirectoryWalker(root_fd)
+    try:
+        return rollback_space_needed(members, steps, merged)
+    finally:
+        merged.close()
+
+
+def _open_lower_view(overlay: OverlayMount) -> int:
+    bottom = tempfile.mkdtemp(prefix="arch-lower-bottom-")
+    try:
+        return open_lower_view(overlay.lowerdirs, bottom, userxattr="userxattr" in overlay.options)
+    finally:
+        os.rmdir(bottom)  # the view keeps what it needs of the (empty) directory
+
+
+def _backup_parent(path: str, device: int) -> str | None:
+    """The directory next to `path` on its filesystem (where rollback backups may go), if any."""
+    parent = os.path.dirname(path.rstrip("/")) or "/"
+    try:
+        return parent if os.stat(parent).st_dev == device else None
+    except OSError:
+        return None
+
+
 # verification ---------------------------------------------------------------------------
-
-def _refuse_backup_inside(backup_dir: str, rootfs: str) -> None:
-    backup = os.path.realpath(backup_dir)
-    root = os.path.realpath(rootfs)
-    if os.path.commonpath([backup, root]) == root:
-        raise LayerError(f"backup dir {backup_dir} must be outside the rootfs {rootfs}")
-
 
 def _identity(fd: int) -> tuple[int, ...]:
     file_stat = os.fstat(fd)
@@ -477,9 +585,11 @@ _TYPE_KINDS = {
 # application ----------------------------------------------------------------------------
 
 def _apply_or_roll_back(members: list[Member], archive_fd: int, root_fd: int,
-                        journal: Journal, verifying: Future[tuple[int, ...]]) -> None:
+                        journal: Journal, verifying: Future[tuple[int, ...]],
+                        reset: Callable[[int, Journal], None]) -> None:
     applier = _Applier(archive_fd, root_fd, journal)
     try:
+        reset(root_fd, journal)
         applier.apply(members)
         identity = verifying.result()
         if _identity(archive_fd) != identity:

@@ -27,18 +27,19 @@ from dataclasses import dataclass
 
 from arch.checkpoint.layer_common import (
     COPY_CHUNK_SIZE,
+    DEFAULT_OPAQUE_XATTR_NAMES,
     DIR_OPEN_FLAGS,
+    INCOMPLETE_NODE_XATTRS,
     NANOSECONDS,
+    OPAQUE,
     OPAQUE_MARKER,
-    OVERLAY_PRIVATE_XATTR_PREFIXES,
     PAX_ESCAPED,
     PAX_ESCAPED_VALUE,
     PAX_MTIME,
     PAX_XATTR_PREFIX,
-    TRUSTED_OVERLAY_PREFIX,
-    WHITEOUT_DEVICE,
     WHITEOUT_PREFIX,
     LayerError,
+    OverlayMarkers,
     escape_component,
     escape_path,
     format_pax_time,
@@ -50,14 +51,7 @@ from arch.checkpoint.layer_common import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OPAQUE_XATTR_NAMES = (TRUSTED_OVERLAY_PREFIX + "opaque",)
-OPAQUE = b"y"
-HAS_XWHITEOUTS = b"x"  # kernel >= 6.7: "not opaque, but some children are xattr whiteouts"
 MARKER_MODE = 0o644
-# overlay xattrs meaning "part of this node lives in a lower layer"
-INCOMPLETE_NODE_XATTRS = tuple(prefix + suffix
-                               for prefix in OVERLAY_PRIVATE_XATTR_PREFIXES
-                               for suffix in ("redirect", "metacopy"))
 FILE_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 TAR_ENCODING = "utf-8"
 TAR_ERRORS = "surrogateescape"
@@ -127,16 +121,14 @@ class _HashingWriter:
 class _Capture:
     def __init__(self, writer: _HashingWriter, opaque_xattr_names: tuple[str, ...]) -> None:
         self._writer = writer
-        self._opaque_xattr_names = opaque_xattr_names
-        self._whiteout_xattr_names = tuple(
-            name[: -len("opaque")] + "whiteout" for name in opaque_xattr_names)
+        self._markers = OverlayMarkers(opaque_xattr_names)
         self._first_link_names: dict[tuple[int, int], tuple[str, ...]] = {}
         self._buffer = memoryview(bytearray(COPY_CHUNK_SIZE))
         self.entries = 0
 
     def directory(self, dir_fd: int, parts: tuple[str, ...], dir_stat: os.stat_result) -> None:
         all_xattrs = read_xattrs(dir_fd)
-        opaque_state = self._opaque_state(all_xattrs)
+        opaque_state = self._markers.opaque_state(all_xattrs)
         self._add(_header(parts, dir_stat, tarfile.DIRTYPE, _portable(all_xattrs, parts)))
         if opaque_state == OPAQUE:
             self._add(_marker(parts, OPAQUE_MARKER, dir_stat))
@@ -144,7 +136,7 @@ class _Capture:
         others = []
         for child in children:
             child_stat = child.stat(follow_symlinks=False)
-            if self._is_whiteout(dir_fd, child.name, child_stat, opaque_state):
+            if self._markers.is_whiteout(dir_fd, child.name, child_stat, opaque_state):
                 whiteout_leaf = WHITEOUT_PREFIX + escape_component(child.name)
                 self._add(_marker(parts, whiteout_leaf, child_stat,
                                   escaped=whiteout_leaf != WHITEOUT_PREFIX + child.name))
@@ -228,23 +220,6 @@ class _Capture:
             info.devmajor = os.major(child_stat.st_rdev)
             info.devminor = os.minor(child_stat.st_rdev)
         self._add(info)
-
-    def _opaque_state(self, xattrs: dict[str, bytes]) -> bytes | None:
-        for name in self._opaque_xattr_names:
-            if name in xattrs:
-                return xattrs[name]
-        return None
-
-    def _is_whiteout(self, dir_fd: int, name: str, child_stat: os.stat_result,
-                     opaque_state: bytes | None) -> bool:
-        if stat.S_ISCHR(child_stat.st_mode):
-            return child_stat.st_rdev == WHITEOUT_DEVICE
-        if opaque_state != HAS_XWHITEOUTS or not stat.S_ISREG(child_stat.st_mode):
-            return False
-        if child_stat.st_size != 0:
-            return False
-        xattr_names = os.listxattr(node_path(dir_fd, name), follow_symlinks=False)
-        return any(marker in xattr_names for marker in self._whiteout_xattr_names)
 
     def _add(self, info: tarfile.TarInfo) -> None:
         self._writer.write(info.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, TAR_ERRORS))

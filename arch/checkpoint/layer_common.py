@@ -34,7 +34,9 @@ import errno
 import logging
 import os
 import re
+import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -59,7 +61,17 @@ TRUSTED_OVERLAY_PREFIX = "trusted.overlay."
 USER_OVERLAY_PREFIX = "user.overlay."
 # Overlay renders a deleted path in the upperdir as a character device 0:0.
 WHITEOUT_DEVICE = 0
+OPAQUE = b"y"
+HAS_XWHITEOUTS = b"x"  # kernel >= 6.7: "not opaque, but some children are xattr whiteouts"
+DEFAULT_OPAQUE_XATTR_NAMES = (TRUSTED_OVERLAY_PREFIX + "opaque",)
+# overlay xattrs meaning "part of this node lives in a lower layer"
+INCOMPLETE_NODE_XATTRS = tuple(prefix + suffix
+                               for prefix in OVERLAY_PRIVATE_XATTR_PREFIXES
+                               for suffix in ("redirect", "metacopy"))
 
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+PRIVATE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
 DIR_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 COPY_CHUNK_SIZE = 1 << 20
 NANOSECONDS = 1_000_000_000
@@ -217,6 +229,46 @@ def is_unsafe_component_error(error: OSError) -> bool:
     return error.errno in (errno.ELOOP, errno.ENOTDIR)
 
 
+class OverlayMarkers:
+    """How overlay marks opaque directories and deleted paths inside an upper layer.
+
+    `opaque_xattr_names`: `trusted.overlay.opaque`, or `user.overlay.opaque` for a mount with
+    `userxattr` (OverlayMount.opaque_xattr_names)."""
+
+    def __init__(self, opaque_xattr_names: Sequence[str] = DEFAULT_OPAQUE_XATTR_NAMES) -> None:
+        self._opaque_xattr_names = tuple(opaque_xattr_names)
+        self._whiteout_xattr_names = tuple(
+            name[: -len("opaque")] + "whiteout" for name in self._opaque_xattr_names)
+
+    def opaque_state(self, xattrs: dict[str, bytes]) -> bytes | None:
+        """OPAQUE, HAS_XWHITEOUTS or None, from a directory's xattrs."""
+        for name in self._opaque_xattr_names:
+            if name in xattrs:
+                return xattrs[name]
+        return None
+
+    def is_whiteout(self, dir_fd: int, name: str, child_stat: os.stat_result,
+                    opaque_state: bytes | None) -> bool:
+        """Whether `name` in the upper directory `dir_fd` (whose opaque_state is given) is
+        overlay's mark of a deleted path: a character device 0:0, or an empty file carrying
+        `<prefix>whiteout` in a directory marked `<prefix>opaque=x`."""
+        if stat.S_ISCHR(child_stat.st_mode):
+            return child_stat.st_rdev == WHITEOUT_DEVICE
+        if opaque_state != HAS_XWHITEOUTS or not stat.S_ISREG(child_stat.st_mode):
+            return False
+        if child_stat.st_size != 0:
+            return False
+        xattr_names = os.listxattr(node_path(dir_fd, name), follow_symlinks=False)
+        return any(marker in xattr_names for marker in self._whiteout_xattr_names)
+
+
+def lstat_at(parent_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
 class DirectoryWalker:
     """Opens directories under a root fd one component at a time, never following a symlink.
 
@@ -275,3 +327,50 @@ class DirectoryWalker:
 
 def display_name(parts: Sequence[str]) -> str:
     return "/".join(parts) if parts else "."
+
+
+@dataclass(frozen=True)
+class NodeMetadata:
+    mode: int  # st_mode, file type included
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    xattrs: dict[str, bytes]
+
+
+def node_metadata(target: int | str, node_stat: os.stat_result) -> NodeMetadata:
+    """The metadata of a node: `target` is its open fd, or a path not followed at its end."""
+    return NodeMetadata(node_stat.st_mode, node_stat.st_uid, node_stat.st_gid,
+                        node_stat.st_atime_ns, node_stat.st_mtime_ns, read_xattrs(target))
+
+
+def set_fd_metadata(fd: int, metadata: NodeMetadata, what: str) -> None:
+    """Owner, mode, xattrs, then times (chown clears set-id bits and capabilities; every other
+    change would move mtime) of an open regular file or directory."""
+    os.fchown(fd, metadata.uid, metadata.gid)
+    os.fchmod(fd, stat.S_IMODE(metadata.mode))
+    write_xattrs(fd, metadata.xattrs, what=what)
+    os.utime(fd, ns=(metadata.atime_ns, metadata.mtime_ns))
+
+
+def set_special_metadata(parent_fd: int, name: str, metadata: NodeMetadata, what: str, *,
+                         symlink: bool) -> None:
+    """The same for a symlink, FIFO or device node `name` in parent_fd (never followed)."""
+    os.chown(name, metadata.uid, metadata.gid, dir_fd=parent_fd, follow_symlinks=False)
+    if not symlink:
+        _chmod_node(parent_fd, name, stat.S_IMODE(metadata.mode))
+    write_xattrs(node_path(parent_fd, name), metadata.xattrs, what=what)
+    os.utime(name, dir_fd=parent_fd, follow_symlinks=False,
+             ns=(metadata.atime_ns, metadata.mtime_ns))
+
+
+def _chmod_node(parent_fd: int, name: str, mode: int) -> None:
+    """chmod a FIFO/device without following a symlink: through an O_PATH fd of the node."""
+    path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    try:
+        if stat.S_ISLNK(os.fstat(path_fd).st_mode):
+            raise LayerError(f"{name!r} turned into a symlink")
+        os.chmod(f"/proc/self/fd/{path_fd}", mode)
+    finally:
+        os.close(path_fd)

@@ -2,16 +2,26 @@
 
 Every change apply_layer makes in the target tree is recorded *before* it happens:
 - a node it creates (undo: remove it);
-- a node it is about to replace or remove: its whole prior state is saved first — metadata and
-  xattrs in memory, file contents copied into the backup directory (outside the rootfs; a
-  rename cannot cross the mount) — (undo: remove what is there now, recreate the saved node);
+- a node it is about to replace or remove: its prior state is saved first (undo: remove what
+  is there now, rebuild the saved node);
 - the metadata of an existing directory it changes, and the times of an existing directory whose
   entries it changes (undo: set them back).
-Rollback replays the journal backwards; commit discards the backups. Inside the rootfs every
-path is reached through DirectoryWalker (no symlink is ever followed).
 
-Known limit: a replaced file that had hard links *outside* the replaced subtree comes back as an
-independent copy (same content and metadata, link count 1).
+Saving a node copies no file contents, and nothing goes to RAM-backed storage:
+- on an overlay rootfs, a node the upper layer does not hold comes unchanged from the lower
+  layers, which are read-only: only "it came from below" is recorded, and rollback copies it
+  back from the lower layers (layer_lower's view of them);
+- a regular file the upper layer holds (a kept writable layer, or a plain rootfs) is hard-linked
+  into a backup directory next to the upper layer, on its filesystem; rollback copies it back
+  and the link goes with the backup directory.
+Metadata, symlink targets and device numbers are kept in memory. Rollback first removes what the
+application created (freeing its space), then rebuilds what it removed, then puts directory
+metadata and times back. Inside the rootfs every path is reached through DirectoryWalker (no
+symlink is ever followed).
+
+Known limits: a replaced file that had hard links to names the application did not touch comes
+back as an independent copy (same content and metadata, a lower link count); so do hard links
+between files of the lower layers that rollback copies back one at a time.
 """
 
 from __future__ import annotations
@@ -21,37 +31,52 @@ import logging
 import os
 import shutil
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from typing import Union
 
 from arch.checkpoint.layer_common import (
     DIR_OPEN_FLAGS,
+    INCOMPLETE_NODE_XATTRS,
+    NEW_FILE_FLAGS,
+    PRIVATE_DIR_MODE,
+    PRIVATE_MODE,
     DirectoryWalker,
     LayerError,
+    NodeMetadata,
     copy_range,
     display_name,
+    lstat_at,
+    node_metadata,
     node_path,
     read_xattrs,
     remove_xattrs,
+    set_fd_metadata,
+    set_special_metadata,
     write_xattrs,
 )
+from arch.checkpoint.layer_lower import TreeCopier
 
 logger = logging.getLogger(__name__)
 
-BACKUP_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-PRIVATE_MODE = 0o600
-PRIVATE_DIR_MODE = 0o700
+BACKUP_DIR_PREFIX = ".arch-rollback-"
+BACKUP_FILES = "files"
 
 
-@dataclass(frozen=True)
-class NodeMetadata:
-    mode: int  # st_mode, file type included
-    uid: int
-    gid: int
-    atime_ns: int
-    mtime_ns: int
-    xattrs: dict[str, bytes]
+@dataclass
+class RollbackSources:
+    """Where rollback finds what the journal does not keep itself.
+
+    `backup_parent`: a directory on the filesystem of the upper layer (overlay) or of the tree
+    (plain), outside the rootfs, where the journal makes its private backup directory
+    (`.arch-rollback-*`) when it first needs one; None when there is none (then no file the
+    upper layer holds may be removed). `upper_fd`/`lower_fd`: the overlay's upperdir and the
+    lower-layer view (both None for a plain tree). The journal closes the fds and removes its
+    backup directory when it ends."""
+
+    backup_parent: str | None
+    upper_fd: int | None = None
+    lower_fd: int | None = None
 
 
 @dataclass
@@ -60,6 +85,7 @@ class SavedNode:
 
     name: str
     metadata: NodeMetadata
+    from_lower: bool = False  # unchanged from the lower layers: rebuilt from there
     rdev: int = 0
     symlink_target: str | None = None
     backup_file: str | None = None
@@ -97,21 +123,18 @@ _Entry = Union[_Created, _Removed, _DirectoryMetadata, _DirectoryTimes]
 class Journal:
     """Undo log of one apply_layer call. Call exactly one of commit() or rollback()."""
 
-    def __init__(self, root_fd: int, backup_dir: str) -> None:
+    def __init__(self, root_fd: int, sources: RollbackSources) -> None:
         self._root_fd = os.dup(root_fd)
-        self.backup_dir = backup_dir
+        self._sources = sources
+        self._upper = None if sources.upper_fd is None else DirectoryWalker(sources.upper_fd)
         self._entries: list[_Entry] = []
         self._created: set[tuple[str, ...]] = set()
         self._times_saved: set[tuple[str, ...]] = set()
         self._metadata_saved: set[tuple[str, ...]] = set()
         self._backup_count = 0
+        self._backup_fd: int | None = None
+        self.backup_dir: str | None = None
         self._finished = False
-
-    @classmethod
-    def start(cls, root_fd: int, backup_dir: str) -> Journal:
-        """A journal whose backups go into `backup_dir`, created here (it must not exist)."""
-        os.mkdir(backup_dir, PRIVATE_DIR_MODE)
-        return cls(root_fd, backup_dir)
 
     # recording ---------------------------------------------------------------------------
 
@@ -120,11 +143,11 @@ class Journal:
         self._created.add(parts)
 
     def was_created(self, parts: tuple[str, ...]) -> bool:
-        return parts in self._created
+        return any(parts[:depth] in self._created for depth in range(1, len(parts) + 1))
 
     def directory_touched(self, dir_fd: int, parts: tuple[str, ...]) -> None:
         """Call before adding or removing entries of the directory `parts` (open as dir_fd)."""
-        if parts in self._created or parts in self._times_saved:
+        if self.was_created(parts) or parts in self._times_saved:
             return
         self._times_saved.add(parts)
         dir_stat = os.fstat(dir_fd)
@@ -132,58 +155,85 @@ class Journal:
 
     def directory_metadata_changing(self, dir_fd: int, parts: tuple[str, ...]) -> None:
         """Call before changing owner, mode, xattrs or times of the existing directory `parts`."""
-        if parts in self._created or parts in self._metadata_saved:
+        if self.was_created(parts) or parts in self._metadata_saved:
             return
         self._metadata_saved.add(parts)
-        self._entries.append(_DirectoryMetadata(parts, _metadata(dir_fd, os.fstat(dir_fd))))
+        self._entries.append(_DirectoryMetadata(parts, node_metadata(dir_fd, os.fstat(dir_fd))))
 
     def remove(self, parent_fd: int, parts: tuple[str, ...]) -> None:
-        """Save the node `parts` (name parts[-1] in parent_fd) with its subtree, then remove it."""
-        saved = self._save(parent_fd, parts[-1], set())
-        self._entries.append(_Removed(parts, saved))
-        _remove_tree(parent_fd, parts[-1])
+        """Save the node `parts` (name parts[-1] in parent_fd) with its subtree, then remove it.
+        A node this journal created itself is just removed."""
+        if not self.was_created(parts):
+            saved = self._save(parent_fd, parts, set())
+            self._entries.append(_Removed(parts, saved))
+        remove_tree(parent_fd, parts[-1])
 
     # ending ------------------------------------------------------------------------------
 
     def commit(self) -> None:
         """Keep the applied changes; discard the backups."""
         self._finish()
-        os.close(self._root_fd)
-        shutil.rmtree(self.backup_dir)
+        self._close()
+        self._remove_backups()
 
     def rollback(self) -> None:
-        """Put every recorded change back, newest first. Backups are kept if anything fails."""
+        """Put every recorded change back. Backups are kept if anything fails."""
         self._finish()
         failures = []
         walker = DirectoryWalker(self._root_fd)
+        restorer = _Restorer(self.backup_dir, self._sources.lower_fd)
+        # Created nodes go first (their space is free again for what comes back), then removed
+        # nodes come back newest first, then directories get their metadata and times back.
+        ordered: list[_Entry] = [
+            entry for entry in reversed(self._entries) if isinstance(entry, _Created)]
+        ordered += [entry for entry in reversed(self._entries) if isinstance(entry, _Removed)]
+        ordered += [entry for entry in reversed(self._entries)
+                    if isinstance(entry, (_DirectoryMetadata, _DirectoryTimes))]
         try:
-            for entry in reversed(self._entries):
+            for entry in ordered:
                 try:
-                    _undo(entry, walker, self.backup_dir)
+                    _undo(entry, walker, restorer)
                 except (OSError, LayerError) as error:
                     failures.append(f"{display_name(entry.parts)}: {error}")
         finally:
             walker.close()
-            os.close(self._root_fd)
+            restorer.close()
+            self._close()
         if failures:
             raise LayerError(f"rollback incomplete (backups kept in {self.backup_dir}): "
                              + "; ".join(failures))
-        shutil.rmtree(self.backup_dir)
+        self._remove_backups()
 
     def _finish(self) -> None:
         if self._finished:
             raise LayerError("journal already committed or rolled back")
         self._finished = True
 
+    def _close(self) -> None:
+        if self._upper is not None:
+            self._upper.close()
+        for fd in (self._root_fd, self._backup_fd, self._sources.upper_fd,
+                   self._sources.lower_fd):
+            if fd is not None:
+                os.close(fd)
+
+    def _remove_backups(self) -> None:
+        if self.backup_dir is not None:
+            shutil.rmtree(self.backup_dir)
+
     # saving ------------------------------------------------------------------------------
 
-    def _save(self, parent_fd: int, name: str, seen_links: set[tuple[int, int]]) -> SavedNode:
+    def _save(self, parent_fd: int, parts: tuple[str, ...], seen_links: set[tuple[int, int]]
+              ) -> SavedNode:
+        name = parts[-1]
         node_stat = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        metadata = node_metadata(node_path(parent_fd, name), node_stat)
+        if self._from_lower(parts):
+            return SavedNode(name, metadata, from_lower=True)
         mode = node_stat.st_mode
         if stat.S_ISDIR(mode):
-            return self._save_directory(parent_fd, name, node_stat, seen_links)
-        saved = SavedNode(name, _metadata(node_path(parent_fd, name), node_stat),
-                          rdev=node_stat.st_rdev)
+            return self._save_directory(parent_fd, parts, metadata, seen_links)
+        saved = SavedNode(name, metadata, rdev=node_stat.st_rdev)
         if node_stat.st_nlink > 1:
             saved.link_key = (node_stat.st_dev, node_stat.st_ino)
             if saved.link_key in seen_links:
@@ -192,42 +242,58 @@ class Journal:
         if stat.S_ISLNK(mode):
             saved.symlink_target = os.readlink(name, dir_fd=parent_fd)
         elif stat.S_ISREG(mode):
-            saved.backup_file = self._save_contents(parent_fd, name, node_stat)
+            saved.backup_file = self._link_backup(parent_fd, parts)
         return saved
 
-    def _save_directory(self, parent_fd: int, name: str, node_stat: os.stat_result,
+    def _save_directory(self, parent_fd: int, parts: tuple[str, ...], metadata: NodeMetadata,
                         seen_links: set[tuple[int, int]]) -> SavedNode:
-        dir_fd = os.open(name, DIR_OPEN_FLAGS, dir_fd=parent_fd)
+        saved = SavedNode(parts[-1], metadata)
+        dir_fd = os.open(parts[-1], DIR_OPEN_FLAGS, dir_fd=parent_fd)
         try:
-            saved = SavedNode(name, _metadata(dir_fd, node_stat))
             for child in sorted(os.listdir(dir_fd)):
-                saved.children.append(self._save(dir_fd, child, seen_links))
+                saved.children.append(self._save(dir_fd, (*parts, child), seen_links))
         finally:
             os.close(dir_fd)
         return saved
 
-    def _save_contents(self, parent_fd: int, name: str, node_stat: os.stat_result) -> str:
+    def _from_lower(self, parts: tuple[str, ...]) -> bool:
+        """On an overlay: the upper layer has nothing at `parts`, so the merged node there is
+        the lower layers' own, unchanged."""
+        if self._upper is None:
+            return False
+        parent_fd = self._upper.open(parts[:-1])
+        return parent_fd is None or lstat_at(parent_fd, parts[-1]) is None
+
+    def _link_backup(self, parent_fd: int, parts: tuple[str, ...]) -> str:
+        """A hard link to the file's inode in the backup directory: no data is copied."""
+        if self._upper is None:
+            source_parent_fd = parent_fd
+        else:
+            upper_parent_fd = self._upper.open(parts[:-1])
+            if upper_parent_fd is None:
+                raise LayerError(f"{display_name(parts)}: vanished from the upper layer")
+            source_parent_fd = upper_parent_fd
+            upper_xattrs = read_xattrs(node_path(upper_parent_fd, parts[-1]))
+            if any(name in upper_xattrs for name in INCOMPLETE_NODE_XATTRS):
+                raise LayerError(f"{display_name(parts)}: its data lives in a lower layer "
+                                 "(overlay metacopy); cannot keep it for rollback")
+        if self._backup_fd is None:
+            if self._sources.backup_parent is None:
+                raise LayerError(f"{display_name(parts)}: no backup directory on its "
+                                 "filesystem to keep it for rollback")
+            self.backup_dir = tempfile.mkdtemp(prefix=BACKUP_DIR_PREFIX,
+                                               dir=self._sources.backup_parent)
+            backups = os.path.join(self.backup_dir, BACKUP_FILES)
+            os.mkdir(backups, PRIVATE_DIR_MODE)
+            self._backup_fd = os.open(backups, DIR_OPEN_FLAGS)
         self._backup_count += 1
         backup_name = str(self._backup_count)
-        source_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-        try:
-            target_fd = os.open(os.path.join(self.backup_dir, backup_name), BACKUP_FILE_FLAGS,
-                                PRIVATE_MODE)
-            try:
-                copy_range(source_fd, 0, target_fd, node_stat.st_size)
-            finally:
-                os.close(target_fd)
-        finally:
-            os.close(source_fd)
+        os.link(parts[-1], backup_name, src_dir_fd=source_parent_fd, dst_dir_fd=self._backup_fd,
+                follow_symlinks=False)
         return backup_name
 
 
-def _metadata(target: int | str, node_stat: os.stat_result) -> NodeMetadata:
-    return NodeMetadata(node_stat.st_mode, node_stat.st_uid, node_stat.st_gid,
-                        node_stat.st_atime_ns, node_stat.st_mtime_ns, read_xattrs(target))
-
-
-def _remove_tree(parent_fd: int, name: str) -> None:
+def remove_tree(parent_fd: int, name: str) -> None:
     """Remove `name` in parent_fd and, for a directory, everything below it (no symlinks
     followed: a directory is entered only through an O_NOFOLLOW open)."""
     try:
@@ -241,7 +307,7 @@ def _remove_tree(parent_fd: int, name: str) -> None:
     dir_fd = os.open(name, DIR_OPEN_FLAGS, dir_fd=parent_fd)
     try:
         for child in os.listdir(dir_fd):
-            _remove_tree(dir_fd, child)
+            remove_tree(dir_fd, child)
     finally:
         os.close(dir_fd)
     os.rmdir(name, dir_fd=parent_fd)
@@ -249,7 +315,7 @@ def _remove_tree(parent_fd: int, name: str) -> None:
 
 # undoing --------------------------------------------------------------------------------
 
-def _undo(entry: _Entry, walker: DirectoryWalker, backup_dir: str) -> None:
+def _undo(entry: _Entry, walker: DirectoryWalker, restorer: _Restorer) -> None:
     parent_fd = walker.open(entry.parts[:-1]) if entry.parts else None
     if isinstance(entry, _Created):
         if parent_fd is None:
@@ -259,12 +325,12 @@ def _undo(entry: _Entry, walker: DirectoryWalker, backup_dir: str) -> None:
         if parent_fd is None:
             raise LayerError("parent directory vanished")
         _remove_if_present(parent_fd, entry.parts[-1])
-        _Restorer(backup_dir).restore(parent_fd, entry.parts, entry.saved)
+        restorer.restore(parent_fd, entry.parts, entry.saved)
     else:
         dir_fd = _open_directory(walker, entry.parts)
         try:
             if isinstance(entry, _DirectoryMetadata):
-                _set_directory_metadata(dir_fd, entry.metadata, display_name(entry.parts))
+                set_directory_metadata(dir_fd, entry.metadata, display_name(entry.parts))
             else:
                 os.utime(dir_fd, ns=(entry.atime_ns, entry.mtime_ns))
         finally:
@@ -279,21 +345,19 @@ def _open_directory(walker: DirectoryWalker, parts: tuple[str, ...]) -> int:
 
 
 def _remove_if_present(parent_fd: int, name: str) -> None:
-    try:
-        os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    _remove_tree(parent_fd, name)
+    if lstat_at(parent_fd, name) is not None:
+        remove_tree(parent_fd, name)
 
 
-def _set_directory_metadata(dir_fd: int, metadata: NodeMetadata, what: str) -> None:
+def set_directory_metadata(dir_fd: int, metadata: NodeMetadata, what: str) -> None:
+    """Owner, mode, exactly these xattrs, and times of an open directory."""
     os.fchown(dir_fd, metadata.uid, metadata.gid)
     os.fchmod(dir_fd, stat.S_IMODE(metadata.mode))
-    _replace_xattrs(dir_fd, metadata.xattrs, what)
+    replace_xattrs(dir_fd, metadata.xattrs, what)
     os.utime(dir_fd, ns=(metadata.atime_ns, metadata.mtime_ns))
 
 
-def _replace_xattrs(target: int | str, xattrs: dict[str, bytes], what: str) -> None:
+def replace_xattrs(target: int | str, xattrs: dict[str, bytes], what: str) -> None:
     current = read_xattrs(target)
     remove_xattrs(target, [name for name in current if name not in xattrs], what=what)
     write_xattrs(target, {name: value for name, value in xattrs.items()
@@ -301,22 +365,31 @@ def _replace_xattrs(target: int | str, xattrs: dict[str, bytes], what: str) -> N
 
 
 class _Restorer:
-    """Recreates saved nodes through directory fds, hard links within one saved tree included."""
+    """Rebuilds saved nodes through directory fds, hard links among them included."""
 
-    def __init__(self, backup_dir: str) -> None:
+    def __init__(self, backup_dir: str | None, lower_fd: int | None) -> None:
         self._backup_dir = backup_dir
+        self._lower = None if lower_fd is None else DirectoryWalker(lower_fd)
         # first restored name of each multiply linked inode: (dup of its parent fd, name)
         self._restored_links: dict[tuple[int, int], tuple[int, str]] = {}
 
-    def restore(self, parent_fd: int, parts: tuple[str, ...], saved: SavedNode) -> None:
-        try:
-            self._restore(parent_fd, saved, display_name(parts))
-        finally:
-            for link_parent_fd, _name in self._restored_links.values():
-                os.close(link_parent_fd)
-            self._restored_links.clear()
+    def close(self) -> None:
+        if self._lower is not None:
+            self._lower.close()
+        for link_parent_fd, _name in self._restored_links.values():
+            os.close(link_parent_fd)
+        self._restored_links.clear()
 
-    def _restore(self, parent_fd: int, saved: SavedNode, what: str) -> None:
+    def restore(self, parent_fd: int, parts: tuple[str, ...], saved: SavedNode) -> None:
+        """Rebuild `saved` at `parts`; an inode already rebuilt under another name (in this
+        rollback) is linked again, so hard links between removed nodes survive."""
+        self._restore(parent_fd, parts, saved)
+
+    def _restore(self, parent_fd: int, parts: tuple[str, ...], saved: SavedNode) -> None:
+        what = display_name(parts)
+        if saved.from_lower:
+            self._copy_from_lower(parent_fd, parts)
+            return
         mode = saved.metadata.mode
         if saved.link_key is not None and saved.link_key in self._restored_links:
             source_fd, source_name = self._restored_links[saved.link_key]
@@ -324,7 +397,7 @@ class _Restorer:
                     follow_symlinks=False)
             return
         if stat.S_ISDIR(mode):
-            self._restore_directory(parent_fd, saved, what)
+            self._restore_directory(parent_fd, parts, saved)
             return
         if stat.S_ISREG(mode):
             self._restore_file(parent_fd, saved, what)
@@ -337,11 +410,19 @@ class _Restorer:
         if saved.link_key is not None:
             self._restored_links[saved.link_key] = (os.dup(parent_fd), saved.name)
 
+    def _copy_from_lower(self, parent_fd: int, parts: tuple[str, ...]) -> None:
+        lower_parent_fd = None if self._lower is None else self._lower.open(parts[:-1])
+        if lower_parent_fd is None:
+            raise LayerError("the lower layers no longer hold it")
+        TreeCopier().copy(lower_parent_fd, parent_fd, parts[-1])
+
     def _restore_file(self, parent_fd: int, saved: SavedNode, what: str) -> None:
         file_fd = os.open(saved.name, NEW_FILE_FLAGS, PRIVATE_MODE, dir_fd=parent_fd)
         try:
             if saved.backup_file is not None:
-                backup_path = os.path.join(self._backup_dir, saved.backup_file)
+                if self._backup_dir is None:
+                    raise LayerError("no backup directory")
+                backup_path = os.path.join(self._backup_dir, BACKUP_FILES, saved.backup_file)
                 backup_fd = os.open(backup_path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     copy_range(backup_fd, 0, file_fd, os.fstat(backup_fd).st_size)
@@ -351,43 +432,13 @@ class _Restorer:
         finally:
             os.close(file_fd)
 
-    def _restore_directory(self, parent_fd: int, saved: SavedNode, what: str) -> None:
+    def _restore_directory(self, parent_fd: int, parts: tuple[str, ...], saved: SavedNode
+                           ) -> None:
         os.mkdir(saved.name, PRIVATE_DIR_MODE, dir_fd=parent_fd)
         dir_fd = os.open(saved.name, DIR_OPEN_FLAGS, dir_fd=parent_fd)
         try:
             for child in saved.children:
-                self._restore(dir_fd, child, f"{what}/{child.name}")
-            set_fd_metadata(dir_fd, saved.metadata, what)
+                self._restore(dir_fd, (*parts, child.name), child)
+            set_fd_metadata(dir_fd, saved.metadata, display_name(parts))
         finally:
             os.close(dir_fd)
-
-
-def set_fd_metadata(fd: int, metadata: NodeMetadata, what: str) -> None:
-    """Owner, mode, xattrs, then times (chown clears set-id bits and capabilities; every other
-    change would move mtime) of an open regular file or directory."""
-    os.fchown(fd, metadata.uid, metadata.gid)
-    os.fchmod(fd, stat.S_IMODE(metadata.mode))
-    write_xattrs(fd, metadata.xattrs, what=what)
-    os.utime(fd, ns=(metadata.atime_ns, metadata.mtime_ns))
-
-
-def set_special_metadata(parent_fd: int, name: str, metadata: NodeMetadata, what: str, *,
-                         symlink: bool) -> None:
-    """The same for a symlink, FIFO or device node `name` in parent_fd (never followed)."""
-    os.chown(name, metadata.uid, metadata.gid, dir_fd=parent_fd, follow_symlinks=False)
-    if not symlink:
-        _chmod_node(parent_fd, name, stat.S_IMODE(metadata.mode))
-    write_xattrs(node_path(parent_fd, name), metadata.xattrs, what=what)
-    os.utime(name, dir_fd=parent_fd, follow_symlinks=False,
-             ns=(metadata.atime_ns, metadata.mtime_ns))
-
-
-def _chmod_node(parent_fd: int, name: str, mode: int) -> None:
-    """chmod a FIFO/device without following a symlink: through an O_PATH fd of the node."""
-    path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-    try:
-        if stat.S_ISLNK(os.fstat(path_fd).st_mode):
-            raise LayerError(f"{name!r} turned into a symlink")
-        os.chmod(f"/proc/self/fd/{path_fd}", mode)
-    finally:
-        os.close(path_fd)

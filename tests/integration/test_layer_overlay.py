@@ -108,7 +108,7 @@ def mounts() -> Iterator[Mounts]:
 def build_lower(lower: Path, outside: Path) -> None:
     """An image-like lower layer; `outside` is a directory symlinks may point to."""
     for directory in ("etc/conf.d/sub", "usr/bin", "usr/lib", "usr/share/doc", "var/cache/sub",
-                      "var/olddir", "data"):
+                      "var/olddir", "data", "opt/untouched", "srv/tree/sub"):
         (lower / directory).mkdir(parents=True)
     (lower / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
     (lower / "etc/hosts").write_text("127.0.0.1 localhost\n")
@@ -122,6 +122,9 @@ def build_lower(lower: Path, outside: Path) -> None:
     (lower / "var/cache/sub/c2").write_text("c2\n")
     (lower / "var/olddir/x").write_text("x\n")
     (lower / "data/keep").write_text("keep\n")
+    (lower / "opt/untouched/file").write_text("the image's\n")
+    (lower / "srv/tree/a").write_text("a\n")
+    (lower / "srv/tree/sub/b").write_text("b\n")
     (lower / "data/gone").write_text("gone\n")
     (lower / "data/file2dir").write_text("becomes a dir\n")
     (lower / "data/h1").write_text("lower hard link\n")
@@ -181,6 +184,28 @@ def modify_merged(merged: Path) -> None:
     (big / "blob.bin").write_bytes(_pattern(BIG_FILE_SIZE))
 
 
+def modify_after_checkpoint(merged: Path) -> None:
+    """What the restored job does before it fails and is restarted with its layer kept."""
+    (merged / "later.txt").write_text("written after the checkpoint\n")
+    (merged / "later-dir/deeper").mkdir(parents=True)
+    (merged / "later-dir/deeper/file").write_text("later\n")
+    (merged / "etc/new.conf").write_text("changed after the checkpoint\n")
+    (merged / "data/keep").write_text("changed after the checkpoint\n")
+    (merged / "oldlink").unlink()
+    (merged / "newdir/empty-file").unlink()
+    (merged / "newdir/a/later").write_text("later\n")
+    os.chmod(merged / "opt/untouched", 0o700)
+    (merged / "opt/untouched/later").write_text("later\n")
+    (merged / "opt/untouched/file").unlink()
+    os.setxattr(merged / "opt", "user.later", b"1")
+    _remove_tree(merged / "srv/tree")
+    (merged / "srv/tree").mkdir()
+    (merged / "srv/tree/c").write_text("c\n")
+    (merged / "var/cache/fresh").unlink()
+    with open(merged / "zz-big/blob.bin", "r+b") as blob:
+        blob.truncate(1000)
+
+
 def _pattern(size: int) -> bytes:
     block = hashlib.sha256(b"seed").digest() * 128
     return (block * (size // len(block) + 1))[:size]
@@ -194,6 +219,11 @@ def _remove_tree(path: Path) -> None:
             if not os.path.islink(os.path.join(dirpath, name)):
                 os.rmdir(os.path.join(dirpath, name))
     os.rmdir(path)
+
+
+def rollback_leftovers(overlay: Overlay) -> list[Path]:
+    """Rollback backup directories next to the overlay's upper layer."""
+    return sorted(overlay.upper.parent.glob(".arch-rollback-*"))
 
 
 def open_fds() -> int:
@@ -239,6 +269,16 @@ class Scenario:
 
     def fresh_target(self, mounts: Mounts, base: Path, layer_fs: Path | None = None) -> Overlay:
         return mounts.overlay(base, self.source.lower, layer_fs=layer_fs)
+
+    def kept_target(self, mounts: Mounts) -> Overlay:
+        """The source container restarted in place: later changes in its upper layer, and its
+        overlay mounted again (as containerd and Docker do for a new task)."""
+        modify_after_checkpoint(self.source.merged)
+        mounts.unmount(self.source.merged)
+        source = self.source
+        options = f"lowerdir={source.lower},upperdir={source.upper},workdir={source.work}"
+        mounts.mount("overlay", source.merged, "overlay", options)
+        return source
 
 
 @pytest.fixture
@@ -322,16 +362,14 @@ def test_capture_uses_oci_conventions_and_is_deterministic(scenario: Scenario,
 def test_apply_reproduces_the_merged_view(scenario: Scenario, mounts: Mounts,
                                           tmp_path: Path) -> None:
     target = scenario.fresh_target(mounts, tmp_path / "target")
-    backup = tmp_path / "backup"
     fds_before = open_fds()
 
-    journal = apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size,
-                          backup_dir=str(backup))
+    journal = apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size)
 
     assert snapshot(target.merged) == snapshot(scenario.source.merged)
     assert (scenario.outside / "sentinel").read_text() == "must survive\n"
     journal.commit()
-    assert not backup.exists()
+    assert rollback_leftovers(target) == []
     assert open_fds() == fds_before
     assert snapshot(target.merged) == snapshot(scenario.source.merged)
 
@@ -340,17 +378,69 @@ def test_rollback_after_success_restores_the_image_exactly(scenario: Scenario, m
                                                            tmp_path: Path) -> None:
     target = scenario.fresh_target(mounts, tmp_path / "target")
     before = snapshot(target.merged)
-    backup = tmp_path / "backup"
     fds_before = open_fds()
 
-    journal = apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size,
-                          backup_dir=str(backup))
+    journal = apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size)
     assert snapshot(target.merged) != before
+    assert rollback_leftovers(target) == [], "a fresh overlay needs no backups"
     journal.rollback()
 
     assert snapshot(target.merged) == before
-    assert not backup.exists()
+    assert rollback_leftovers(target) == []
     assert open_fds() == fds_before
+
+
+def test_apply_onto_a_kept_upper_layer_gives_exactly_the_image(scenario: Scenario,
+                                                                mounts: Mounts) -> None:
+    at_checkpoint = snapshot(scenario.source.merged)
+    target = scenario.kept_target(mounts)
+    assert snapshot(target.merged) != at_checkpoint
+
+    journal = apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size)
+    journal.commit()
+
+    assert snapshot(target.merged) == at_checkpoint
+    assert rollback_leftovers(target) == []
+    assert (scenario.outside / "sentinel").read_text() == "must survive\n"
+
+
+def test_rollback_onto_a_kept_upper_layer_gives_back_the_later_state(scenario: Scenario,
+                                                                     mounts: Mounts) -> None:
+    target = scenario.kept_target(mounts)
+    later = snapshot(target.merged)
+    fds_before = open_fds()
+
+    journal = apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size)
+    assert len(rollback_leftovers(target)) == 1, "upper-layer files are kept as hard links"
+    journal.rollback()
+
+    assert snapshot(target.merged) == later
+    assert rollback_leftovers(target) == []
+    assert open_fds() == fds_before
+
+
+def test_rollback_without_room_is_refused_before_anything_changes(tmp_path: Path,
+                                                                   mounts: Mounts) -> None:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "big.bin").write_bytes(_pattern(12 << 20))
+    (lower / "small").write_text("small\n")
+    source = mounts.overlay(tmp_path / "source", lower)
+    (source.merged / "big.bin").unlink()  # the archive then deletes 12 MiB it does not hold
+    (source.merged / "small").write_text("changed\n")
+    digest = capture_layer(str(source.upper), str(tmp_path / "layer.tar"))
+    small_fs = tmp_path / "small-fs"
+    small_fs.mkdir()
+    mounts.mount("tmpfs", small_fs, "tmpfs", "size=8m")
+    target = mounts.overlay(tmp_path / "target", lower, layer_fs=small_fs)
+    before = snapshot(target.merged)
+
+    with pytest.raises(LayerError, match=r"not enough space for a rollback.*12\.0 MiB"):
+        apply_layer(str(tmp_path / "layer.tar"), str(target.merged), digest.sha256, digest.size)
+
+    assert snapshot(target.merged) == before
+    assert list(target.upper.iterdir()) == []
+    assert rollback_leftovers(target) == []
 
 
 def test_failure_half_way_out_of_space_rolls_back(scenario: Scenario, mounts: Mounts,
@@ -363,11 +453,10 @@ def test_failure_half_way_out_of_space_rolls_back(scenario: Scenario, mounts: Mo
     fds_before = open_fds()
 
     with pytest.raises(LayerError, match=r"zz-big/blob.bin.*No space left"):
-        apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size,
-                    backup_dir=str(tmp_path / "backup"))
+        apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size)
 
     assert snapshot(target.merged) == before
-    assert not (tmp_path / "backup").exists()
+    assert rollback_leftovers(target) == []
     assert open_fds() == fds_before
 
 
@@ -387,8 +476,7 @@ def test_io_error_at_a_late_member_rolls_back(scenario: Scenario, mounts: Mounts
     monkeypatch.setattr(layer_apply, "copy_range", failing_copy)
 
     with pytest.raises(LayerError, match="Input/output error"):
-        apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size,
-                    backup_dir=str(tmp_path / "backup"))
+        apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size)
 
     assert len(calls) == 12
     assert snapshot(target.merged) == before
@@ -480,13 +568,12 @@ def test_hostile_archive_is_refused_and_changes_nothing(
     fds_before = open_fds()
 
     with pytest.raises(LayerError):
-        apply_layer(str(tmp_path / "hostile.tar"), str(target.merged), sha256, size,
-                    backup_dir=str(tmp_path / "backup"))
+        apply_layer(str(tmp_path / "hostile.tar"), str(target.merged), sha256, size)
 
     assert open_fds() == fds_before
     assert snapshot(target.merged) == before
     assert snapshot(outside) == outside_before
-    assert not (tmp_path / "backup").exists()
+    assert rollback_leftovers(target) == []
 
 
 def test_whiteout_below_an_image_symlink_deletes_nothing(
@@ -494,8 +581,7 @@ def test_whiteout_below_an_image_symlink_deletes_nothing(
     target, outside = image_target
     sha256, size = write_archive(tmp_path / "layer.tar", [Entry("imglink/.wh.sentinel")])
 
-    apply_layer(str(tmp_path / "layer.tar"), str(target.merged), sha256, size,
-                backup_dir=str(tmp_path / "backup")).commit()
+    apply_layer(str(tmp_path / "layer.tar"), str(target.merged), sha256, size).commit()
 
     assert (outside / "sentinel").read_text() == "must survive\n"
 
@@ -528,19 +614,9 @@ def test_damaged_archive_is_refused_and_changes_nothing(
     before = snapshot(target.merged)
 
     with pytest.raises(LayerError):
-        apply_layer(str(tar), str(target.merged), sha256, size,
-                    backup_dir=str(tmp_path / "backup"), limits=limits)
+        apply_layer(str(tar), str(target.merged), sha256, size, limits=limits)
 
     assert snapshot(target.merged) == before
-
-
-def test_backup_dir_inside_the_rootfs_is_refused(image_target: tuple[Overlay, Path],
-                                                 tmp_path: Path) -> None:
-    target, _outside = image_target
-    sha256, size = write_archive(tmp_path / "layer.tar", [Entry("a", data=b"a")])
-    with pytest.raises(LayerError, match="outside the rootfs"):
-        apply_layer(str(tmp_path / "layer.tar"), str(target.merged), sha256, size,
-                    backup_dir=str(target.merged / "backup"))
 
 
 # overlay features the capture must handle or refuse -------------------------------------
@@ -601,8 +677,7 @@ def test_whiteout_like_names_round_trip_as_files(tmp_path: Path, mounts: Mounts)
     digest = capture_layer(str(source.upper), str(tar))
     target = mounts.overlay(tmp_path / "target", lower)
 
-    apply_layer(str(tar), str(target.merged), digest.sha256, digest.size,
-                backup_dir=str(tmp_path / "backup")).commit()
+    apply_layer(str(tar), str(target.merged), digest.sha256, digest.size).commit()
 
     assert snapshot(target.merged) == snapshot(source.merged)
     assert (target.merged / "config").read_text() == "config of the image\n"
@@ -619,8 +694,7 @@ def test_archive_without_escape_records_reads_as_before(image_target: tuple[Over
     sha256, size = write_archive(tmp_path / "layer.tar", [
         Entry(".arch..wh.x", data=b"an old image's file\n"), Entry("etc/.wh.hosts")])
 
-    apply_layer(str(tmp_path / "layer.tar"), str(target.merged), sha256, size,
-                backup_dir=str(tmp_path / "backup")).commit()
+    apply_layer(str(tmp_path / "layer.tar"), str(target.merged), sha256, size).commit()
 
     assert (target.merged / ".arch..wh.x").read_text() == "an old image's file\n"
     assert not (target.merged / "etc/hosts").exists()

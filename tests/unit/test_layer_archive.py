@@ -122,12 +122,11 @@ def test_capture_then_apply_into_an_empty_directory_round_trips(tree: Path, tmp_
     target = tmp_path / "target"
     target.mkdir()
 
-    journal = apply_layer(str(tar), str(target), digest.sha256, digest.size,
-                          backup_dir=str(tmp_path / "backup"))
+    journal = apply_layer(str(tar), str(target), digest.sha256, digest.size)
     journal.commit()
 
     assert snapshot(target) == snapshot(tree)
-    assert not (tmp_path / "backup").exists()
+    assert list(tmp_path.glob(".arch-rollback-*")) == []
 
 
 def test_journal_can_be_used_once(tree: Path, tmp_path: Path) -> None:
@@ -135,8 +134,7 @@ def test_journal_can_be_used_once(tree: Path, tmp_path: Path) -> None:
     digest = capture_layer(str(tree), str(tar))
     target = tmp_path / "target"
     target.mkdir()
-    journal = apply_layer(str(tar), str(target), digest.sha256, digest.size,
-                          backup_dir=str(tmp_path / "backup"))
+    journal = apply_layer(str(tar), str(target), digest.sha256, digest.size)
     journal.rollback()
     assert os.listdir(target) == []
     with pytest.raises(LayerError, match="already"):
@@ -230,7 +228,6 @@ def test_digest_mismatch_is_refused_before_anything_is_created(tree: Path, tmp_p
     target = tmp_path / "target"
     target.mkdir()
     with pytest.raises(LayerError, match="sha256"):
-        apply_layer(str(tar), str(target), "0" * 64, digest.size,
-                    backup_dir=str(tmp_path / "backup"))
+        apply_layer(str(tar), str(target), "0" * 64, digest.size)
     assert os.listdir(target) == []
-    assert not (tmp_path / "backup").exists()
+    assert list(tmp_path.glob(".arch-rollback-*")) == []
