@@ -22,10 +22,12 @@ files written through the merged view (they land in the upper layer), and the C 
                  + `runc restore --detach --image-path I --work-path W2 --bundle B`
 
 The changes are new files (3/4 of the size in 4 large files, 1/4 in 64 KiB files) and one
-modified lower-layer file; no deletions (GNU tar would carry overlay's whiteout devices, not OCI
-whiteouts). The page cache is written back (sync) before each timed phase. Not equal work: ARCH
-also hashes the tar (sha256, at capture and again before applying) and fsyncs its image before
-it stops the container; the baseline does neither (--baseline-fsync adds the fsync to it).
+modified lower-layer file (with `--rewrite-lower-mib N` also one N MiB file of the image,
+rewritten whole: "a job that rewrote a large file of its image"); no deletions (GNU tar would
+carry overlay's whiteout devices, not OCI whiteouts). The page cache is written back (sync)
+before each timed phase. Not equal work: ARCH also hashes the tar (sha256, at capture and again
+before applying) and fsyncs its image before it stops the container; the baseline does neither
+(--baseline-fsync adds the fsync to it).
 
 Both restores are checked: the container must be running again (a fresh create would be only
 "created"), hold the memory again and see the files. Printed: median wall times per phase and of
@@ -34,6 +36,7 @@ ratios are the figure. Needs root, runc, CRIU (>= 4 on this kernel, found on PAT
 /usr/local/sbin first), gcc with static libc, GNU tar and a static busybox.
 
     sudo python3 benchmarks/checkpoint_restore.py [--rounds 5] [--fs-mib 256] [--mem-mib 256]
+        [--rewrite-lower-mib 0]
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ LARGE_FILES = 4  # three quarters of the changes in a few large files ...
 SMALL_FILE_SIZE = 64 * 1024  # ... one quarter in many small ones, 64 per directory
 SMALL_FILES_PER_DIR = 64
 LOWER_CONFIG = "etc/app.conf"  # a lower-layer file the container "modifies" (copy-up)
+LOWER_BIG = "opt/image-big.bin"  # --rewrite-lower-mib: a large image file rewritten whole
+LAYER_APPLIED = "layer applied in "  # ARCH's log line: seconds spent verifying+applying the tar
 READY_TIMEOUT = 120.0
 MEMORY_READY_SHARE = 0.95  # VmRSS at or above this share of --mem-mib: the memory is touched
 BUSYBOX_APPLETS = ("sh", "sleep", "cat", "ls")
@@ -114,11 +119,13 @@ def build_workload(workspace: Workspace) -> str:
     return binary
 
 
-def build_lower(workspace: Workspace, busybox: str, workload: str) -> None:
+def build_lower(
+    workspace: Workspace, busybox: str, workload: str, big_mib: int, block: bytes
+) -> None:
     """busybox + the workload, and the mount points runc needs (the lower layer is read-only
     under overlay, so runc must not have to create them in the upper)."""
     lower = workspace.lower
-    for directory in ("bin", "etc", "proc", "sys", "dev", "tmp", "data"):
+    for directory in ("bin", "etc", "proc", "sys", "dev", "tmp", "data", "opt"):
         os.makedirs(os.path.join(lower, directory))
     shutil.copy2(busybox, os.path.join(lower, "bin", "busybox"))
     for applet in BUSYBOX_APPLETS:
@@ -126,6 +133,8 @@ def build_lower(workspace: Workspace, busybox: str, workload: str) -> None:
     shutil.copy2(workload, os.path.join(lower, "bin", "memhog"))
     with open(os.path.join(lower, LOWER_CONFIG), "w") as config:
         config.write("setting = lower\n" * 256)
+    if big_mib:
+        write_file(os.path.join(lower, LOWER_BIG), big_mib * MIB, block, offset=1)
 
 
 def write_arch_host(workspace: Workspace, runc: str) -> str:
@@ -183,7 +192,7 @@ def unmount(workspace: Workspace, merged: str) -> None:
     workspace.mounts.remove(merged)
 
 
-def write_changes(merged: str, fs_mib: int, block: bytes) -> int:
+def write_changes(merged: str, fs_mib: int, big_mib: int, block: bytes) -> int:
     """About `fs_mib` of new files plus one changed lower file, written through the merged view.
     Returns the bytes written under /data (what the restore checks)."""
     total = fs_mib * MIB
@@ -201,6 +210,8 @@ def write_changes(merged: str, fs_mib: int, block: bytes) -> int:
         written += write_file(path, SMALL_FILE_SIZE, block, offset=index)
     with open(os.path.join(merged, LOWER_CONFIG), "a") as config:  # copy-up of a lower file
         config.write("setting = changed in the container\n")
+    if big_mib:  # the image's large file, rewritten whole with other content
+        write_file(os.path.join(merged, LOWER_BIG), big_mib * MIB, block, offset=2)
     return written
 
 
@@ -313,6 +324,7 @@ def check_restored(
     merged: str,
     expected_bytes: int,
     what: str,
+    block: bytes,
 ) -> None:
     """A restore (not a fresh create: that would be "created"), with memory and files back."""
     state = container_state(tools, workspace, container_id)
@@ -330,6 +342,25 @@ def check_restored(
         raise BenchError(
             f"{what}: restored rootfs has {found} bytes under /data, expected {expected_bytes}"
         )
+    big = os.path.join(merged, LOWER_BIG)
+    if os.path.exists(big) and not rewritten(big, block):
+        raise BenchError(f"{what}: the restored {LOWER_BIG} is the image's, not the rewritten one")
+
+
+def last_layer_apply(arch_log: str) -> float | None:
+    """Seconds of ARCH's latest "layer applied in X s" log line (None without one)."""
+    with open(arch_log) as log:
+        lines = [line for line in log if LAYER_APPLIED in line]
+    if not lines:
+        return None
+    return float(lines[-1].split(LAYER_APPLIED, 1)[1].split()[0])
+
+
+def rewritten(path: str, block: bytes) -> bool:
+    """The file starts as write_changes rewrote it (offset 2), not as the image had it."""
+    with open(path, "rb") as big:
+        head = big.read(4096)
+    return head == block[2 * 4096 : 3 * 4096]
 
 
 def force_delete(tools: Tools, workspace: Workspace, container_id: str) -> None:
@@ -361,6 +392,7 @@ class Sample:
     restore_steps: dict[str, float] = field(default_factory=dict)
     start: float = 0.0  # ARCH only: the no-op start after the restoring create
     image_bytes: int = 0
+    layer_apply: float | None = None  # ARCH only: from its log, part of the restoring create
 
     @property
     def checkpoint(self) -> float:
@@ -394,7 +426,7 @@ def start_container(
     write_bundle(run.tools, bundle, run.args.mem_mib, opted_in)
     merged = os.path.join(bundle, "rootfs")
     mount_overlay(run.workspace, os.path.join(arm_dir, "layer-1"), merged)
-    written = write_changes(merged, run.args.fs_mib, run.block)
+    written = write_changes(merged, run.args.fs_mib, run.args.rewrite_lower_mib, run.block)
     prefix = [runc, *runc_global(run.workspace, bundle)]
     pid_file = os.path.join(bundle, "init.pid")
     log = os.path.join(bundle, "log.json")
@@ -455,7 +487,10 @@ def arch_round(run: Round, index: int) -> Sample:
         workspace.arch_log,
     )
     sample.start = timed([*prefix, "start", ARCH_ID], tools, "arch-runc start")
-    check_restored(tools, workspace, ARCH_ID, run.args.mem_mib, merged, written, "ARCH")
+    check_restored(
+        tools, workspace, ARCH_ID, run.args.mem_mib, merged, written, "ARCH", run.block
+    )
+    sample.layer_apply = last_layer_apply(workspace.arch_log)
     finish_arm(run, ARCH_ID, merged, arm_dir)
     shutil.rmtree(image_dir)
     return sample
@@ -515,7 +550,9 @@ def baseline_round(run: Round, index: int) -> Sample:
         "runc restore",
         os.path.join(restore_work, "restore.log"),
     )
-    check_restored(tools, workspace, BASELINE_ID, run.args.mem_mib, merged, written, "baseline")
+    check_restored(
+        tools, workspace, BASELINE_ID, run.args.mem_mib, merged, written, "baseline", run.block
+    )
     finish_arm(run, BASELINE_ID, merged, arm_dir)
     return sample
 
@@ -546,6 +583,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fs-mib", type=int, default=256, help="filesystem changes (MiB)")
     parser.add_argument("--mem-mib", type=int, default=256, help="resident memory (MiB)")
     parser.add_argument(
+        "--rewrite-lower-mib",
+        type=int,
+        default=0,
+        help="also a file of this size in the image, rewritten whole by the container",
+    )
+    parser.add_argument(
         "--arch-runc",
         default="/usr/local/bin/arch-runc",
         help="arch-runc (the native front), as containerd calls it",
@@ -559,7 +602,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--busybox", default=shutil.which("busybox") or "/bin/busybox")
     parser.add_argument("--tar", default=shutil.which("tar") or "/bin/tar")
     args = parser.parse_args()
-    if args.rounds < 1 or args.fs_mib < 1 or args.mem_mib < 1:
+    if args.rounds < 1 or args.fs_mib < 1 or args.mem_mib < 1 or args.rewrite_lower_mib < 0:
         parser.error("--rounds, --fs-mib and --mem-mib must be positive")
     return args
 
@@ -595,6 +638,11 @@ def report(args: argparse.Namespace, samples: dict[str, list[Sample]]) -> None:
     print(
         f"Checkpoint + restore of a container with {args.fs_mib} MiB of filesystem changes and "
         f"{args.mem_mib} MiB resident,"
+        + (
+            f" plus a {args.rewrite_lower_mib} MiB file of its image rewritten,"
+            if args.rewrite_lower_mib
+            else ""
+        )
     )
     print(f"{args.rounds} interleaved rounds, median wall time (sum: median of per-round sums)")
     print(f"  {'':<26} {'checkpoint':>10} {'restore':>10} {'sum':>10} {'image':>10}")
@@ -622,6 +670,12 @@ def report(args: argparse.Namespace, samples: dict[str, list[Sample]]) -> None:
         f"    ARCH's following `start` (a no-op, not in the sums): "
         f"{median('ARCH', 'start') * 1000:.0f} ms"
     )
+    applied = [sample.layer_apply for sample in samples["ARCH"] if sample.layer_apply is not None]
+    if applied:
+        print(
+            f"    ARCH restore, of which verifying + applying the filesystem tar: "
+            f"{statistics.median(applied):.2f}s"
+        )
 
 
 def main() -> int:
@@ -634,8 +688,11 @@ def main() -> int:
     try:
         os.makedirs(workspace.arch_host)
         write_arch_host(workspace, args.runc)
-        build_lower(workspace, args.busybox, build_workload(workspace))
-        run = Round(tools, workspace, args, os.urandom(4 * MIB))
+        block = os.urandom(4 * MIB)
+        build_lower(
+            workspace, args.busybox, build_workload(workspace), args.rewrite_lower_mib, block
+        )
+        run = Round(tools, workspace, args, block)
         run_rounds(run, args.warmup, 0)
         samples = run_rounds(run, args.rounds, args.warmup)
     except (BenchError, OSError, subprocess.CalledProcessError) as error:

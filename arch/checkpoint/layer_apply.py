@@ -63,7 +63,7 @@ from arch.checkpoint.layer_common import (
     unescape_component,
     write_xattrs,
 )
-from arch.checkpoint.layer_journal import Journal, RollbackSources
+from arch.checkpoint.layer_journal import BACKUP_DIR_PREFIX, Journal, RollbackSources
 from arch.checkpoint.layer_lower import open_lower_view
 from arch.checkpoint.layer_reset import (
     Coverage,
@@ -213,8 +213,10 @@ class _Target:
             os.close(upper_fd)
             raise
         sources = RollbackSources(
-            _backup_parent(overlay.upperdir, os.fstat(upper_fd).st_dev), upper_fd, lower_fd)
+            _backup_parent(overlay.upperdir, os.fstat(upper_fd).st_dev),
+            backup_prefix(overlay.upperdir), upper_fd, lower_fd)
         try:
+            sources.remove_stale_backups()
             fresh = is_empty_directory(upper_fd)
             lower = DirectoryWalker(lower_fd)
             try:
@@ -242,7 +244,9 @@ class _Target:
             raise LayerError(f"{rootfs}: no directory next to it on its filesystem for the "
                              "rollback's backups")
         check_rollback_space(rootfs, needed)
-        return cls(RollbackSources(backup_parent), [], started,
+        sources = RollbackSources(backup_parent, backup_prefix(os.path.realpath(rootfs)))
+        sources.remove_stale_backups()
+        return cls(sources, [], started,
                    f"plain tree, rollback may write back {needed} bytes")
 
     def reset(self, root_fd: int, journal: Journal) -> None:
@@ -276,6 +280,11 @@ def _open_lower_view(overlay: OverlayMount) -> int:
         return open_lower_view(overlay.lowerdirs, bottom, userxattr="userxattr" in overlay.options)
     finally:
         os.rmdir(bottom)  # the view keeps what it needs of the (empty) directory
+
+
+def backup_prefix(tree: str) -> str:
+    """The name prefix of the backup directories of one upper layer (or plain tree)."""
+    return f"{BACKUP_DIR_PREFIX}{os.path.basename(tree.rstrip('/'))}-"
 
 
 def _backup_parent(path: str, device: int) -> str | None:

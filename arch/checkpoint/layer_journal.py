@@ -69,14 +69,26 @@ class RollbackSources:
 
     `backup_parent`: a directory on the filesystem of the upper layer (overlay) or of the tree
     (plain), outside the rootfs, where the journal makes its private backup directory
-    (`.arch-rollback-*`) when it first needs one; None when there is none (then no file the
+    (`backup_prefix` + random) when it first needs one; None when there is none (then no file the
     upper layer holds may be removed). `upper_fd`/`lower_fd`: the overlay's upperdir and the
     lower-layer view (both None for a plain tree). The journal closes the fds and removes its
     backup directory when it ends."""
 
     backup_parent: str | None
+    backup_prefix: str = BACKUP_DIR_PREFIX
     upper_fd: int | None = None
     lower_fd: int | None = None
+
+    def remove_stale_backups(self) -> None:
+        """Backup directories of this tree left by an apply that was killed: nothing can still
+        use them (one container is created once at a time), and this apply resets the tree."""
+        if self.backup_parent is None:
+            return
+        for name in os.listdir(self.backup_parent):
+            if name.startswith(self.backup_prefix):
+                logger.warning("removing %s/%s, left by an interrupted restore",
+                               self.backup_parent, name)
+                shutil.rmtree(os.path.join(self.backup_parent, name))
 
 
 @dataclass
@@ -281,7 +293,7 @@ class Journal:
             if self._sources.backup_parent is None:
                 raise LayerError(f"{display_name(parts)}: no backup directory on its "
                                  "filesystem to keep it for rollback")
-            self.backup_dir = tempfile.mkdtemp(prefix=BACKUP_DIR_PREFIX,
+            self.backup_dir = tempfile.mkdtemp(prefix=self._sources.backup_prefix,
                                                dir=self._sources.backup_parent)
             backups = os.path.join(self.backup_dir, BACKUP_FILES)
             os.mkdir(backups, PRIVATE_DIR_MODE)

@@ -698,3 +698,18 @@ def test_archive_without_escape_records_reads_as_before(image_target: tuple[Over
 
     assert (target.merged / ".arch..wh.x").read_text() == "an old image's file\n"
     assert not (target.merged / "etc/hosts").exists()
+
+
+def test_backups_left_by_an_interrupted_restore_are_removed(scenario: Scenario, mounts: Mounts,
+                                                            tmp_path: Path) -> None:
+    target = scenario.fresh_target(mounts, tmp_path / "target")
+    stale = target.upper.parent / ".arch-rollback-upper-x1y2z3"
+    (stale / "files").mkdir(parents=True)
+    (stale / "files/1").write_text("a killed restore's backup\n")
+    other_layer = target.upper.parent / ".arch-rollback-another-upper-abc"
+    other_layer.mkdir()
+
+    apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size).commit()
+
+    assert rollback_leftovers(target) == [other_layer]
+    assert snapshot(target.merged) == snapshot(scenario.source.merged)
