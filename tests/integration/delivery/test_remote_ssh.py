@@ -4,6 +4,7 @@ SSH, and per-host errors (a closed port, a refused key) that leave the other hos
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -99,3 +100,26 @@ def test_install_then_verify_this_host_over_ssh(
     assert entry["detail"] == f"installed {arch_wheel.name}; archctl verify passed"
     verify = archctl("remote", "verify", "--json", "-i", str(client_key), server.address())
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_strict_host_keys_refuse_an_unknown_host(
+    ssh_servers: Callable[[Path], SshServer], client_key: Path, tmp_path: Path
+) -> None:
+    server = ssh_servers(client_key.with_suffix(".pub"))
+    home = tmp_path / "home"  # no known_hosts: every host key is unknown
+    home.mkdir()
+    environment = {**os.environ, "HOME": str(home)}
+    strict = archctl(
+        "remote",
+        "verify",
+        "--json",
+        "--strict-host-keys",
+        "-i",
+        str(client_key),
+        server.address(),
+        env=environment,
+    )
+    assert strict.returncode == 1
+    (entry,) = json.loads(strict.stdout)
+    assert entry["ok"] is False and entry["step"] == "connect"
+    assert "not found in known_hosts" in str(entry["detail"])
