@@ -37,6 +37,11 @@ ratios are the figure. Needs root, runc, CRIU (>= 4 on this kernel, found on PAT
 
     sudo python3 benchmarks/checkpoint_restore.py [--rounds 5] [--fs-mib 256] [--mem-mib 256]
         [--rewrite-lower-mib 0]
+
+Comparing two versions of ARCH (e.g. the cost of a change): `--compare-arch-runc OTHER` adds a
+third arm, the same ARCH round driven through OTHER (an arch-runc built from another tree), and
+prints ARCH / OTHER per phase. `--lower-copy DIR` adds a copy of DIR to the image's lower layer
+(e.g. a distribution's /usr/lib, for an image of realistic size).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,6 +73,7 @@ LAYER_APPLIED = "layer applied in "  # ARCH's log line: seconds spent verifying+
 READY_TIMEOUT = 120.0
 MEMORY_READY_SHARE = 0.95  # VmRSS at or above this share of --mem-mib: the memory is touched
 BUSYBOX_APPLETS = ("sh", "sleep", "cat", "ls")
+OTHER = "other"  # the --compare-arch-runc arm
 
 
 class BenchError(Exception):
@@ -120,13 +127,21 @@ def build_workload(workspace: Workspace) -> str:
 
 
 def build_lower(
-    workspace: Workspace, busybox: str, workload: str, big_mib: int, block: bytes
+    workspace: Workspace,
+    busybox: str,
+    workload: str,
+    big_mib: int,
+    block: bytes,
+    extra: str | None = None,
 ) -> None:
     """busybox + the workload, and the mount points runc needs (the lower layer is read-only
-    under overlay, so runc must not have to create them in the upper)."""
+    under overlay, so runc must not have to create them in the upper); `extra` copied to
+    /opt/extra."""
     lower = workspace.lower
     for directory in ("bin", "etc", "proc", "sys", "dev", "tmp", "data", "opt"):
         os.makedirs(os.path.join(lower, directory))
+    if extra is not None:
+        shutil.copytree(extra, os.path.join(lower, "opt", "extra"), symlinks=True)
     shutil.copy2(busybox, os.path.join(lower, "bin", "busybox"))
     for applet in BUSYBOX_APPLETS:
         os.symlink("busybox", os.path.join(lower, "bin", applet))
@@ -449,11 +464,12 @@ def remount_fresh(run: Round, arm_dir: str, merged: str) -> None:
     os.sync()
 
 
-def arch_round(run: Round, index: int) -> Sample:
+def arch_round(run: Round, index: int, arch_runc: str | None = None) -> Sample:
     tools, workspace = run.tools, run.workspace
+    arch_runc = arch_runc or tools.arch_runc
     arm_dir = workspace.path(f"round-{index}", "arch")
-    bundle, merged, written = start_container(run, arm_dir, ARCH_ID, True, tools.arch_runc)
-    prefix = [tools.arch_runc, *runc_global(workspace, bundle)]
+    bundle, merged, written = start_container(run, arm_dir, ARCH_ID, True, arch_runc)
+    prefix = [arch_runc, *runc_global(workspace, bundle)]
     log = os.path.join(bundle, "log.json")
     image_path = os.path.join(arm_dir, "containerd-image")  # ARCH ignores it (own location)
     work_path = os.path.join(bundle, "work", "criu-work")
@@ -593,6 +609,14 @@ def parse_args() -> argparse.Namespace:
         default="/usr/local/bin/arch-runc",
         help="arch-runc (the native front), as containerd calls it",
     )
+    parser.add_argument(
+        "--compare-arch-runc",
+        metavar="OTHER",
+        help="a second arch-runc (another version of ARCH) run as a third arm; prints ARCH/OTHER",
+    )
+    parser.add_argument(
+        "--lower-copy", metavar="DIR", help="copy DIR into the lower layer (a realistic image)"
+    )
     parser.add_argument("--runc", default=shutil.which("runc") or "/usr/sbin/runc")
     parser.add_argument(
         "--baseline-fsync",
@@ -616,11 +640,16 @@ def make_tools(args: argparse.Namespace, config_file: str) -> Tools:
 
 def run_rounds(run: Round, count: int, first_index: int) -> dict[str, list[Sample]]:
     samples: dict[str, list[Sample]] = {"baseline": [], "ARCH": []}
+    arms: list[tuple[str, Callable[[Round, int], Sample]]] = [
+        ("baseline", baseline_round), ("ARCH", arch_round)
+    ]  # fmt: skip
+    other = run.args.compare_arch_runc
+    if other:
+        samples[OTHER] = []
+        arms.append((OTHER, lambda run, index: arch_round(run, index, other)))
     for index in range(first_index, first_index + count):
-        arms = [("baseline", baseline_round), ("ARCH", arch_round)]
-        if index % 2:
-            arms.reverse()
-        for name, arm in arms:
+        shift = index % len(arms)  # each arm goes first in turn
+        for name, arm in arms[shift:] + arms[:shift]:
             samples[name].append(arm(run, index))
     return samples
 
@@ -676,6 +705,16 @@ def report(args: argparse.Namespace, samples: dict[str, list[Sample]]) -> None:
             f"    ARCH restore, of which verifying + applying the filesystem tar: "
             f"{statistics.median(applied):.2f}s"
         )
+    if OTHER in samples:
+        phases = ("checkpoint", "restore", "total")
+        print(f"  {'':<26} {'checkpoint':>10} {'restore':>10} {'sum':>10}")
+        for name, label in (("ARCH", "ARCH (arch-runc)"), (OTHER, f"{OTHER} arch-runc")):
+            times = " ".join(f"{median(name, phase):9.2f}s" for phase in phases)
+            print(f"  {label:<26} {times}")
+        against = " ".join(f"{median('ARCH', p) / median(OTHER, p):9.3f}x" for p in phases)
+        print(f"  {'ARCH / ' + OTHER:<26} {against}   ({args.compare_arch_runc})")
+        print(f"    {OTHER:<9} checkpoint: {step_medians(OTHER, 'checkpoint_steps')}")
+        print(f"    {'':<9} restore:    {step_medians(OTHER, 'restore_steps')}")
 
 
 def main() -> int:
@@ -689,8 +728,9 @@ def main() -> int:
         os.makedirs(workspace.arch_host)
         write_arch_host(workspace, args.runc)
         block = os.urandom(4 * MIB)
+        workload = build_workload(workspace)
         build_lower(
-            workspace, args.busybox, build_workload(workspace), args.rewrite_lower_mib, block
+            workspace, args.busybox, workload, args.rewrite_lower_mib, block, args.lower_copy
         )
         run = Round(tools, workspace, args, block)
         run_rounds(run, args.warmup, 0)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 from arch.checkpoint import criu_options
 from arch.checkpoint.filesystem import LayerError, apply_layer, capture_layer, find_overlay_layers
+from arch.checkpoint.image_fingerprint import rootfs_fingerprint
+from arch.checkpoint.job_identity import JobIdentity
 from arch.checkpoint.metadata import (
     ContainerEssentials,
     FilesystemInfo,
@@ -180,6 +182,7 @@ class CheckpointJob:
             with ThreadPoolExecutor(max_workers=1) as background:
                 dump = background.submit(self._dump, staging.path)
                 filesystem = self._capture_filesystem(rootfs, staging.tar_path)
+                identity = _job_identity(bundle_path, rootfs)
                 dump_cpuinfo(self.runc.criu, staging.path)
                 versions = binary_version(self.runc.binary), binary_version(self.runc.criu)
             dump.result()  # the dump's CheckpointFailed, if any
@@ -194,6 +197,7 @@ class CheckpointJob:
                 container=_container_essentials(bundle_path),
                 cpu=host_cpu_summary(),
                 criu_options=tuple(self.options),
+                identity=identity,
             )
             try:
                 return staging.publish(metadata)
@@ -247,6 +251,28 @@ def _container_essentials(bundle_path: str) -> ContainerEssentials:
         return ContainerEssentials()
 
 
+def _job_identity(bundle_path: str, rootfs: str) -> JobIdentity:
+    """What identifies the job, for the image (CheckpointFailed when it cannot be read)."""
+    from arch.container.bundle import Bundle, BundleError
+
+    try:
+        return JobIdentity.of(Bundle.load(bundle_path).spec, rootfs_fingerprint(rootfs))
+    except (BundleError, OSError, LayerError) as error:
+        raise CheckpointFailed(f"cannot record the job's identity: {error}") from error
+
+
+def job_differences(image: ValidImage, bundle: Bundle) -> list[str]:
+    """The identity fields in which the container being created differs from the image's job."""
+    identity = image.metadata.identity
+    if identity is None:  # parsing refuses such images; kept for a clear message regardless
+        return ["identity (not recorded)"]
+    try:
+        fingerprint = rootfs_fingerprint(bundle.rootfs)
+    except (OSError, LayerError) as error:
+        raise RestoreRefused(f"cannot fingerprint the container image: {error}") from error
+    return identity.differences(bundle.spec, fingerprint)
+
+
 class RestoreJob:
     """Turn one `runc create` into `runc restore --detach` from a validated image."""
 
@@ -268,6 +294,11 @@ class RestoreJob:
 
     def run(self) -> None:
         """Restore the container, or raise RestoreRefused with everything rolled back."""
+        differing = job_differences(self.image, self.bundle)
+        if differing:
+            raise RestoreRefused(
+                "the image was taken from another job: it differs in " + ", ".join(differing)
+            )
         problems = missing_bind_sources(self.bundle) + missing_mounts(self.image, self.bundle)
         if problems:
             raise RestoreRefused("; ".join(problems), "host_mismatch")

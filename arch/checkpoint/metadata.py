@@ -21,8 +21,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-FORMAT_VERSION = 1
+    from arch.checkpoint.job_identity import JobIdentity
+
+# 2: the job's identity is recorded and must match at restore (arch.checkpoint.job_identity).
+# Format 1 images lack it and are refused: an ARCH that knew only format 1 would restore a
+# format 2 image without comparing the identity, so the version had to change.
+FORMAT_VERSION = 2
 SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
+PRE_IDENTITY_FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 ROOTFS_TAR = "rootfs-diff.tar"
 CRIU_INVENTORY = "inventory.img"
@@ -138,6 +144,8 @@ class ImageMetadata:
     format_version: int = FORMAT_VERSION
     # CRIU options the dump used that the restore must repeat (arch.checkpoint.criu_options).
     criu_options: tuple[str, ...] = ()
+    # What identifies the job (arch.checkpoint.job_identity); always present in format 2.
+    identity: JobIdentity | None = None
 
     @classmethod
     def new(
@@ -153,6 +161,7 @@ class ImageMetadata:
         container: ContainerEssentials,
         cpu: CpuInfo | None = None,
         criu_options: tuple[str, ...] = (),
+        identity: JobIdentity | None = None,
     ) -> ImageMetadata:
         """Metadata for an image made now on this host (created, host and kernel filled in)."""
         uname = os.uname()
@@ -170,6 +179,7 @@ class ImageMetadata:
             container=container,
             cpu=cpu,
             criu_options=criu_options,
+            identity=identity,
         )
 
     @property
@@ -215,6 +225,7 @@ class ImageMetadata:
                     for m in self.container.mounts
                 ],
             },
+            "identity": None if self.identity is None else self.identity.to_dict(),
         }
 
     def to_json(self) -> bytes:
@@ -234,6 +245,11 @@ class ImageMetadata:
         """Validate a parsed metadata document. Keys this version does not know are ignored."""
         top = _object(document, "metadata")
         version = _integer(_required(top, "format_version", "metadata"), "format_version")
+        if version == PRE_IDENTITY_FORMAT_VERSION:
+            raise InvalidImage(
+                f"{METADATA_FILE}: format_version {version} records no job identity (made before "
+                "identity binding): not restored"
+            )
         if version not in SUPPORTED_FORMAT_VERSIONS:
             raise InvalidImage(
                 f"{METADATA_FILE}: format_version {version} is not supported (this ARCH reads "
@@ -255,6 +271,9 @@ class ImageMetadata:
         filesystem = _filesystem_from(_required(top, "filesystem", "metadata"))
         criu_files = _criu_files_from(_required(top, "process", "metadata"), filesystem)
         criu_options = _criu_options_from(top["process"])
+        from arch.checkpoint.job_identity import JobIdentity
+
+        identity = JobIdentity.from_dict(_required(top, "identity", "metadata"))
         return cls(
             namespace=text["namespace"],
             container_id=text["container_id"],
@@ -270,6 +289,7 @@ class ImageMetadata:
             cpu=_cpu_from(top.get("cpu")),
             format_version=version,
             criu_options=criu_options,
+            identity=identity,
         )
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from arch.checkpoint import store, validation
+from arch.checkpoint.job_identity import JobIdentity
 from arch.checkpoint.metadata import (
     CRIU_DUMP_LOG,
     METADATA_FILE,
@@ -34,6 +35,7 @@ from arch.checkpoint.store import (
     remove,
 )
 from arch.checkpoint.validation import read_metadata, validate, verify_tar_checksum
+from arch.container import oci_spec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -90,6 +92,9 @@ def fill_staging(
         criu_files=staging.describe_criu_files(),
         container=ContainerEssentials.from_oci_config(OCI_CONFIG),
         cpu=CpuInfo("Test CPU", ("fpu", "sse2")),
+        identity=JobIdentity.of(
+            oci_spec.decode(json.dumps(OCI_CONFIG).encode()).spec, "layers-sha256:" + "0" * 64
+        ),
     )
 
 
@@ -148,7 +153,7 @@ def test_published_image_is_private(image_dir: Path) -> None:
 def test_metadata_json_round_trip(image_dir: Path) -> None:
     metadata = publish_image(image_dir)
     document = json.loads((image_dir / METADATA_FILE).read_text())
-    assert document["format_version"] == 1
+    assert document["format_version"] == 2
     assert document["filesystem"] == {
         "mode": "overlay", "tar": ROOTFS_TAR, "size": 9,
         "sha256": hashlib.sha256(b"tar bytes").hexdigest(),
@@ -472,8 +477,20 @@ def _set_size(document: dict[str, Any], name: str, size: int) -> None:
 
 def test_unknown_format_version(image_dir: Path) -> None:
     publish_image(image_dir)
-    rewrite_metadata(image_dir, lambda document: document.update(format_version=2))
-    with pytest.raises(InvalidImage, match="format_version 2 is not supported"):
+    rewrite_metadata(image_dir, lambda document: document.update(format_version=3))
+    with pytest.raises(InvalidImage, match="format_version 3 is not supported"):
+        validate(str(image_dir))
+
+
+def test_image_from_before_identity_binding_is_refused(image_dir: Path) -> None:
+    publish_image(image_dir)
+
+    def as_format_1(document: dict[str, Any]) -> None:
+        document.update(format_version=1)
+        document.pop("identity")
+
+    rewrite_metadata(image_dir, as_format_1)
+    with pytest.raises(InvalidImage, match="format_version 1 records no job identity"):
         validate(str(image_dir))
 
 
@@ -553,6 +570,12 @@ def _nested(section: str, key: str, value: object) -> Callable[[dict[str, Any]],
         (lambda d: d.update(format_version="1"), "format_version must be an integer"),
         (lambda d: d.update(format_version=True), "format_version must be an integer"),
         (_delete("checkpoint_id"), "checkpoint_id is missing"),
+        (_delete("identity"), "identity is missing"),
+        (lambda d: d.update(identity=[]), "identity must be an object"),
+        (_nested("identity", "env_salt", "../x"), "env_salt must be hex"),
+        (_nested("identity", "args", "sh"), "identity.args must be a list of strings"),
+        (_nested("identity", "user", {"uid": -1, "gid": 0, "additional_gids": []}),
+         "uid and gid must be ids"),
         (lambda d: d.update(namespace=3), "namespace must be a string"),
         (lambda d: d.update(checkpoint_id="../x"), "not a safe path component"),
         (lambda d: d.update(created="yesterday"), "RFC 3339"),
