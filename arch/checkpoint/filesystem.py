@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from arch.checkpoint import layer_apply
 from arch.checkpoint.layer_apply import DEFAULT_LIMITS, ArchiveLimits, read_members
@@ -32,6 +33,9 @@ from arch.checkpoint.layer_common import (
     LayerError,
 )
 from arch.checkpoint.layer_journal import Journal
+
+if TYPE_CHECKING:
+    from arch.checkpoint.archive_policy import ArchivePolicy
 
 __all__ = [
     "ArchiveLimits",
@@ -81,11 +85,13 @@ class OverlayMount:
 
 
 def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size: int, *,
-                limits: ArchiveLimits = DEFAULT_LIMITS) -> Journal:
+                limits: ArchiveLimits = DEFAULT_LIMITS, policy: ArchivePolicy | None = None
+                ) -> Journal:
     """layer_apply.apply_layer onto whatever is mounted at `rootfs` (an overlay, or a plain
-    directory tree)."""
+    directory tree), under the archive `policy` when given."""
     return layer_apply.apply_layer(tar_path, rootfs, expected_sha256, expected_size,
-                                   overlay=find_overlay_layers(rootfs), limits=limits)
+                                   overlay=find_overlay_layers(rootfs), limits=limits,
+                                   policy=policy)
 
 
 def find_overlay_layers(rootfs: str, mountinfo_path: str = MOUNTINFO) -> OverlayMount | None:

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from arch.checkpoint import criu_options
+from arch.checkpoint.archive_policy import ArchivePolicy
 from arch.checkpoint.filesystem import LayerError, apply_layer, capture_layer, find_overlay_layers
 from arch.checkpoint.image_fingerprint import rootfs_fingerprint
 from arch.checkpoint.job_identity import JobIdentity
@@ -334,6 +335,7 @@ class RestoreJob:
                 self.bundle.rootfs,
                 filesystem.sha256,
                 filesystem.size,
+                policy=ArchivePolicy.from_spec(self.bundle.spec),
             )
         except (OSError, LayerError) as error:
             raise RestoreRefused(

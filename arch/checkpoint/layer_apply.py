@@ -78,6 +78,7 @@ from arch.checkpoint.layer_reset import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from arch.checkpoint.archive_policy import ArchivePolicy
     from arch.checkpoint.filesystem import OverlayMount
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,8 @@ class Member:
 
 
 def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size: int, *,
-                overlay: OverlayMount | None, limits: ArchiveLimits = DEFAULT_LIMITS) -> Journal:
+                overlay: OverlayMount | None, limits: ArchiveLimits = DEFAULT_LIMITS,
+                policy: ArchivePolicy | None = None) -> Journal:
     """Verify, validate and apply the layer at `tar_path` to `rootfs`.
 
     `overlay`: the overlay mounted at `rootfs` (its upper layer may be empty or kept from an
@@ -157,6 +159,8 @@ def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size:
     the space a rollback may need is checked on the upper layer's filesystem (LayerError when
     it is missing). Returns the journal: commit() once the restore succeeded, rollback() to
     undo every change. On failure everything is already rolled back and LayerError is raised.
+    With a `policy`, a member the job could not have created refuses the whole layer
+    (ArchiveRefused) before anything is touched.
     """
     archive_fd = os.open(tar_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -169,6 +173,8 @@ def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size:
             raise
         root_fd = os.open(rootfs, DIR_OPEN_FLAGS)
         try:
+            if policy is not None:
+                policy.check(members, root_fd)
             target = _Target.prepare(rootfs, root_fd, overlay, members)
             journal = Journal(root_fd, target.sources)
             # The digest is checked while the members are applied (hashing runs without the

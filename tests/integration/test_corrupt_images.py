@@ -24,8 +24,14 @@ pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
 
 NodeFactory = Callable[..., ContainerdNode]
 ARCH_ENV = {"ARCH_ENABLE": "1"}
-# The fresh run only counts: the filesystem changes in its rootfs can only come from the image.
-FRESH_COMMAND = cr.shell_workload(prepare="")
+# One command for both runs (an image restores only into the same job), but the fresh run (a
+# second attempt: AWS_BATCH_JOB_ATTEMPT is not part of the job's identity) only counts, so the
+# filesystem changes in its rootfs can only come from the image.
+COMMAND = cr.shell_workload(
+    prepare=f'if [ "$AWS_BATCH_JOB_ATTEMPT" = 1 ]; then {cr.FILESYSTEM_CHANGES}; fi'
+)
+FIRST_ATTEMPT = {**ARCH_ENV, "AWS_BATCH_JOB_ATTEMPT": "1"}
+FRESH_ATTEMPT = {**ARCH_ENV, "AWS_BATCH_JOB_ATTEMPT": "2"}
 
 
 # -- corruptions: each damages a published image and names the reason the log must give: ----
@@ -86,7 +92,7 @@ def test_corrupted_image_is_refused_and_the_container_starts_fresh(
 ) -> None:
     node.run_container(workload_image.name, "pristine", ["sleep", "1000"], env=ARCH_ENV)
     pristine = cr.tree_listing(cr.rootfs_of(real_runc_binary, node, "pristine"))
-    node.run_container(workload_image.name, "job", cr.shell_workload(), env=ARCH_ENV)
+    node.run_container(workload_image.name, "job", COMMAND, env=FIRST_ATTEMPT)
     rootfs = cr.rootfs_of(real_runc_binary, node, "job")
     cr.wait_for(lambda: cr.counted(cr.count_log(rootfs)) >= 20, "the loop to count to 20")
     cr.checkpoint(node, "job")
@@ -94,7 +100,7 @@ def test_corrupted_image_is_refused_and_the_container_starts_fresh(
     image_dir = node.arch.checkpoint_root / cr.NAMESPACE / "job"
     reason, *details = CORRUPTIONS[corruption](image_dir)
 
-    node.run_container(workload_image.name, "job", FRESH_COMMAND, env=ARCH_ENV)
+    node.run_container(workload_image.name, "job", COMMAND, env=FRESH_ATTEMPT)
 
     fresh = cr.rootfs_of(real_runc_binary, node, "job")
     cr.wait_for(lambda: cr.counted(cr.count_log(fresh)) >= 3, "the fresh loop to count")
