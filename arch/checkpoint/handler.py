@@ -270,7 +270,9 @@ def job_differences(image: ValidImage, bundle: Bundle) -> list[str]:
     try:
         fingerprint = rootfs_fingerprint(bundle.rootfs)
     except (OSError, LayerError) as error:
-        raise RestoreRefused(f"cannot fingerprint the container image: {error}") from error
+        raise RestoreRefused(
+            f"cannot fingerprint the container image: {error}", "filesystem"
+        ) from error
     return identity.differences(bundle.spec, fingerprint)
 
 
@@ -298,7 +300,8 @@ class RestoreJob:
         differing = job_differences(self.image, self.bundle)
         if differing:
             raise RestoreRefused(
-                "the image was taken from another job: it differs in " + ", ".join(differing)
+                "the image was taken from another job: it differs in " + ", ".join(differing),
+                "job_mismatch",
             )
         problems = missing_bind_sources(self.bundle) + missing_mounts(self.image, self.bundle)
         if problems:
