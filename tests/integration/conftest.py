@@ -51,7 +51,6 @@ def attach_log(request: pytest.FixtureRequest, title: str, path: Path) -> None:
     item.stash.setdefault(LOG_FILES_KEY, []).append((title, path))
 
 
-
 @pytest.fixture(scope="session")
 def busybox_binary() -> Path:
     for candidate in map(Path, BUSYBOX_CANDIDATES):

@@ -111,8 +111,10 @@ def test_task_start_in_place_leaves_exactly_the_checkpointed_filesystem(
     node.ctr("task", "delete", "inplace")
     node.ctr("task", "start", "--detach", "inplace")  # the same container: its layer is kept
     assert restored_count(node, "inplace") == 1, cr.arch_log(node)
-    cr.wait_for(lambda: cr.counted(cr.count_log(rootfs)) > cr.counted(at_checkpoint) + 3,
-                "the restored loop to count on")
+    cr.wait_for(
+        lambda: cr.counted(cr.count_log(rootfs)) > cr.counted(at_checkpoint) + 3,
+        "the restored loop to count on",
+    )
     change_later(rootfs)
     node.ctr("task", "kill", "--signal", "SIGKILL", "inplace")  # exit 137: the image stays
     node.wait_for_status("inplace", "STOPPED")
@@ -123,8 +125,10 @@ def test_task_start_in_place_leaves_exactly_the_checkpointed_filesystem(
     assert restored_count(node, "inplace") == 2, cr.arch_log(node)
     after = cr.tree_listing(rootfs, exclude=cr.COUNT_LIVE_FILES)
     assert cr.listing_differences(before, after) == [], LATER_CHANGES
-    cr.wait_for(lambda: cr.counted(cr.count_log(rootfs)) > cr.counted(at_checkpoint) + 2,
-                "the loop restored again to count on")
+    cr.wait_for(
+        lambda: cr.counted(cr.count_log(rootfs)) > cr.counted(at_checkpoint) + 2,
+        "the loop restored again to count on",
+    )
     lines = cr.count_log(rootfs)
     assert lines[: len(at_checkpoint)] == at_checkpoint
     assert lines == ["start", *map(str, range(1, len(lines)))], "the count restarted or jumped"
@@ -152,11 +156,19 @@ def test_docker_start_in_place_leaves_exactly_the_checkpointed_filesystem(
     docker_daemon: DockerDaemon, test_image: BusyboxImage
 ) -> None:
     node = docker_daemon.node
-    docker_daemon.run_container("job", test_image.docker_name, ["sh", "-c", DOCKER_SCRIPT],
-                                detach=True, extra_args=["--env", "ARCH_ENABLE=1"])
+    docker_daemon.run_container(
+        "job",
+        test_image.docker_name,
+        ["sh", "-c", DOCKER_SCRIPT],
+        detach=True,
+        extra_args=["--env", "ARCH_ENABLE=1"],
+    )
     container_id = docker_daemon.container_id("job")
-    merged = Path(docker_daemon.docker(
-        "inspect", "--format", "{{.GraphDriver.Data.MergedDir}}", "job").stdout.strip())
+    merged = Path(
+        docker_daemon.docker(
+            "inspect", "--format", "{{.GraphDriver.Data.MergedDir}}", "job"
+        ).stdout.strip()
+    )
     cr.wait_for(lambda: cr.read_text(merged / "state").strip() != "", "the counter to start")
     node.ctr("task", "checkpoint", container_id, namespace=DOCKER_NAMESPACE, timeout=120)
     wait_docker_exited(docker_daemon, "job")
@@ -201,8 +213,9 @@ def big_file_image(test_image: BusyboxImage, tmp_path_factory: pytest.TempPathFa
         for directory in ("data", "state"):
             archive.addfile(tar_entry(directory, tarfile.DIRTYPE, 0o755))
         content = big_content()
-        archive.addfile(tar_entry(BIG_FILE, tarfile.REGTYPE, 0o644, len(content)),
-                        io.BytesIO(content))
+        archive.addfile(
+            tar_entry(BIG_FILE, tarfile.REGTYPE, 0o644, len(content)), io.BytesIO(content)
+        )
     oci_archive = tmp_path_factory.mktemp("big-image") / "bigfile-oci.tar"
     oci_archive.write_bytes(oci_layout_tar_bytes(buffer.getvalue(), BIG_IMAGE_NAME))
     return oci_archive
@@ -242,7 +255,9 @@ def test_rollback_larger_than_the_state_dir_restores_without_touching_it(
     restored = cr.rootfs_of(real_runc_binary, node, "big")
     assert restored_count(node, "big") == 1, cr.arch_log(node)
     assert (restored / BIG_FILE).read_bytes() == big_content() + b"appended by the job\n"
-    cr.wait_for(lambda: cr.counted(cr.count_log(restored)) > cr.counted(at_checkpoint) + 2,
-                "the restored loop to count on")
+    cr.wait_for(
+        lambda: cr.counted(cr.count_log(restored)) > cr.counted(at_checkpoint) + 2,
+        "the restored loop to count on",
+    )
     assert list(small_state_dir.rglob(".arch-rollback-*")) == []
     assert "rollback" not in " ".join(path.name for path in small_state_dir.rglob("*"))

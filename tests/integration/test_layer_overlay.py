@@ -39,8 +39,10 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def _mount(source: str, target: Path, fstype: str, options: str) -> None:
-    if LIBC.mount(source.encode(), os.fsencode(target), fstype.encode(), 0,
-                  os.fsencode(options)) != 0:
+    if (
+        LIBC.mount(source.encode(), os.fsencode(target), fstype.encode(), 0, os.fsencode(options))
+        != 0
+    ):
         code = ctypes.get_errno()
         raise OSError(code, f"mount {fstype} on {target} ({options}): {os.strerror(code)}")
 
@@ -66,8 +68,9 @@ class Mounts:
     def __init__(self) -> None:
         self.targets: list[Path] = []
 
-    def overlay(self, base: Path, lower: Path, *, options: str = "",
-                layer_fs: Path | None = None) -> Overlay:
+    def overlay(
+        self, base: Path, lower: Path, *, options: str = "", layer_fs: Path | None = None
+    ) -> Overlay:
         layer_root = layer_fs or base
         upper, work, merged = layer_root / "upper", layer_root / "work", base / "merged"
         for directory in (upper, work, merged):
@@ -105,10 +108,20 @@ def mounts() -> Iterator[Mounts]:
 
 # the scenario ---------------------------------------------------------------------------
 
+
 def build_lower(lower: Path, outside: Path) -> None:
     """An image-like lower layer; `outside` is a directory symlinks may point to."""
-    for directory in ("etc/conf.d/sub", "usr/bin", "usr/lib", "usr/share/doc", "var/cache/sub",
-                      "var/olddir", "data", "opt/untouched", "srv/tree/sub"):
+    for directory in (
+        "etc/conf.d/sub",
+        "usr/bin",
+        "usr/lib",
+        "usr/share/doc",
+        "var/cache/sub",
+        "var/olddir",
+        "data",
+        "opt/untouched",
+        "srv/tree/sub",
+    ):
         (lower / directory).mkdir(parents=True)
     (lower / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
     (lower / "etc/hosts").write_text("127.0.0.1 localhost\n")
@@ -238,12 +251,22 @@ def snapshot(root: Path) -> dict[bytes, tuple[Any, ...]]:
     def visit(path: bytes) -> None:
         node = os.lstat(path)
         mode = node.st_mode
-        xattrs = tuple(sorted((name, os.getxattr(path, name, follow_symlinks=False))
-                              for name in os.listxattr(path, follow_symlinks=False)))
-        fields: tuple[Any, ...] = (stat.S_IFMT(mode), stat.S_IMODE(mode), node.st_uid,
-                                   node.st_gid, node.st_mtime_ns, xattrs)
+        xattrs = tuple(
+            sorted(
+                (name, os.getxattr(path, name, follow_symlinks=False))
+                for name in os.listxattr(path, follow_symlinks=False)
+            )
+        )
+        fields: tuple[Any, ...] = (
+            stat.S_IFMT(mode),
+            stat.S_IMODE(mode),
+            node.st_uid,
+            node.st_gid,
+            node.st_mtime_ns,
+            xattrs,
+        )
         if stat.S_ISDIR(mode):
-            result[path[len(root_bytes):] or b"/"] = fields
+            result[path[len(root_bytes) :] or b"/"] = fields
             for name in sorted(os.listdir(path)):
                 visit(os.path.join(path, name))
             return
@@ -253,7 +276,7 @@ def snapshot(root: Path) -> dict[bytes, tuple[Any, ...]]:
         elif stat.S_ISREG(mode):
             with open(path, "rb") as content:
                 fields += (hashlib.sha256(content.read()).hexdigest(),)
-        result[path[len(root_bytes):]] = fields
+        result[path[len(root_bytes) :]] = fields
 
     visit(root_bytes)
     return result
@@ -298,8 +321,10 @@ def scenario(tmp_path: Path, mounts: Mounts) -> Scenario:
 
 # finding the layers ---------------------------------------------------------------------
 
-def test_find_overlay_layers_of_a_real_mount_with_awkward_paths(tmp_path: Path,
-                                                                mounts: Mounts) -> None:
+
+def test_find_overlay_layers_of_a_real_mount_with_awkward_paths(
+    tmp_path: Path, mounts: Mounts
+) -> None:
     lowers = [tmp_path / "low er,1:x", tmp_path / "lower2"]
     upper, work, merged = tmp_path / "up per:,y", tmp_path / "work", tmp_path / "mer ged"
     for directory in (*lowers, upper, work, merged):
@@ -308,8 +333,10 @@ def test_find_overlay_layers_of_a_real_mount_with_awkward_paths(tmp_path: Path,
     def escape(path: Path) -> str:
         return str(path).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
 
-    options = (f"lowerdir={escape(lowers[0])}:{escape(lowers[1])},upperdir={escape(upper)},"
-               f"workdir={escape(work)},userxattr")
+    options = (
+        f"lowerdir={escape(lowers[0])}:{escape(lowers[1])},upperdir={escape(upper)},"
+        f"workdir={escape(work)},userxattr"
+    )
     mounts.mount("overlay", merged, "overlay", options)
 
     found = find_overlay_layers(str(merged))
@@ -338,8 +365,10 @@ def test_find_overlay_layers_sees_only_the_topmost_mount(tmp_path: Path, mounts:
 
 # capture + apply ------------------------------------------------------------------------
 
-def test_capture_uses_oci_conventions_and_is_deterministic(scenario: Scenario,
-                                                           tmp_path: Path) -> None:
+
+def test_capture_uses_oci_conventions_and_is_deterministic(
+    scenario: Scenario, tmp_path: Path
+) -> None:
     with tarfile.open(scenario.tar) as archive:
         members = {member.name: member for member in archive}
     assert members["data/.wh.gone"].isreg() and members["data/.wh.gone"].size == 0
@@ -348,8 +377,11 @@ def test_capture_uses_oci_conventions_and_is_deterministic(scenario: Scenario,
     assert members["newdir/h2"].islnk() and members["newdir/h2"].linkname == "newdir/h1"
     assert members["newdir/null"].ischr() and members["newdir/null"].devmajor == 1
     assert members["zz-big/blob.bin"].size == BIG_FILE_SIZE
-    assert not any(key.startswith("SCHILY.xattr.trusted.overlay")
-                   for member in members.values() for key in member.pax_headers)
+    assert not any(
+        key.startswith("SCHILY.xattr.trusted.overlay")
+        for member in members.values()
+        for key in member.pax_headers
+    )
     names = list(members)
     assert names.index("var/cache/.wh..wh..opq") == names.index("var/cache") + 1
 
@@ -359,8 +391,9 @@ def test_capture_uses_oci_conventions_and_is_deterministic(scenario: Scenario,
     assert scenario.tar.stat().st_size == scenario.size
 
 
-def test_apply_reproduces_the_merged_view(scenario: Scenario, mounts: Mounts,
-                                          tmp_path: Path) -> None:
+def test_apply_reproduces_the_merged_view(
+    scenario: Scenario, mounts: Mounts, tmp_path: Path
+) -> None:
     target = scenario.fresh_target(mounts, tmp_path / "target")
     fds_before = open_fds()
 
@@ -374,8 +407,9 @@ def test_apply_reproduces_the_merged_view(scenario: Scenario, mounts: Mounts,
     assert snapshot(target.merged) == snapshot(scenario.source.merged)
 
 
-def test_rollback_after_success_restores_the_image_exactly(scenario: Scenario, mounts: Mounts,
-                                                           tmp_path: Path) -> None:
+def test_rollback_after_success_restores_the_image_exactly(
+    scenario: Scenario, mounts: Mounts, tmp_path: Path
+) -> None:
     target = scenario.fresh_target(mounts, tmp_path / "target")
     before = snapshot(target.merged)
     fds_before = open_fds()
@@ -390,8 +424,9 @@ def test_rollback_after_success_restores_the_image_exactly(scenario: Scenario, m
     assert open_fds() == fds_before
 
 
-def test_apply_onto_a_kept_upper_layer_gives_exactly_the_image(scenario: Scenario,
-                                                                mounts: Mounts) -> None:
+def test_apply_onto_a_kept_upper_layer_gives_exactly_the_image(
+    scenario: Scenario, mounts: Mounts
+) -> None:
     at_checkpoint = snapshot(scenario.source.merged)
     target = scenario.kept_target(mounts)
     assert snapshot(target.merged) != at_checkpoint
@@ -404,8 +439,9 @@ def test_apply_onto_a_kept_upper_layer_gives_exactly_the_image(scenario: Scenari
     assert (scenario.outside / "sentinel").read_text() == "must survive\n"
 
 
-def test_rollback_onto_a_kept_upper_layer_gives_back_the_later_state(scenario: Scenario,
-                                                                     mounts: Mounts) -> None:
+def test_rollback_onto_a_kept_upper_layer_gives_back_the_later_state(
+    scenario: Scenario, mounts: Mounts
+) -> None:
     target = scenario.kept_target(mounts)
     later = snapshot(target.merged)
     fds_before = open_fds()
@@ -419,8 +455,9 @@ def test_rollback_onto_a_kept_upper_layer_gives_back_the_later_state(scenario: S
     assert open_fds() == fds_before
 
 
-def test_rollback_without_room_is_refused_before_anything_changes(tmp_path: Path,
-                                                                   mounts: Mounts) -> None:
+def test_rollback_without_room_is_refused_before_anything_changes(
+    tmp_path: Path, mounts: Mounts
+) -> None:
     lower = tmp_path / "lower"
     lower.mkdir()
     (lower / "big.bin").write_bytes(_pattern(12 << 20))
@@ -443,8 +480,9 @@ def test_rollback_without_room_is_refused_before_anything_changes(tmp_path: Path
     assert rollback_leftovers(target) == []
 
 
-def test_failure_half_way_out_of_space_rolls_back(scenario: Scenario, mounts: Mounts,
-                                                  tmp_path: Path) -> None:
+def test_failure_half_way_out_of_space_rolls_back(
+    scenario: Scenario, mounts: Mounts, tmp_path: Path
+) -> None:
     small_fs = tmp_path / "small"
     small_fs.mkdir()
     mounts.mount("tmpfs", small_fs, "tmpfs", "size=4m")
@@ -460,9 +498,9 @@ def test_failure_half_way_out_of_space_rolls_back(scenario: Scenario, mounts: Mo
     assert open_fds() == fds_before
 
 
-def test_io_error_at_a_late_member_rolls_back(scenario: Scenario, mounts: Mounts,
-                                              tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_io_error_at_a_late_member_rolls_back(
+    scenario: Scenario, mounts: Mounts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = scenario.fresh_target(mounts, tmp_path / "target")
     before = snapshot(target.merged)
     calls = []
@@ -483,6 +521,7 @@ def test_io_error_at_a_late_member_rolls_back(scenario: Scenario, mounts: Mounts
 
 
 # hostile archives -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -517,16 +556,22 @@ HOSTILE_ARCHIVES = {
     "dot-dot inside": [Entry("etc/../../evil", data=b"x")],
     "NUL in name": [Entry("x", pax=(("path", "etc/a\x00b"),))],
     "symlink then write through it": [
-        Entry("a", tarfile.SYMTYPE, linkname="/etc"), Entry("a/passwd", data=b"x")],
+        Entry("a", tarfile.SYMTYPE, linkname="/etc"),
+        Entry("a/passwd", data=b"x"),
+    ],
     "relative symlink then write through it": [
-        Entry("etc/up", tarfile.SYMTYPE, linkname="../.."), Entry("etc/up/evil", data=b"x")],
+        Entry("etc/up", tarfile.SYMTYPE, linkname="../.."),
+        Entry("etc/up/evil", data=b"x"),
+    ],
     "write through a symlink of the image": [FIRST, Entry("imglink/evil", data=b"x")],
     "directory through a symlink of the image": [FIRST, Entry("imglink/d", tarfile.DIRTYPE)],
     "hard link to an absolute path": [Entry("shadow", tarfile.LNKTYPE, linkname="/etc/shadow")],
     "hard link outside": [Entry("x", tarfile.LNKTYPE, linkname="../x")],
     "hard link to an image file": [Entry("p", tarfile.LNKTYPE, linkname="etc/passwd")],
     "hard link to a later member": [
-        Entry("p", tarfile.LNKTYPE, linkname="q"), Entry("q", data=b"q")],
+        Entry("p", tarfile.LNKTYPE, linkname="q"),
+        Entry("q", data=b"q"),
+    ],
     "whiteout of dot-dot": [Entry("etc/.wh..."), Entry("etc/x", data=b"x")],
     "whiteout of dot": [Entry(".wh..")],
     "empty whiteout": [Entry("etc/.wh.")],
@@ -536,14 +581,18 @@ HOSTILE_ARCHIVES = {
     "overlay whiteout device": [Entry("etc/hosts", tarfile.CHRTYPE)],
     "unsupported type": [Entry("volume", b"V")],
     "overlay-private xattr": [
-        Entry("etc", tarfile.DIRTYPE, pax=(("SCHILY.xattr.trusted.overlay.opaque", "y"),))],
+        Entry("etc", tarfile.DIRTYPE, pax=(("SCHILY.xattr.trusted.overlay.opaque", "y"),))
+    ],
     "duplicate member": [Entry("dup", data=b"1"), Entry("dup", data=b"2")],
     "member below a file of the archive": [Entry("f", data=b"f"), Entry("f/g", data=b"g")],
     "whiteout with data (a real file of an image older than escaping)": [
-        FIRST, Entry("etc/.wh.hosts", data=b"a real file named .wh.hosts\n")],
+        FIRST,
+        Entry("etc/.wh.hosts", data=b"a real file named .wh.hosts\n"),
+    ],
     "escaped name that is not canonical": [Entry(".arch.plain", pax=(ESCAPED,))],
     "unescaped whiteout-like directory in an escaped member": [
-        Entry(".wh.dir/x", data=b"x", pax=(ESCAPED,))],
+        Entry(".wh.dir/x", data=b"x", pax=(ESCAPED,))
+    ],
     "escape record with another value": [Entry(".arch..wh.x", pax=(("ARCH.escaped", "2"),))],
 }
 
@@ -561,7 +610,8 @@ def image_target(tmp_path: Path, mounts: Mounts) -> tuple[Overlay, Path]:
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_ARCHIVES))
 def test_hostile_archive_is_refused_and_changes_nothing(
-        case: str, image_target: tuple[Overlay, Path], tmp_path: Path) -> None:
+    case: str, image_target: tuple[Overlay, Path], tmp_path: Path
+) -> None:
     target, outside = image_target
     sha256, size = write_archive(tmp_path / "hostile.tar", HOSTILE_ARCHIVES[case])
     before, outside_before = snapshot(target.merged), snapshot(outside)
@@ -577,7 +627,8 @@ def test_hostile_archive_is_refused_and_changes_nothing(
 
 
 def test_whiteout_below_an_image_symlink_deletes_nothing(
-        image_target: tuple[Overlay, Path], tmp_path: Path) -> None:
+    image_target: tuple[Overlay, Path], tmp_path: Path
+) -> None:
     target, outside = image_target
     sha256, size = write_archive(tmp_path / "layer.tar", [Entry("imglink/.wh.sentinel")])
 
@@ -586,10 +637,13 @@ def test_whiteout_below_an_image_symlink_deletes_nothing(
     assert (outside / "sentinel").read_text() == "must survive\n"
 
 
-@pytest.mark.parametrize("damage", ["checksum", "size", "truncated", "trailing garbage",
-                                    "oversized header", "too many members"])
+@pytest.mark.parametrize(
+    "damage",
+    ["checksum", "size", "truncated", "trailing garbage", "oversized header", "too many members"],
+)
 def test_damaged_archive_is_refused_and_changes_nothing(
-        damage: str, image_target: tuple[Overlay, Path], tmp_path: Path) -> None:
+    damage: str, image_target: tuple[Overlay, Path], tmp_path: Path
+) -> None:
     target, _outside = image_target
     tar = tmp_path / "layer.tar"
     entries = [Entry("a", data=b"a" * 5000), Entry("b", data=b"b" * 5000)]
@@ -620,6 +674,7 @@ def test_damaged_archive_is_refused_and_changes_nothing(
 
 
 # overlay features the capture must handle or refuse -------------------------------------
+
 
 def test_userxattr_mount_opaque_directory_is_captured(tmp_path: Path, mounts: Mounts) -> None:
     lower = tmp_path / "lower"
@@ -684,15 +739,17 @@ def test_whiteout_like_names_round_trip_as_files(tmp_path: Path, mounts: Mounts)
     with tarfile.open(tar) as archive:
         visible = [member.name for member in archive]
     # What tools without ARCH's record see: deletions only where the container deleted.
-    assert [name for name in visible if "/.wh." in f"/{name}"] == [
-        "data/.wh..arch..wh.from-image"]
+    assert [name for name in visible if "/.wh." in f"/{name}"] == ["data/.wh..arch..wh.from-image"]
 
 
-def test_archive_without_escape_records_reads_as_before(image_target: tuple[Overlay, Path],
-                                                        tmp_path: Path) -> None:
+def test_archive_without_escape_records_reads_as_before(
+    image_target: tuple[Overlay, Path], tmp_path: Path
+) -> None:
     target, _outside = image_target
-    sha256, size = write_archive(tmp_path / "layer.tar", [
-        Entry(".arch..wh.x", data=b"an old image's file\n"), Entry("etc/.wh.hosts")])
+    sha256, size = write_archive(
+        tmp_path / "layer.tar",
+        [Entry(".arch..wh.x", data=b"an old image's file\n"), Entry("etc/.wh.hosts")],
+    )
 
     apply_layer(str(tmp_path / "layer.tar"), str(target.merged), sha256, size).commit()
 
@@ -700,8 +757,9 @@ def test_archive_without_escape_records_reads_as_before(image_target: tuple[Over
     assert not (target.merged / "etc/hosts").exists()
 
 
-def test_backups_left_by_an_interrupted_restore_are_removed(scenario: Scenario, mounts: Mounts,
-                                                            tmp_path: Path) -> None:
+def test_backups_left_by_an_interrupted_restore_are_removed(
+    scenario: Scenario, mounts: Mounts, tmp_path: Path
+) -> None:
     target = scenario.fresh_target(mounts, tmp_path / "target")
     stale = target.upper.parent / ".arch-rollback-upper-x1y2z3"
     (stale / "files").mkdir(parents=True)

@@ -46,9 +46,7 @@ class Member:
         return cr.count_log(self.rootfs)
 
 
-def start_at_once(
-    placements: list[tuple[ContainerdNode, str]], real_runc: Path
-) -> list[Member]:
+def start_at_once(placements: list[tuple[ContainerdNode, str]], real_runc: Path) -> list[Member]:
     """Create the containers from parallel threads released together."""
     barrier = threading.Barrier(len(placements))
     errors: list[BaseException] = []
@@ -112,9 +110,7 @@ def test_replicas_never_share_an_image_and_each_restores_its_own(
         for member in restored:
             before = saved[member.token]
             at_checkpoint = len(before)
-            cr.wait_for(
-                lambda m=member, n=at_checkpoint: len(m.count_log()) > n + 2, "counting on"
-            )
+            cr.wait_for(lambda m=member, n=at_checkpoint: len(m.count_log()) > n + 2, "counting on")
             assert member.count_log()[: len(before)] == before, "the count did not go on"
         assert fresh[0].token not in saved and fresh[0].count_log()[0] == "start"
         assert "no unclaimed image in pool" in cr.arch_log(fresh[0].node)

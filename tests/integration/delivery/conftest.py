@@ -1,41 +1,19 @@
-"""Fixtures of the delivery tests: the arch wheel built from this checkout, archctl as a
-command, the host's role lock, and private sshd instances on 127.0.0.1."""
+"""Fixtures of the delivery tests: the arch wheel built from this checkout, the host's role
+lock, and private sshd instances on 127.0.0.1 (helpers: harness/delivery.py)."""
 
 from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness.delivery import ROLE_LOCK
 from harness.sshd import SshServer, make_key
 
 from arch.delivery.wheel import build_wheel
 from tests.conftest import require_executables
-
-ROLE_LOCK = "/tmp/arch-role.lock"
-# The role and the userdata take minutes on a host where CRIU must be checked and services
-# restarted; a hung run must still end the test.
-ROLE_TIMEOUT = 1800
-
-
-def archctl(
-    *args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """archctl of the package under test, as a command (exit status, stdout, stderr)."""
-    return subprocess.run(
-        [sys.executable, "-m", "arch.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        cwd=cwd,
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ROLE_TIMEOUT, archctl
+from harness.delivery import ROLE_TIMEOUT, archctl
 
 from tests.conftest import require_executables
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROLE_TIMEOUT, archctl
+from harness.delivery import ROLE_TIMEOUT, archctl
 from harness.sshd import SshServer, free_port, make_key
 
 pytestmark = pytest.mark.root  # sshd's privilege separation, and the hosts act as root

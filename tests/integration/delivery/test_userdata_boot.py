@@ -12,8 +12,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROLE_TIMEOUT, archctl
 from harness import procs
+from harness.delivery import ROLE_TIMEOUT, archctl
 
 from arch.delivery.userdata import LOG_FILE
 
