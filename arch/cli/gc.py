@@ -82,7 +82,8 @@ def as_dict(outcomes: list[gc.Outcome], kept: list[gc.Kept], dry_run: bool) -> d
     return {
         "dry_run": dry_run,
         "actions": [
-            {**outcome.action._asdict(), "done": outcome.done, "error": outcome.error}
+            {**outcome.action._asdict(), "done": outcome.done, "error": outcome.error,
+             "skipped": outcome.skipped}
             for outcome in outcomes
         ],
         "kept": [item._asdict() for item in kept],
@@ -92,7 +93,7 @@ def as_dict(outcomes: list[gc.Outcome], kept: list[gc.Kept], dry_run: bool) -> d
 def print_table(outcomes: list[gc.Outcome], kept: list[gc.Kept], dry_run: bool) -> None:
     rows = [
         (_result(outcome, dry_run), outcome.action.action, outcome.action.rule,
-         outcome.action.path, outcome.error or outcome.action.detail)
+         outcome.action.path, outcome.error or outcome.skipped or outcome.action.detail)
         for outcome in outcomes
     ]  # fmt: skip
     if rows:
@@ -108,4 +109,6 @@ def _result(outcome: gc.Outcome, dry_run: bool) -> str:
         return "dry-run"
     if outcome.error is not None and not outcome.done:
         return "failed"
+    if outcome.skipped is not None:
+        return "skipped"
     return "done"

@@ -13,8 +13,9 @@ Rules, each reported with the image it applies to:
   store's stale sweep removes those untouched for an hour and not locked by their writer.
 
 Never touched: an image a container on this host still uses (its ARCH state names it and it has
-not exited 0), pool images claimed by any host (a container runs from it or is restoring it),
-and staging directories in use. Pool entries are claimed (renamed) before removal, so a
+not exited 0), an image a restore is reading here or on another host (arch.checkpoint.readers),
+pool images claimed by any host (a container runs from it or is restoring it), and staging
+directories in use. Pool entries are claimed (renamed) before removal, so a
 replica on another host cannot claim one while it is being removed.
 """
 
@@ -30,7 +31,14 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from arch.checkpoint import pool
 from arch.checkpoint.metadata import ImageMetadata, InvalidImage
-from arch.checkpoint.store import LEFTOVER_PREFIXES, STALE_AFTER_SECONDS, cleanup_stale, remove
+from arch.checkpoint.readers import readers_of, stale_markers
+from arch.checkpoint.store import (
+    LEFTOVER_PREFIXES,
+    REMOVING_PREFIX,
+    STALE_AFTER_SECONDS,
+    cleanup_stale,
+    remove,
+)
 from arch.checkpoint.validation import read_metadata, validate
 from arch.container.identity import ImageLocation
 from arch.container.state import EXIT_STATUS, ContainerState, StateError, list_containers
@@ -52,6 +60,10 @@ DOCKER_TIMEOUT = 30.0
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+class GcSkipped(Exception):
+    """The action was not taken for a reason found at the last moment (not a failure)."""
+
+
 class Action(NamedTuple):
     path: str
     rule: str
@@ -63,6 +75,7 @@ class Outcome(NamedTuple):
     action: Action
     done: bool
     error: str | None = None
+    skipped: str | None = None  # why it was left alone after all
 
 
 class Kept(NamedTuple):
@@ -131,10 +144,13 @@ def execute(actions: Iterable[Action]) -> list[Outcome]:
     for action in actions:
         try:
             done = _apply(action)
+        except GcSkipped as skipped:
+            outcomes.append(Outcome(action, False, None, str(skipped)))
+            continue
         except (OSError, pool.PoolError) as error:
             outcomes.append(Outcome(action, False, str(error)))
             continue
-        outcomes.append(Outcome(action, done, None if done else "gone or taken meanwhile"))
+        outcomes.append(Outcome(action, done, None, None if done else "gone or taken meanwhile"))
     return outcomes
 
 
@@ -152,12 +168,19 @@ def sweep_leftovers(directories: Iterable[str], dry_run: bool, now: float) -> li
             continue
         try:
             swept = cleanup_stale(directory, now=now)
+            markers = stale_markers(directory, now)
+            for marker in markers:
+                os.unlink(marker)
         except OSError as error:
             outcomes.append(Outcome(Action(directory, LEFTOVER, REMOVE, ""), False, str(error)))
             continue
         outcomes += [
             Outcome(Action(os.path.join(directory, item.name), LEFTOVER, REMOVE, "stale"), True)
             for item in swept
+        ]
+        outcomes += [
+            Outcome(Action(marker, LEFTOVER, REMOVE, "reader marker of a finished restore"), True)
+            for marker in markers
         ]
     return outcomes
 
@@ -246,6 +269,10 @@ def _plan_image(
     if running:
         kept.append(Kept(path, f"in use by {', '.join(use.name for use in running)}"))
         return
+    restoring = readers_of(path, now)
+    if restoring:
+        kept.append(Kept(path, f"being restored on {', '.join(r.host for r in restoring)}"))
+        return
     if finished:
         actions.append(Action(path, FINISHED, REMOVE, f"{finished[0].name} exited 0"))
         return
@@ -299,14 +326,26 @@ def _plan_pool(
 
 
 def _apply(action: Action) -> bool:
-    pool_dir, name = os.path.split(action.path)
+    parent, name = os.path.split(action.path)
     if action.action == RELEASE:
         return pool.release(action.path) is not None
     if pool.is_entry(name):
         # Claimed first: a replica elsewhere cannot take it while it is being removed.
-        claim = pool.claim_entry(pool_dir, name)
+        claim = pool.claim_entry(parent, name)
         return claim is not None and remove(claim.path)
-    return remove(action.path)
+    # Moved aside first, then checked for readers: a restore that starts meanwhile finds no
+    # image instead of one being deleted; one that started before puts it back.
+    aside = os.path.join(parent, f"{REMOVING_PREFIX}{name}-{os.urandom(6).hex()}")
+    try:
+        os.rename(action.path, aside)
+    except FileNotFoundError:
+        return False
+    restoring = readers_of(action.path)
+    if restoring:
+        os.rename(aside, action.path)
+        hosts = ", ".join(reader.host for reader in restoring)
+        raise GcSkipped(f"being restored on {hosts}: left in place")
+    return remove(aside)
 
 
 def _finished_after(use: ContainerUse, created: float | None) -> bool:

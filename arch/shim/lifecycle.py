@@ -256,8 +256,15 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> str:
     """Restore the container from its image if there is a usable one; else create fresh.
 
     Returns RESTORED, or why not: NO_IMAGE, INVALID (the image is unusable anywhere) or REFUSED
-    (this host cannot restore it).
+    (this host cannot restore it). A reader marker keeps `archctl gc` off the image meanwhile.
     """
+    from arch.checkpoint.readers import reading
+
+    with reading(location.image_dir):
+        return _restore_from(call, bundle, location)
+
+
+def _restore_from(call: Call, bundle: Bundle, location: ImageLocation) -> str:
     from arch.checkpoint.handler import RestoreJob, RestoreRefused
     from arch.checkpoint.metadata import ImageMissing, InvalidImage
     from arch.checkpoint.store import recover

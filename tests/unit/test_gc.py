@@ -187,3 +187,51 @@ def test_inspect_resolves_targets_and_lists_pools(config: HostConfig, tmp_path: 
         (claimed.name, "claimed by h2"), (entry.name, "unclaimed"),
     ]  # fmt: skip
     assert all("metadata.json is missing" in str(e["problem"]) for e in document["pool"])
+
+
+def test_images_being_restored_are_left_alone(config: HostConfig, tmp_path: Path) -> None:
+    from arch.checkpoint import readers
+
+    now = time.time()  # gc's removal judges markers and ages by the real clock
+
+    def ago(path: Path, seconds: float) -> Path:
+        os.utime(path, (now - seconds, now - seconds))
+        return path
+
+    namespace = tmp_path / "root" / "default"
+    image = namespace / "job"
+    image.mkdir(parents=True)
+    ago(image, 86400 * 30)
+    with readers.reading(str(image)):
+        (marker,) = [p for p in namespace.iterdir() if p.name.startswith(".reading~job~")]
+        plan = gc.plan([config.checkpoint_root], config, older_than=60)
+        assert plan.actions == []
+        assert plan.kept[0].reason == f"being restored on {pool.host_label()}"
+    assert not marker.exists()
+
+    def marker_of(host: str, pid: int, seconds_ago: float) -> Path:
+        path = namespace / f".reading~job~{host}~{pid}~0123456789ab"
+        path.touch()
+        return ago(path, seconds_ago)
+
+    elsewhere = marker_of("other-host", 1, 60)
+    assert [r.host for r in readers.readers_of(str(image), now)] == ["other-host"]
+    ago(elsewhere, readers.READ_TTL_SECONDS + 1)
+    dead_here = marker_of(pool.host_label(), 2**22 + 7, 60)  # above pid_max: no such process
+    assert readers.readers_of(str(image), now) == []
+    assert sorted(readers.stale_markers(str(namespace), now)) == sorted(
+        [str(elsewhere), str(dead_here)]
+    )
+
+    # A restore that starts between plan and removal wins: the image is put back.
+    plan = gc.plan([config.checkpoint_root], config, older_than=60, now=now)
+    assert [a.rule for a in plan.actions] == ["older-than"]
+    with readers.reading(str(image)):
+        (outcome,) = gc.execute(plan.actions)
+    assert (outcome.done, outcome.error) == (False, None)
+    assert str(outcome.skipped).startswith("being restored on")
+    assert image.is_dir()
+    assert [o.done for o in gc.execute(plan.actions)] == [True]
+    assert not image.exists()
+    swept = gc.sweep_leftovers([str(namespace)], dry_run=False, now=now)
+    assert sorted(o.action.path for o in swept) == sorted([str(elsewhere), str(dead_here)])
