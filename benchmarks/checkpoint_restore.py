@@ -61,8 +61,10 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOAD_SOURCE = os.path.join(HERE, "workloads", "memhog.c")
 NAMESPACE = "bench"  # the last component of --root: ARCH's namespace for the image path
-ARCH_ID = "arch-bench-cr-arch"
-BASELINE_ID = "arch-bench-cr-plain"
+# Per run: runc names the container's cgroups after its id, and two runs on one host (another
+# user's benchmark) must not share them.
+ARCH_ID = f"arch-bench-cr-arch-{os.getpid()}"
+BASELINE_ID = f"arch-bench-cr-plain-{os.getpid()}"
 MIB = 1 << 20
 LARGE_FILES = 4  # three quarters of the changes in a few large files ...
 SMALL_FILE_SIZE = 64 * 1024  # ... one quarter in many small ones, 64 per directory
