@@ -23,7 +23,12 @@ from arch.checkpoint.filesystem import (
     read_members,
 )
 from arch.checkpoint.layer_apply import Kind
-from arch.checkpoint.layer_common import format_pax_time, parse_pax_time
+from arch.checkpoint.layer_common import (
+    escape_component,
+    format_pax_time,
+    parse_pax_time,
+    unescape_component,
+)
 
 MTIME_NS = 1_700_000_000_987_654_321
 
@@ -231,3 +236,40 @@ def test_digest_mismatch_is_refused_before_anything_is_created(tree: Path, tmp_p
         apply_layer(str(tar), str(target), "0" * 64, digest.size)
     assert os.listdir(target) == []
     assert list(tmp_path.glob(".arch-rollback-*")) == []
+
+
+@given(st.text(alphabet=st.sampled_from([".", "w", "h", "a", "r", "c", "x"]), min_size=1,
+               max_size=12))
+def test_escaped_components_round_trip_and_never_look_like_whiteouts(component: str) -> None:
+    escaped = escape_component(component)
+    assert not escaped.startswith(".wh.")
+    if escaped != component:
+        assert unescape_component(escaped) == component
+
+
+def test_read_members_unescapes_only_members_with_the_record(tmp_path: Path) -> None:
+    escaped = {"ARCH.escaped": "1"}
+
+    def marked(name: str, member_type: bytes = tarfile.REGTYPE, linkname: str = ""
+               ) -> tarfile.TarInfo:
+        info = member(name, member_type, linkname)
+        info.pax_headers = dict(escaped)
+        return info
+
+    fd = archive_file(tmp_path / "a.tar", [
+        (marked(".arch..wh.d", tarfile.DIRTYPE), b""),
+        (marked(".arch..wh.d/.arch..wh..wh..opq"), b"not a marker"),
+        (marked(".arch..wh.d/.wh..arch..wh.gone"), b""),
+        (marked(".arch..wh.d/plain-link", tarfile.LNKTYPE, ".arch..wh.d/.arch..wh..wh..opq"),
+         b""),
+        (member(".arch..wh.old-image-file"), b"kept literally"),
+        (member("x/.wh.y"), b"")])
+    try:
+        members = read_members(fd)
+    finally:
+        os.close(fd)
+    assert [(m.kind, m.parts) for m in members] == [
+        (Kind.DIRECTORY, (".wh.d",)), (Kind.FILE, (".wh.d", ".wh..wh..opq")),
+        (Kind.WHITEOUT, (".wh.d", ".wh.gone")), (Kind.HARDLINK, (".wh.d", "plain-link")),
+        (Kind.FILE, (".arch..wh.old-image-file",)), (Kind.WHITEOUT, ("x", "y"))]
+    assert members[3].link_parts == (".wh.d", ".wh..wh..opq")
