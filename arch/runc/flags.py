@@ -5,6 +5,8 @@ were taken from `runc <sub> --help` of runc 1.1.5 (Debian 12), plus:
   - flags that urfave/cli hides from --help (``hidden_since``), still accepted;
   - flags added by later runc releases (``since="1.2"`` etc.), read from the
     runc 1.2/1.3 sources.
+tests/unit/test_parser.py compares every table with the --help of a real runc 1.1.5 and 1.3.6
+(the newer-stack lane's, see tests/newer-stack/install.sh).
 A flag that a given runc does not know only makes runc fail with a usage error;
 knowing it here never changes how a command that runc accepts is understood.
 
@@ -120,6 +122,8 @@ _CHECKPOINT = CommandSpec(
         FlagSpec("parent-path", _V),
         FlagSpec("leave-running", _B),
         FlagSpec("tcp-established", _B),
+        FlagSpec("tcp-skip-in-flight", _B, since="1.3"),
+        FlagSpec("link-remap", _B, since="1.3"),
         FlagSpec("ext-unix-sk", _B),
         FlagSpec("shell-job", _B),
         FlagSpec("lazy-pages", _B),
@@ -180,7 +184,8 @@ _EXEC = CommandSpec(
     reorders_args=False,  # `runc exec ID cmd -args` keeps the command's own flags
 )
 
-_KILL = CommandSpec("kill", (FlagSpec("all", _B, ("a",)),))  # --all: deprecated in 1.2
+# --all: deprecated (and hidden from --help) since 1.2; still accepted.
+_KILL = CommandSpec("kill", (FlagSpec("all", _B, ("a",), hidden_since="1.2"),))
 
 _LIST = CommandSpec(
     "list",
