@@ -16,20 +16,17 @@ from typing import NoReturn
 
 import pytest
 
+from tests.stack import current
+
 DEFAULT_ARCH_RUNC = "/usr/local/bin/arch-runc"
 ARCH_RUNC_ENV = "ARCH_RUNC"
 STRICT_ENV = "ARCH_TESTS_STRICT"
 
-# What each marker needs installed. /usr/bin/docker, not /usr/local/bin/docker (an unrelated
-# newer client on the development machines).
+STACK = current()
+# What each marker needs installed (the binaries of the stack under test, see tests/stack.py).
 MARKER_EXECUTABLES = {
-    "containerd": (
-        "/usr/bin/containerd",
-        "/usr/bin/ctr",
-        "/usr/bin/containerd-shim-runc-v2",
-        "runc",
-    ),
-    "docker": ("/usr/sbin/dockerd", "/usr/bin/docker", "/usr/bin/containerd", "runc"),
+    "containerd": (STACK.containerd, STACK.ctr, STACK.shim, STACK.runc or "runc"),
+    "docker": (STACK.dockerd, STACK.docker, STACK.containerd, STACK.runc or "runc"),
 }
 
 
@@ -91,7 +88,7 @@ def arch_runc_binary() -> Path:
 @pytest.fixture(scope="session")
 def real_runc_binary() -> Path:
     """The real runc that arch-runc fronts (and that outputs are compared against)."""
-    found = find_executable("runc")
+    found = find_executable(STACK.runc or "runc")
     if found is None:
         unavailable("runc is not installed")
     if os.path.basename(os.path.realpath(found)) == "arch-runc":

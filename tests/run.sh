@@ -4,20 +4,42 @@
 # Unit tests run anywhere. Appliance, integration and kernel tests need root and a host where
 # ansible/install.sh ran (they check and drive the installed appliance).
 #
-# The suite runs in a test virtualenv (default /opt/arch/test-venv) built with the host's
-# python3. When a Python 3.9 interpreter is available (the oldest supported; Amazon Linux 2023's
-# system python), the unit tests run under it too.
+# Without pytest args, as root, this runs (what CI runs after `sudo bash ansible/install.sh`):
+#   1. the unit tests under Python 3.9 (Amazon Linux 2023's system python, the oldest supported);
+#      a missing 3.9 is an error, not a silent skip (ARCH_TEST_PYTHON_OLDEST=none opts out);
+#   2. the whole suite under the host's python3, against the host's container stack;
+#   3. the newer-stack lane (Debian hosts): containerd 2.x, Docker 28 and runc 1.3, installed
+#      by tests/newer-stack/install.sh into /opt/arch/newstack (Debian's packages untouched),
+#      then the integration tests that drive a container stack, run again against it
+#      (tests/stack.py; ARCH_TEST_NEWER_STACK=0 opts out).
+# With pytest args only step 2 runs, with those args.
+#
+# Test-only packages are installed here (a static busybox for the test images, the newer
+# stack); the appliance itself (containerd, Docker, runc, CRIU) comes from ansible/install.sh.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 test_venv=${ARCH_TEST_VENV:-/opt/arch/test-venv}
 host_python=${ARCH_TEST_PYTHON:-/usr/bin/python3}
 oldest_python=${ARCH_TEST_PYTHON_OLDEST:-$(ls -d "$HOME"/.pyenv/versions/3.9.*/bin/python 2>/dev/null | tail -n 1 || true)}
+newer_stack_dir=${ARCH_NEWER_STACK_DIR:-/opt/arch/newstack}
+# The tests that drive a container stack, and the runc flag tables against its runc.
+newer_stack_tests=(
+    tests/unit/test_parser.py
+    tests/integration/test_passthrough_containerd.py
+    tests/integration/test_passthrough_docker.py
+    tests/integration/test_checkpoint_restore.py
+    tests/integration/test_checkpoint_docker.py
+    tests/integration/test_exit_status.py
+    tests/integration/test_stack_wiring.py
+)
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
 
 # Test-only OS packages: a static busybox for the test containers' images; for the delivery
 # tests (tests/integration/delivery) packer, shellcheck and OpenSSH's server and client.
 install_test_packages() {
-    [ "$(id -u)" -eq 0 ] || return 0
+    is_root || return 0
     if ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
         if command -v apt-get >/dev/null; then
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static file >/dev/null
@@ -51,17 +73,53 @@ make_venv() {  # make_venv PYTHON DIR EXTRAS
     "$2/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo[$3]"
 }
 
-cd "$repo"
-install_test_packages
-# As root on an installed appliance nothing should skip: a skip is reported as a failure.
-if [ "$(id -u)" -eq 0 ]; then
-    export ARCH_TESTS_STRICT=${ARCH_TESTS_STRICT:-1}
-fi
-if [ -n "$oldest_python" ] && [ -x "$oldest_python" ]; then
-    echo "== unit tests under $("$oldest_python" --version)"
+run_unit_tests_oldest_python() {
+    if [ "$oldest_python" = none ]; then
+        echo "== unit tests under Python 3.9: not run (ARCH_TEST_PYTHON_OLDEST=none)"
+        return 0
+    fi
+    if [ -z "$oldest_python" ] || [ ! -x "$oldest_python" ]; then
+        echo "error: no Python 3.9 found (looked for $HOME/.pyenv/versions/3.9.*/bin/python):" \
+            "set ARCH_TEST_PYTHON_OLDEST=/path/to/python3.9 (or =none to opt out)" >&2
+        return 1
+    fi
+    echo "== unit tests under $("$oldest_python" --version 2>&1)"
     make_venv "$oldest_python" "$test_venv-py39" test
     "$test_venv-py39/bin/python" -m pytest -q -p no:cacheprovider tests/unit
-fi
+}
+
+run_newer_stack_lane() {
+    if [ "${ARCH_TEST_NEWER_STACK:-1}" = 0 ]; then
+        echo "== newer-stack lane: not run (ARCH_TEST_NEWER_STACK=0)"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null; then
+        echo "== newer-stack lane: not run (it installs Debian sid's packages; this host has no apt)"
+        return 0
+    fi
+    bash "$repo/tests/newer-stack/install.sh" "$newer_stack_dir"
+    echo "== newer-stack lane: $("$newer_stack_dir/bin/containerd" --version | cut -d' ' -f3)," \
+        "Docker $("$newer_stack_dir/bin/dockerd" --version | cut -d' ' -f3 | tr -d ,)," \
+        "$("$newer_stack_dir/bin/runc" --version | head -n 1)"
+    ARCH_TEST_STACK=$newer_stack_dir "$test_venv/bin/python" -m pytest -p no:cacheprovider \
+        "${newer_stack_tests[@]}"
+}
+
+cd "$repo"
+install_test_packages
 echo "== full suite under $("$host_python" --version)"
 make_venv "$host_python" "$test_venv" test,lint
-exec "$test_venv/bin/python" -m pytest "$@"
+# As root on an installed appliance nothing should skip: a skip is reported as a failure.
+if is_root; then
+    export ARCH_TESTS_STRICT=${ARCH_TESTS_STRICT:-1}
+fi
+if [ "$#" -gt 0 ]; then
+    exec "$test_venv/bin/python" -m pytest "$@"
+fi
+status=0
+run_unit_tests_oldest_python || status=1
+"$test_venv/bin/python" -m pytest || status=1
+if is_root; then
+    run_newer_stack_lane || status=1
+fi
+exit "$status"

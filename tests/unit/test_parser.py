@@ -13,8 +13,11 @@ from hypothesis import strategies as st
 
 from arch.runc.flags import COMMAND_LOOKUP, COMMANDS, GLOBAL_FLAGS, CommandSpec, FlagSpec
 from arch.runc.parser import Option, ParseError, RuncCommand, parse
+from tests.conftest import find_executable
+from tests.stack import current
 
-RUNC = "/usr/sbin/runc"
+# The runc of the stack under test (ARCH_TEST_STACK, see tests/stack.py), else the host's.
+RUNC = current().runc or find_executable("runc") or "/usr/sbin/runc"
 NEEDS_RUNC = pytest.mark.skipif(
     not os.access(RUNC, os.X_OK), reason=f"{RUNC} is not installed on this machine"
 )

@@ -29,7 +29,7 @@ from workloads.build import build_memhold
 from arch.appliance.oci_image import tar_entry
 
 from . import procs
-from .containerd import ContainerdNode
+from .containerd import STACK, ContainerdNode
 from .images import BusyboxImage, oci_layout_tar_bytes
 
 WORKLOAD_IMAGE_NAME = "docker.io/arch-test/workload:latest"
@@ -449,6 +449,8 @@ class ExitWatcher:
 def start_exit_watcher(node: ContainerdNode, output_file: Path) -> ExitWatcher:
     environment = {**os.environ, **node.arch.environment}
     environment.pop("CONTAINERD_ADDRESS", None)
+    # The watcher follows the `ctr events` of the stack under test (ctr 2.x with containerd 2.x).
+    environment["PATH"] = STACK.daemon_path(environment.get("PATH", os.defpath))
     with output_file.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "arch.cli.main", "--address", node.address, "watch-exits"],

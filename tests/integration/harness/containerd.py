@@ -15,11 +15,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.stack import current
+
 from . import procs
 from .arch_host import ArchHost, write_arch_host
 
-CONTAINERD = "/usr/bin/containerd"
-CTR = "/usr/bin/ctr"
+STACK = current()
 READY_TIMEOUT = 30.0
 HOST_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 
@@ -79,6 +80,10 @@ class ContainerdNode:
         # runc state root for containers this node runs via ctr (`--runc-root`): the shim's
         # default /run/containerd/runc/<namespace> would be shared with other nodes and the host.
         self.runc_root = self.base_dir / "runc"
+        # cgroup parent of the containers this node runs via ctr: ctr's default /<namespace>/<id>
+        # is one cgroup for equal ids on two nodes (runc >= 1.2 refuses a non-empty cgroup), and
+        # nodes stand for separate hosts.
+        self.cgroup_parent = f"/{self.base_dir.name}"
         self.arch: ArchHost = write_arch_host(self.base_dir / "arch", real_runc, checkpoint_root)
         self.process: subprocess.Popen[bytes] | None = None
         self._created: list[tuple[str, str]] = []
@@ -90,11 +95,12 @@ class ContainerdNode:
         """Write config.toml, start containerd and wait until it answers `ctr version`."""
         self.config_file.write_text(self._config_text())
         environment = {**os.environ, **self.arch.environment}
+        environment["PATH"] = STACK.daemon_path(environment.get("PATH", os.defpath))
         for variable in ("CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACE", "NOTIFY_SOCKET"):
             environment.pop(variable, None)
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [CONTAINERD, "--config", str(self.config_file)],
+                [STACK.containerd, "--config", str(self.config_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -142,6 +148,7 @@ class ContainerdNode:
             procs.stop_process(self.process)
         for shim_pid in procs.pids_with_argument(self.address):
             procs.kill_pid(shim_pid)
+        problems += procs.remove_cgroups(self.cgroup_parent)
         leftover_mounts = procs.unmount_all_under(self.base_dir)
         if leftover_mounts:
             problems.append(f"still mounted: {leftover_mounts}")
@@ -166,7 +173,7 @@ class ContainerdNode:
         self.ctr("images", "import", str(oci_archive), namespace=namespace, timeout=120)
 
     def ctr_argv(self, *args: str, namespace: str = "default") -> list[str]:
-        return [CTR, "--address", self.address, "--namespace", namespace, *args]
+        return [STACK.ctr, "--address", self.address, "--namespace", namespace, *args]
 
     def run_args(
         self,
@@ -178,11 +185,13 @@ class ContainerdNode:
         env: dict[str, str] | None = None,
         runtime_binary: Path | None = None,
         extra_args: Sequence[str] = (),
+        namespace: str = "default",
     ) -> list[str]:
         """Arguments of `ctr run` with arch-runc (or `runtime_binary`) as runc and this node's
-        private runc root."""
+        private runc root and cgroup parent."""
         binary = runtime_binary or self.arch_runc
         args = ["run", "--runc-binary", str(binary), "--runc-root", str(self.runc_root)]
+        args += ["--cgroup", f"{self.cgroup_parent}/{namespace}/{container_id}"]
         if detach:
             args.append("--detach")
         for key, value in (env or {}).items():
@@ -213,6 +222,7 @@ class ContainerdNode:
             env=env,
             runtime_binary=runtime_binary,
             extra_args=extra_args,
+            namespace=namespace,
         )
         self.track(namespace, container_id)
         return self.ctr(*args, namespace=namespace, check=check, timeout=timeout)
@@ -228,7 +238,9 @@ class ContainerdNode:
     ) -> subprocess.Popen[bytes]:
         """Start `ctr run` (attached, not detached) in the background; its exit status will be
         the container's. The caller stops it with procs.stop_process."""
-        args = self.run_args(image, container_id, command, detach=False, env=env)
+        args = self.run_args(
+            image, container_id, command, detach=False, env=env, namespace=namespace
+        )
         self.track(namespace, container_id)
         return subprocess.Popen(
             self.ctr_argv(*args, namespace=namespace),

@@ -14,12 +14,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.stack import current
+
 from . import procs
 from .containerd import ContainerdNode
 
-DOCKERD = "/usr/sbin/dockerd"
-# /usr/local/bin/docker on the dev machines is an unrelated, newer client: never use it.
-DOCKER = "/usr/bin/docker"
+STACK = current()
 DOCKER_NAMESPACE = "moby"
 RUNTIME_NAME = "arch"
 READY_TIMEOUT = 60.0
@@ -53,7 +53,7 @@ class DockerDaemon:
     def start(self) -> None:
         self.config_file.write_text(json.dumps(self._daemon_config(), indent=2))
         argv = [
-            DOCKERD,
+            STACK.dockerd,
             "--config-file",
             str(self.config_file),
             "--data-root",
@@ -72,6 +72,7 @@ class DockerDaemon:
             "--ip-masq=false",
         ]
         environment = {**os.environ, **self.node.arch.environment}
+        environment["PATH"] = STACK.daemon_path(environment.get("PATH", os.defpath))
         environment.pop("DOCKER_HOST", None)
         environment.pop("NOTIFY_SOCKET", None)
         with self.log_file.open("ab") as log:
@@ -104,12 +105,12 @@ class DockerDaemon:
     def docker(
         self, *args: str, check: bool = True, timeout: float = 60.0, input_text: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run `/usr/bin/docker -H <this daemon> args...`."""
+        """Run `docker -H <this daemon> args...` (the stack's docker client)."""
         environment = {
             key: value for key, value in os.environ.items() if not key.startswith("DOCKER_")
         }
         return procs.run(
-            [DOCKER, "--host", self.host, *args],
+            [STACK.docker, "--host", self.host, *args],
             check=check,
             timeout=timeout,
             env=environment,

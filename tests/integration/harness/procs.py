@@ -141,6 +141,31 @@ def unmount_all_under(directory: Path) -> list[str]:
     return mounts_under(directory)
 
 
+CGROUP_MOUNTS = Path("/sys/fs/cgroup")
+
+
+def remove_cgroups(relative: str) -> list[str]:
+    """rmdir the cgroup `relative` (with its empty children) in every hierarchy; problems seen."""
+    problems = []
+    hierarchies = [CGROUP_MOUNTS, *(p for p in CGROUP_MOUNTS.iterdir() if p.is_dir())]
+    for hierarchy in hierarchies:
+        top = hierarchy / relative.lstrip("/")
+        if not (hierarchy / "cgroup.procs").exists() or not top.is_dir():
+            continue
+        for directory in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if directory.is_dir() and (directory / "cgroup.procs").exists():
+                _rmdir(directory, problems)
+        _rmdir(top, problems)
+    return problems
+
+
+def _rmdir(directory: Path, problems: list[str]) -> None:
+    try:
+        directory.rmdir()
+    except OSError as error:
+        problems.append(f"cgroup {directory} not removed: {error.strerror}")
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.1) -> bool:
     """Poll `predicate` until it returns truthy or `timeout` passes."""
     deadline = time.monotonic() + timeout
