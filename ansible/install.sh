@@ -6,7 +6,7 @@
 # Runs as root on Debian 12/13 or Amazon Linux 2023. Creates /opt/arch/bootstrap, a venv with the
 # pinned ansible-core of ansible/requirements.txt, then runs ansible/site.yml against this host
 # over a local connection. Every argument goes to ansible-playbook, e.g.
-#   -e arch_install_docker=true   --check   -e arch_state=absent   -e @my-vars.yml
+#   -e arch_install_docker=false   --check   -e arch_state=absent   -e @my-vars.yml
 # Air-gapped hosts: set PIP_INDEX_URL / PIP_FIND_LINKS (pip's own variables) for the bootstrap.
 # Environment: ARCH_BOOTSTRAP_VENV (default /opt/arch/bootstrap), ARCH_BOOTSTRAP_PYTHON
 # (default /usr/bin/python3). Safe to run again: each step only acts when something is missing.
