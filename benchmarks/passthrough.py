@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Pass-through overhead: `arch-runc state ID` against plain `runc state ID`, side by side.
+"""Pass-through overhead: `arch-runc state ID` / `kill ID 0` against plain runc, side by side.
 
 Creates one real container (busybox rootfs, `runc create`, never started) under a private runc
 root, then times the commands interleaved, so that machine noise hits every variant alike.
+`kill` is measured too: the native front stat()s the Spot notice marker for it (no notice here).
 Prints median wall times and their ratio to plain runc. Needs root, runc and a static busybox.
 
     sudo python3 benchmarks/passthrough.py [--rounds 200]
@@ -64,22 +65,27 @@ def main() -> int:
         build_bundle(args.runc, bundle, args.busybox)
         subprocess.run([args.runc, "--root", root, "create", "--bundle", bundle, CONTAINER_ID],
                        check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        samples: dict[str, list[float]] = {name: [] for name in variants}
+        calls = {"state": ["state", CONTAINER_ID], "kill ID 0": ["kill", CONTAINER_ID, "0"]}
+        samples = {(call, name): [] for call in calls for name in variants}
         for prefix in variants.values():  # warm-up: page cache, first exec
             time_once([*prefix, "--root", root, "state", CONTAINER_ID])
         for _ in range(args.rounds):
-            for name, prefix in variants.items():
-                samples[name].append(time_once([*prefix, "--root", root, "state", CONTAINER_ID]))
+            for call, call_args in calls.items():
+                for name, prefix in variants.items():
+                    sample = time_once([*prefix, "--root", root, *call_args])
+                    samples[(call, name)].append(sample)
     finally:
         subprocess.run([args.runc, "--root", root, "delete", "--force", CONTAINER_ID],
                        check=False, stderr=subprocess.DEVNULL)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    baseline = statistics.median(samples["runc"])
-    print(f"`state` of one created container, {args.rounds} interleaved rounds, median wall time")
-    for name, times in samples.items():
-        median = statistics.median(times)
-        print(f"  {name:<24} {median * 1000:7.2f} ms   {median / baseline:5.2f}x runc")
+    for call in calls:
+        baseline = statistics.median(samples[(call, "runc")])
+        print(f"`{call}` of one created container, {args.rounds} interleaved rounds, median "
+              "wall time")
+        for name in variants:
+            median = statistics.median(samples[(call, name)])
+            print(f"  {name:<24} {median * 1000:7.2f} ms   {median / baseline:5.2f}x runc")
     return 0
 
 

@@ -20,6 +20,7 @@ UNIT = "/etc/systemd/system/arch-verify.service"
 WANTS = "/etc/systemd/system/multi-user.target.wants"
 EXIT_WATCH_UNIT = "/etc/systemd/system/arch-exit-watch.service"
 EXIT_WATCH_PIDFILE = "/run/arch/exit-watch.pid"
+SPOT_WATCH_UNIT = "/etc/systemd/system/arch-spot-watch.service"
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 ELF_PT_INTERP = 3
 
@@ -176,6 +177,24 @@ def test_exit_watch_unit_is_installed_and_enabled(host: Host) -> None:
     assert "WantedBy=multi-user.target" in content
     link = host.file(f"{WANTS}/arch-exit-watch.service")
     assert link.is_symlink and link.linked_to == EXIT_WATCH_UNIT
+
+
+def test_spot_watch_unit_is_installed_and_enabled(host: Host) -> None:
+    unit = host.file(SPOT_WATCH_UNIT)
+    assert unit.user == "root" and unit.mode == 0o644
+    content = unit.content_string
+    expected = f"ExecStart={ARCHCTL} --address {CONTAINERD_SOCKET} spot-watch --interval 2"
+    assert expected in content, content
+    assert "Environment=ARCH_CONFIG=/etc/arch/arch.toml" in content
+    assert "KillMode=mixed" in content
+    link = host.file(f"{WANTS}/arch-spot-watch.service")
+    assert link.is_symlink and link.linked_to == SPOT_WATCH_UNIT
+    # The unit's command line parses: --help exits 0 with the options the unit passes.
+    usage = host.run(f"{ARCHCTL} spot-watch --help")
+    assert usage.rc == 0 and "--rebalance" in usage.stdout, usage.stderr
+    if not host.file("/run/systemd/system").is_directory:
+        # No systemd: not started (there is no metadata service to poll on such hosts).
+        assert host.run("pgrep -f 'archctl .*spot-watc[h]'").rc == 1
 
 
 def test_exit_watcher_runs(host: Host) -> None:

@@ -132,10 +132,20 @@ def _bootstrap_venv_and_source(tmp_path_factory: pytest.TempPathFactory) -> None
     _source_snapshot[:] = [snapshot]
 
 
-def test_second_run_changes_nothing() -> None:
-    run_playbook()  # converge on the current checkout first
-    recap = run_playbook()
+def test_second_run_changes_nothing(tmp_path: Path) -> None:
+    # With arch_ecs on (ECS agent settings into a scratch ecs.config): no run of its own.
+    ecs_config = tmp_path / "ecs" / "ecs.config"
+    ecs_config.parent.mkdir()
+    ecs_config.write_text("ECS_CLUSTER=prod\nECS_CONTAINER_STOP_TIMEOUT=10s\n")
+    ecs = ("-e", "arch_ecs=true", "-e", f"arch_ecs_config={ecs_config}")
+    run_playbook(*ecs)  # converge on the current checkout first
+    recap = run_playbook(*ecs)
     assert recap.changed == 0, f"changed on a second run: {changed_tasks(recap.output)}"
+    assert ecs_config.read_text().splitlines() == [
+        "ECS_CLUSTER=prod",
+        "ECS_CONTAINER_STOP_TIMEOUT=2m",
+        "ECS_ENABLE_SPOT_INSTANCE_DRAINING=true",
+    ]
 
 
 def test_check_mode_changes_nothing() -> None:
@@ -152,6 +162,8 @@ def assert_arch_removed() -> None:
         "/etc/systemd/system/arch-verify.service",
         "/etc/systemd/system/arch-exit-watch.service",
         "/etc/systemd/system/multi-user.target.wants/arch-exit-watch.service",
+        "/etc/systemd/system/arch-spot-watch.service",
+        "/etc/systemd/system/multi-user.target.wants/arch-spot-watch.service",
         str(EXIT_WATCH_PIDFILE),
         "/etc/tmpfiles.d/arch.conf",
     ):
