@@ -32,6 +32,7 @@ newer_stack_tests=(
     tests/integration/test_checkpoint_docker.py
     tests/integration/test_exit_status.py
     tests/integration/test_stack_wiring.py
+    tests/integration/test_restore_options.py
 )
 
 is_root() { [ "$(id -u)" -eq 0 ]; }

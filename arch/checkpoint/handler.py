@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -48,8 +49,9 @@ logger = logging.getLogger("arch")
 LOG_TAIL_LINES = 12
 LOG_READ_BYTES = 256 * 1024
 CPUINFO_IMAGE = "cpuinfo.img"
-# runc create flags that runc restore does not accept (go-runc may send them).
-CREATE_ONLY_FLAGS = ("no-new-keyring", "preserve-fds", "pidfd-socket")
+# What runc create --pidfd-socket sends with the init's pidfd (runc 1.2+, libcontainer setupPidfd).
+PIDFD_MESSAGE = b"standard"
+PIDFD_SOCKET_TIMEOUT = 30.0
 
 
 class CheckpointFailed(Exception):
@@ -297,6 +299,15 @@ class RestoreJob:
 
     def run(self) -> None:
         """Restore the container, or raise RestoreRefused with everything rolled back."""
+        preserved = self.create.get("preserve-fds")
+        if preserved not in (None, "0"):
+            # runc restore has no --preserve-fds: the restored process gets the descriptors of
+            # its checkpoint, never the ones this create passes.
+            raise RestoreRefused(
+                f"create passes extra file descriptors (--preserve-fds={preserved}), which a "
+                "restored process cannot receive",
+                "host_mismatch",
+            )
         differing = job_differences(self.image, self.bundle)
         if differing:
             raise RestoreRefused(
@@ -365,6 +376,30 @@ class RestoreJob:
             raise RestoreRefused(
                 f"runc restore exited {status}\nrestore.log (last lines):\n{tail}", "criu"
             )
+        pidfd_socket = self.create.get("pidfd-socket")
+        if pidfd_socket is not None:
+            # runc restore has no --pidfd-socket: send the restored init's pidfd as create would.
+            try:
+                send_pidfd(pidfd_socket, int(self.runc.state(self.container_id)["pid"]))
+            except (OSError, RuncError, KeyError, TypeError, ValueError) as error:
+                self.runc.delete_force(self.container_id)
+                raise RestoreRefused(
+                    f"the restored container's pidfd could not be sent to {pidfd_socket}: {error}",
+                    "other",
+                ) from error
+
+
+def send_pidfd(socket_path: str, pid: int) -> None:
+    """What runc create --pidfd-socket does: connect to the caller's unix socket and send a
+    pidfd of the container's init (SCM_RIGHTS)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(PIDFD_SOCKET_TIMEOUT)
+            connection.connect(socket_path)
+            socket.send_fds(connection, [PIDFD_MESSAGE], [pidfd])
+    finally:
+        os.close(pidfd)
 
 
 def missing_bind_sources(bundle: Bundle) -> list[str]:
