@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from arch.checkpoint import criu_options
 from arch.checkpoint.archive_policy import ArchivePolicy
+from arch.checkpoint.beneath import opened_root
 from arch.checkpoint.filesystem import LayerError, apply_layer, capture_layer, find_overlay_layers
 from arch.checkpoint.image_fingerprint import rootfs_fingerprint
 from arch.checkpoint.job_identity import JobIdentity
@@ -163,7 +164,8 @@ class CheckpointJob:
             if self.runc.state(self.container_id).get("status") == "paused":
                 self.runc.resume(self.container_id)
         except (RuncError, ValueError) as error:
-            remove_image(image.path)
+            with opened_root(self.location.root) as root_fd:
+                remove_image(root_fd, self.location.relative)
             raise CheckpointFailed(
                 f"cannot stop the container after the dump: {error}", "container_state"
             ) from error
@@ -172,7 +174,8 @@ class CheckpointJob:
         bundle_path = str(state.get("bundle", ""))
         rootfs = str(state.get("rootfs", ""))
         try:
-            staging = ImageStaging.begin(self.location.image_dir)
+            with opened_root(self.location.root) as root_fd:
+                staging = ImageStaging.begin(root_fd, self.location.relative)
         except (OSError, PublishError) as error:
             raise CheckpointFailed(
                 f"cannot create the image directory: {error}", "storage"
@@ -184,7 +187,7 @@ class CheckpointJob:
             # under a running CRIU.
             with ThreadPoolExecutor(max_workers=1) as background:
                 dump = background.submit(self._dump, staging.path)
-                filesystem = self._capture_filesystem(rootfs, staging.tar_path)
+                filesystem = self._capture_filesystem(rootfs, staging)
                 identity = _job_identity(bundle_path, rootfs)
                 dump_cpuinfo(self.runc.criu, staging.path)
                 versions = binary_version(self.runc.binary), binary_version(self.runc.criu)
@@ -203,11 +206,12 @@ class CheckpointJob:
                 identity=identity,
             )
             try:
-                return staging.publish(metadata)
+                staging.publish(metadata)
             except (OSError, PublishError, InvalidImage) as error:
                 raise CheckpointFailed(f"cannot publish the image: {error}", "storage") from error
+            return ValidImage(self.location.image_dir, metadata)
 
-    def _capture_filesystem(self, rootfs: str, tar_path: str) -> FilesystemInfo:
+    def _capture_filesystem(self, rootfs: str, staging: ImageStaging) -> FilesystemInfo:
         overlay = find_overlay_layers(rootfs) if rootfs else None
         if overlay is None:
             logger.warning(
@@ -221,6 +225,7 @@ class CheckpointJob:
             logger.warning("checkpoint %s: %s has no upper layer", self.container_id, rootfs)
             return FilesystemInfo.none()
         try:
+            tar_path = staging.create_tar()
             digest = capture_layer(overlay.upperdir, tar_path, overlay.opaque_xattr_names)
         except (OSError, LayerError) as error:
             raise CheckpointFailed(

@@ -9,6 +9,10 @@ filesystem supports it (the final path then always holds a complete image); else
 old image is renamed aside to `.old-<id>-<random>` first, so the final path is briefly absent
 but never holds a partial image, and `recover` puts the old image back after a crash in that
 window. Leftovers (`.staging-`, `.old-`, `.removing-`) are removed by `cleanup_stale`.
+
+Every operation takes a descriptor of the root that holds the image and the image's path
+relative to it, and resolves that path beneath the root at the moment of use, following no
+symlink (arch.checkpoint.beneath). Which root holds an image is the caller's decision.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ import stat
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
+from arch.checkpoint.beneath import (
+    components,
+    fd_path,
+    make_dirs_beneath,
+    open_beneath,
+    same_file,
+)
 from arch.checkpoint.metadata import METADATA_FILE, ROOTFS_TAR, CriuFile, InvalidImage
 from arch.checkpoint.validation import (
     OPEN_DIR,
-    ValidImage,
-    open_dir,
-    open_image_dir,
     read_metadata_at,
     regular_entries,
     validate_contents,
@@ -66,31 +74,36 @@ class LeftoverAction(NamedTuple):
 class ImageStaging:
     """An image being assembled next to its final path; use as a context manager.
 
-    Leaving the `with` block without `publish()` having succeeded removes the staging dir.
+    The final path is `relative` beneath the root `root_fd` (see arch.checkpoint.beneath);
+    `path` names the staging directory through its descriptor (for runc and CRIU), so writes
+    land in the directory created here whatever happens to the path meanwhile. Leaving the
+    `with` block without `publish()` having succeeded removes the staging dir.
     """
 
-    def __init__(self, image_dir: str, parent_fd: int, name: str, lock_fd: int) -> None:
-        self.image_dir = image_dir
-        self.parent = os.path.dirname(image_dir)
+    def __init__(
+        self, root_fd: int, relative: str, parent_fd: int, name: str, lock_fd: int
+    ) -> None:
+        self.relative = relative
         self.name = name
-        self.path = os.path.join(self.parent, name)
+        self.path = fd_path(lock_fd)
+        self._root_fd = root_fd
         self._parent_fd = parent_fd
         self._lock_fd = lock_fd
+        self._tar_fd: int | None = None
         self._finished = False
 
     @classmethod
-    def begin(cls, image_dir: str) -> ImageStaging:
-        """Create the staging directory (and missing parents, 0700) for `image_dir`."""
-        if not os.path.isabs(image_dir):
-            raise ValueError(f"image directory must be absolute: {image_dir!r}")
-        image_dir = os.path.normpath(image_dir)
-        parent, final_name = os.path.split(image_dir)
+    def begin(cls, root_fd: int, relative: str) -> ImageStaging:
+        """Create the staging directory (and missing parents, 0700) for `relative`.
+
+        NotBeneath (an OSError) when the parent does not resolve beneath the root.
+        """
+        parent, final_name = _split(relative)
+        own_root_fd = os.dup(root_fd)
         try:
-            make_private_dirs(parent)
-            parent_fd = open_dir(parent)
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise PublishError(f"{parent} is not a directory (a symlink?)") from error
+            parent_fd = make_dirs_beneath(own_root_fd, parent, DIR_MODE)
+        except BaseException:
+            os.close(own_root_fd)
             raise
         try:
             name = f"{STAGING_PREFIX}{final_name}-{_random_hex()}"
@@ -98,39 +111,54 @@ class ImageStaging:
             lock_fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
         except BaseException:
             os.close(parent_fd)
+            os.close(own_root_fd)
             raise
         # Shared lock: tells cleanup_stale the directory is in use. Where the filesystem has no
         # flock (some network filesystems) only the age check protects it.
         with contextlib.suppress(OSError):
             fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return cls(image_dir, parent_fd, name, lock_fd)
+        return cls(own_root_fd, relative, parent_fd, name, lock_fd)
 
-    @property
-    def tar_path(self) -> str:
-        return os.path.join(self.path, ROOTFS_TAR)
+    def create_tar(self) -> str:
+        """Create the (empty) filesystem tar here; a path that names this very file."""
+        if self._tar_fd is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._tar_fd = os.open(ROOTFS_TAR, flags, FILE_MODE, dir_fd=self._lock_fd)
+        return fd_path(self._tar_fd)
 
     def describe_criu_files(self) -> tuple[CriuFile, ...]:
         """The CRIU files in the staging dir: every file but the metadata and the tar."""
-        with open_image_dir(self.path) as dir_fd:
-            entries = regular_entries(dir_fd)
+        entries = regular_entries(self._lock_fd)
         return tuple(
             CriuFile(name, size)
             for name, size in sorted(entries.items())
             if name not in (METADATA_FILE, ROOTFS_TAR)
         )
 
-    def publish(self, metadata: ImageMetadata) -> ValidImage:
-        """Seal the staging dir, check it like `validate`, and put it at the final path."""
+    def publish(self, metadata: ImageMetadata) -> None:
+        """Seal the staging dir, check it like `validate`, and put it at the final path.
+
+        The parent is resolved beneath the root again: it must still be the directory the
+        image was staged in.
+        """
         if self._finished:
-            raise PublishError(f"{self.path}: already published or aborted")
-        with open_image_dir(self.path) as dir_fd:
-            _seal_files(dir_fd)
-            _write_file(dir_fd, METADATA_FILE, metadata.to_json())
-            os.fsync(dir_fd)
-            validate_contents(dir_fd)
-        _swap_into_place(self._parent_fd, self.name, os.path.basename(self.image_dir))
+            raise PublishError(f"{self.relative}: already published or aborted")
+        dir_fd = self._lock_fd
+        _seal_files(dir_fd)
+        _write_file(dir_fd, METADATA_FILE, metadata.to_json())
+        os.fsync(dir_fd)
+        validate_contents(dir_fd)
+        parent, final_name = _split(self.relative)
+        parent_fd = open_beneath(self._root_fd, parent)
+        try:
+            if not same_file(parent_fd, self._parent_fd):
+                raise PublishError(
+                    f"{parent!r} is no longer the directory the image was staged in"
+                )
+            _swap_into_place(parent_fd, self.name, final_name)
+        finally:
+            os.close(parent_fd)
         self._finish()
-        return ValidImage(self.image_dir, metadata)
 
     def abort(self) -> None:
         """Remove the staging directory (nothing was published)."""
@@ -143,8 +171,9 @@ class ImageStaging:
 
     def _finish(self) -> None:
         self._finished = True
-        os.close(self._lock_fd)
-        os.close(self._parent_fd)
+        for fd in (self._tar_fd, self._lock_fd, self._parent_fd, self._root_fd):
+            if fd is not None:
+                os.close(fd)
 
     def __enter__(self) -> ImageStaging:
         return self
@@ -158,16 +187,17 @@ class ImageStaging:
         self.abort()
 
 
-def remove(image_dir: str) -> bool:
-    """Delete the image at `image_dir` without following symlinks; False when absent.
+def remove(root_fd: int, relative: str) -> bool:
+    """Delete the image `relative` beneath `root_fd` without following symlinks; False when
+    absent. NotBeneath (an OSError) when its parent does not resolve beneath the root.
 
     The image is first renamed to a `.removing-` name, so that a crash midway never leaves a
     half-deleted image at the final path. Leftovers of interrupted publications of the same
     image are removed too, so that `recover` cannot bring an older image back later.
     """
-    parent, name = os.path.split(os.path.normpath(image_dir))
+    parent, name = _split(relative)
     try:
-        parent_fd = open_dir(parent)
+        parent_fd = open_beneath(root_fd, parent)
     except FileNotFoundError:
         return False
     try:
@@ -186,16 +216,16 @@ def remove(image_dir: str) -> bool:
         os.close(parent_fd)
 
 
-def recover(image_dir: str) -> bool:
+def recover(root_fd: int, relative: str) -> bool:
     """After a crash between the two renames of a publication: put the old image back.
 
-    Only acts when nothing is at `image_dir` and a complete `.old-<id>-*` image of the same
-    checkpoint id exists (the newest one, by metadata `created`). Returns True when it did.
-    Called before deciding whether a `create` restores.
+    Only acts when nothing is at `relative` (beneath `root_fd`) and a complete `.old-<id>-*`
+    image of the same checkpoint id exists (the newest one, by metadata `created`). Returns
+    True when it did. Called before deciding whether a `create` restores.
     """
-    parent, name = os.path.split(os.path.normpath(image_dir))
+    parent, name = _split(relative)
     try:
-        parent_fd = open_dir(parent)
+        parent_fd = open_beneath(root_fd, parent)
     except FileNotFoundError:
         return False
     try:
@@ -224,9 +254,10 @@ def recover(image_dir: str) -> bool:
 
 
 def cleanup_stale(
-    parent: str, min_age: float = STALE_AFTER_SECONDS, now: float | None = None
+    root_fd: int, parent: str, min_age: float = STALE_AFTER_SECONDS, now: float | None = None
 ) -> list[LeftoverAction]:
-    """Remove leftovers of interrupted publications and removals in `parent` (a namespace dir).
+    """Remove leftovers of interrupted publications and removals in `parent` (a namespace dir
+    beneath `root_fd`).
 
     A leftover is removed when its name has a leftover prefix, nothing in it changed for
     `min_age` seconds, no process holds its lock, and it is not itself an image whose metadata
@@ -234,7 +265,7 @@ def cleanup_stale(
     """
     now = time.time() if now is None else now
     try:
-        parent_fd = open_dir(parent)
+        parent_fd = open_beneath(root_fd, parent)
     except FileNotFoundError:
         return []
     actions = []
@@ -254,17 +285,12 @@ def cleanup_stale(
     return actions
 
 
-def make_private_dirs(path: str) -> None:
-    """Create `path` and missing parents with mode 0700; refuse a symlink at `path`."""
-    missing = []
-    current = path
-    while not os.path.lexists(current):
-        missing.append(current)
-        current = os.path.dirname(current)
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, DIR_MODE)
-    os.close(open_dir(path))
+def _split(relative: str) -> tuple[str, str]:
+    """(parent, name) of an image's relative path; the name must be a single component."""
+    parts = components(relative)
+    if not parts:
+        raise ValueError("an image needs a relative path below its root")
+    return "/".join(parts[:-1]), parts[-1]
 
 
 def _seal_files(dir_fd: int) -> None:

@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from arch.checkpoint.beneath import fd_path, open_beneath
 from arch.checkpoint.metadata import (
     CRIU_DUMP_LOG,
     METADATA_FILE,
@@ -34,10 +35,19 @@ _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 @dataclass(frozen=True)
 class ValidImage:
-    """An image that passed `validate`."""
+    """An image that passed `validate`.
+
+    From `validate_beneath`, `dir_fd` is the image directory's descriptor (owned: `close()`)
+    and `path` names it through that descriptor, for runc and CRIU.
+    """
 
     path: str
     metadata: ImageMetadata
+    dir_fd: int | None = None
+
+    def close(self) -> None:
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
 
     @property
     def tar_path(self) -> str | None:
@@ -65,6 +75,41 @@ def validate(
     """
     with open_image_dir(image_dir) as dir_fd:
         metadata = validate_contents(dir_fd)
+    _check_usable(metadata, criu_version, namespace, checkpoint_id)
+    return ValidImage(image_dir, metadata)
+
+
+def validate_beneath(
+    root_fd: int,
+    relative: str,
+    criu_version: str | None = None,
+    *,
+    namespace: str | None = None,
+    checkpoint_id: str | None = None,
+) -> ValidImage:
+    """`validate` for the image `relative` beneath `root_fd`, resolved following no symlink
+    (NotBeneath, an OSError, otherwise). The result holds the directory's descriptor."""
+    try:
+        dir_fd = open_beneath(root_fd, relative)
+    except FileNotFoundError as error:
+        raise ImageMissing(f"no image at {relative}") from error
+    except NotADirectoryError as error:
+        raise InvalidImage(f"{relative} is not a directory") from error
+    try:
+        metadata = validate_contents(dir_fd)
+        _check_usable(metadata, criu_version, namespace, checkpoint_id)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return ValidImage(fd_path(dir_fd), metadata, dir_fd)
+
+
+def _check_usable(
+    metadata: ImageMetadata,
+    criu_version: str | None,
+    namespace: str | None,
+    checkpoint_id: str | None,
+) -> None:
     if namespace is not None and metadata.namespace != namespace:
         raise InvalidImage(f"image is for namespace {metadata.namespace!r}, not {namespace!r}")
     if checkpoint_id is not None and metadata.checkpoint_id != checkpoint_id:
@@ -73,7 +118,6 @@ def validate(
         )
     if criu_version is not None:
         _check_criu_compatible(metadata.criu_version, criu_version)
-    return ValidImage(image_dir, metadata)
 
 
 def verify_tar_checksum(image: ValidImage) -> None:
@@ -82,7 +126,7 @@ def verify_tar_checksum(image: ValidImage) -> None:
     if filesystem.tar is None:
         return
     digest = hashlib.sha256()
-    with open_image_dir(image.path) as dir_fd:
+    with image_dir_of(image) as dir_fd:
         fd = open_regular(dir_fd, filesystem.tar)
         try:
             while True:
@@ -224,6 +268,13 @@ def open_image_dir(image_dir: str) -> DirFd:
         if error.errno == errno.ENOTDIR:
             raise InvalidImage(f"{image_dir} is not a directory") from error
         raise InvalidImage(f"{image_dir}: cannot open: {error.strerror}") from error
+
+
+def image_dir_of(image: ValidImage) -> DirFd:
+    """A descriptor of the image's directory: its own (duplicated), else opened by path."""
+    if image.dir_fd is not None:
+        return DirFd(os.dup(image.dir_fd))
+    return open_image_dir(image.path)
 
 
 def open_regular(dir_fd: int, name: str) -> int:

@@ -564,11 +564,21 @@ class Selftest:
             removed.append(f"images {' '.join(ours)}")
 
     def _remove_image_dir(self, removed: list[str], problems: list[str]) -> None:
+        from arch.checkpoint.beneath import opened_root
         from arch.checkpoint.store import remove
 
         if not self.config.path:  # the configuration never loaded: ARCH never ran
             return
-        if remove(self.image_dir):
+        relative = f"{self.settings.namespace}/{self.container_id}"
+        try:
+            with opened_root(self.config.checkpoint_root) as root_fd:
+                removed_image = remove(root_fd, relative)
+        except FileNotFoundError:
+            return  # no checkpoint root: no image either
+        except OSError as error:
+            problems.append(f"checkpoint image {self.image_dir}: {error}")
+            return
+        if removed_image:
             removed.append(f"checkpoint image {self.image_dir}")
         with contextlib.suppress(OSError):  # kept when not empty (other images in it)
             os.rmdir(os.path.dirname(self.image_dir))

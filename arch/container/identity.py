@@ -46,6 +46,12 @@ class ImagePathError(ValueError):
 class ImageLocation:
     """Where a container's image is, and (shared-filesystem mode) its work directory.
 
+    Both lie beneath `root`, the allowed root (or the checkpoint root) that holds them, at the
+    paths `relative` and `workdir_relative`; ARCH resolves those beneath a descriptor of the root
+    each time it uses them (arch.checkpoint.beneath). `image_dir` and `sharedfs_workdir` are the
+    same places as absolute paths, for logs and for the container's bind mount. A record written
+    before roots were recorded counts as lying beneath "/": no symlink anywhere on the path.
+
     A plain class rather than a NamedTuple: creating a NamedTuple class costs about a
     millisecond at import, on arch-runc's `create` path.
     """
@@ -56,7 +62,10 @@ class ImageLocation:
         "image_dir",
         "namespace",
         "pool_dir",
+        "relative",
+        "root",
         "sharedfs_workdir",
+        "workdir_relative",
     )
 
     def __init__(
@@ -67,6 +76,10 @@ class ImageLocation:
         sharedfs_workdir: str | None = None,
         container_workdir: str | None = None,
         pool_dir: str | None = None,
+        *,
+        root: str | None = None,
+        relative: str | None = None,
+        workdir_relative: str | None = None,
     ) -> None:
         # A pool member's image_dir is the image it claimed, "" while it holds none.
         self.image_dir = image_dir
@@ -78,6 +91,12 @@ class ImageLocation:
         self.container_workdir = container_workdir
         # ARCH_CHECKPOINT_POOL: the pool's directory (checkpoint_id is then the pool), else None.
         self.pool_dir = pool_dir
+        if root is None:
+            root, relative = "/", image_dir.lstrip("/")
+            workdir_relative = sharedfs_workdir.lstrip("/") if sharedfs_workdir else None
+        self.root = root
+        self.relative = relative if relative is not None else _beneath(root, image_dir)
+        self.workdir_relative = workdir_relative
 
     @property
     def pool(self) -> str | None:
@@ -93,6 +112,9 @@ class ImageLocation:
             self.sharedfs_workdir,
             self.container_workdir,
             self.pool_dir,
+            root=self.root,
+            relative=_beneath(self.root, image_dir),
+            workdir_relative=self.workdir_relative,
         )
 
     def as_dict(self) -> dict[str, str | None]:
@@ -116,6 +138,9 @@ class ImageLocation:
             text("sharedfs_workdir", optional=True),
             text("container_workdir", optional=True),
             text("pool_dir", optional=True),
+            root=text("root", optional=True),
+            relative=text("relative", optional=True),
+            workdir_relative=text("workdir_relative", optional=True),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -208,13 +233,15 @@ def image_location(
         checkpoint_path = variables.get(CHECKPOINT_HOST_PATH_VAR, "")
         if checkpoint_path:
             base = _host_path(CHECKPOINT_HOST_PATH_VAR, checkpoint_path, config)
-            image_dir = _inside_allowed_root(
+            root, relative = _beneath_allowed_root(
                 CHECKPOINT_HOST_PATH_VAR, os.path.join(base, namespace, identifier), config
             )
         else:
             # The checkpoint root comes from the trusted host configuration: no allowed_roots check.
-            image_dir = os.path.join(config.checkpoint_root, namespace, identifier)
-        location = ImageLocation(image_dir, namespace, identifier, None, None)
+            root, relative = config.checkpoint_root, f"{namespace}/{identifier}"
+        location = ImageLocation(
+            _joined(root, relative), namespace, identifier, root=root, relative=relative
+        )
     if pool is None:
         return location
     # A pool member holds no image until it claims one (arch.checkpoint.pool).
@@ -254,22 +281,35 @@ def _sharedfs_location(
             f"{present} is set but {missing} is not: shared-filesystem mode needs both"
         )
     base = _host_path(SHAREDFS_HOST_PATH_VAR, shared, config)
-    image_dir = _inside_allowed_root(
+    root, relative = _beneath_allowed_root(
         SHAREDFS_HOST_PATH_VAR,
         os.path.join(base, SHAREDFS_CHECKPOINT_DIR, namespace, identifier),
         config,
     )
-    workdir = _inside_allowed_root(
+    workdir_root, workdir_relative = _beneath_allowed_root(
         SHAREDFS_HOST_PATH_VAR, os.path.join(base, SHAREDFS_WORK_DIR, namespace, identifier), config
     )
+    if workdir_root != root:
+        raise ImagePathError(
+            f"{SHAREDFS_HOST_PATH_VAR}: {base}/{SHAREDFS_CHECKPOINT_DIR} and "
+            f"{base}/{SHAREDFS_WORK_DIR} lie in different allowed roots"
+        )
     return ImageLocation(
-        image_dir, namespace, identifier, workdir, _container_path(container_workdir)
+        _joined(root, relative),
+        namespace,
+        identifier,
+        _joined(root, workdir_relative),
+        _container_path(container_workdir),
+        root=root,
+        relative=relative,
+        workdir_relative=workdir_relative,
     )
 
 
 def _host_path(variable: str, value: str, config: HostConfig) -> str:
     """The resolved host path named by `variable`, which must lie inside an allowed root."""
-    return _inside_allowed_root(variable, _normalised_absolute(variable, value), config)
+    root, relative = _beneath_allowed_root(variable, _normalised_absolute(variable, value), config)
+    return _joined(root, relative)
 
 
 def _normalised_absolute(variable: str, value: str) -> str:
@@ -287,21 +327,36 @@ def _normalised_absolute(variable: str, value: str) -> str:
     return "/" + "/".join(parts)  # not os.path.normpath, which keeps a leading "//"
 
 
-def _inside_allowed_root(variable: str, path: str, config: HostConfig) -> str:
-    """`path` with symlinks resolved, when the result lies inside one of the allowed roots.
+def _beneath_allowed_root(variable: str, path: str, config: HostConfig) -> tuple[str, str]:
+    """(allowed root, relative path) of `path` with symlinks resolved, when the result lies
+    inside one of the allowed roots (both resolved; the relative path holds no symlink now).
 
-    Resolving covers the part of the path that exists now; a later symlink swap is the
-    image module's concern (it refuses symlinks where it writes and reads).
+    Resolving covers the part of the path that exists now; a later symlink swap is refused where
+    the path is used (arch.checkpoint.beneath resolves it beneath the root again, each time).
     """
     resolved = os.path.realpath(path)
     for root in config.allowed_roots:
         resolved_root = os.path.realpath(root)
         if resolved == resolved_root or resolved.startswith(resolved_root.rstrip("/") + "/"):
-            return resolved
+            return resolved_root, _beneath(resolved_root, resolved)
     raise ImagePathError(
         f"{variable}: {path!r} (resolved: {resolved!r}) is not inside an allowed root "
         f"({', '.join(config.allowed_roots)}; see allowed_roots in {config.path})"
     )
+
+
+def _joined(root: str, relative: str) -> str:
+    return os.path.join(root, relative) if relative else root
+
+
+def _beneath(root: str, path: str) -> str:
+    """`path` relative to `root` ("" for no path: a pool member without a claim yet)."""
+    if not path or path == root:
+        return ""
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        raise ValueError(f"{path!r} is not beneath {root!r}")
+    return path[len(prefix) :].strip("/")
 
 
 def _container_path(value: str) -> str:

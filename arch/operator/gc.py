@@ -21,6 +21,7 @@ replica on another host cannot claim one while it is being removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, NamedTuple
 
 from arch.checkpoint import pool
+from arch.checkpoint.beneath import opened_root
 from arch.checkpoint.metadata import ImageMetadata, InvalidImage
 from arch.checkpoint.readers import readers_of, stale_markers
 from arch.checkpoint.store import (
@@ -45,7 +47,7 @@ from arch.container.state import EXIT_STATUS, ContainerState, StateError, list_c
 from arch.shim.lifecycle import CHECKPOINTED
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from arch.config import HostConfig
 
@@ -167,7 +169,8 @@ def sweep_leftovers(directories: Iterable[str], dry_run: bool, now: float) -> li
             ]  # fmt: skip
             continue
         try:
-            swept = cleanup_stale(directory, now=now)
+            with _beneath_slash(directory) as (root_fd, relative):
+                swept = cleanup_stale(root_fd, relative, now=now)
             markers = stale_markers(directory, now)
             for marker in markers:
                 os.unlink(marker)
@@ -332,7 +335,7 @@ def _apply(action: Action) -> bool:
     if pool.is_entry(name):
         # Claimed first: a replica elsewhere cannot take it while it is being removed.
         claim = pool.claim_entry(parent, name)
-        return claim is not None and remove(claim.path)
+        return claim is not None and _remove(claim.path)
     # Moved aside first, then checked for readers: a restore that starts meanwhile finds no
     # image instead of one being deleted; one that started before puts it back.
     aside = os.path.join(parent, f"{REMOVING_PREFIX}{name}-{os.urandom(6).hex()}")
@@ -345,7 +348,22 @@ def _apply(action: Action) -> bool:
         os.rename(aside, action.path)
         hosts = ", ".join(reader.host for reader in restoring)
         raise GcSkipped(f"being restored on {hosts}: left in place")
-    return remove(aside)
+    return _remove(aside)
+
+
+def _remove(path: str) -> bool:
+    with _beneath_slash(path) as (root_fd, relative):
+        return remove(root_fd, relative)
+
+
+@contextlib.contextmanager
+def _beneath_slash(path: str) -> Iterator[tuple[int, str]]:
+    """(descriptor of "/", `path` relative to it) with the parent's symlinks resolved now: the
+    store then follows no symlink on the way (gc walks paths it listed from the roots itself).
+    """
+    parent = os.path.realpath(os.path.dirname(path))
+    with opened_root("/") as root_fd:
+        yield root_fd, os.path.join(parent, os.path.basename(path)).lstrip("/")
 
 
 def _finished_after(use: ContainerUse, created: float | None) -> bool:

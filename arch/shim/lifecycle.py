@@ -182,9 +182,7 @@ def handle_create(call: Call) -> int:
         location = image_location(bundle.env, call.namespace, call.container_id, call.config)
         state = ContainerState(call.config.state_dir, call.namespace, call.container_id)
         if location.sharedfs_workdir and location.container_workdir:
-            bundle = _with_sharedfs_workdir(
-                bundle, location.sharedfs_workdir, location.container_workdir
-            )
+            bundle = _with_sharedfs_workdir(bundle, location, location.container_workdir)
     except (ImagePathError, StateError, BundleError, OSError) as error:
         return call.fail(str(error))
     state.remove_all()
@@ -239,17 +237,50 @@ def _restore_from_pool(
     return False
 
 
-def _with_sharedfs_workdir(bundle: Bundle, host_dir: str, container_dir: str) -> Bundle:
-    """Bind the shared work directory into the container as its cwd (config.json rewritten)."""
-    if not os.path.isdir(host_dir):
-        uid, gid = bundle.process_owner()
-        os.makedirs(host_dir, mode=0o700)
-        os.chown(host_dir, uid, gid)
+def _with_sharedfs_workdir(
+    bundle: Bundle, location: ImageLocation, container_dir: str
+) -> Bundle:
+    """Bind the shared work directory into the container as its cwd (config.json rewritten).
+
+    The directory is made (0700, owned by the container's user) beneath its root, following no
+    symlink: the shared filesystem is writable by other containers.
+    """
+    from arch.checkpoint.beneath import NotBeneath, make_dirs_beneath, opened_root
+    from arch.container.identity import ImagePathError
+
+    host_dir = str(location.sharedfs_workdir)
+    parent, _, name = str(location.workdir_relative).rpartition("/")
+    try:
+        with opened_root(location.root) as root_fd:
+            parent_fd = make_dirs_beneath(root_fd, parent, 0o700)
+            try:
+                _make_owned_dir(parent_fd, name, bundle.process_owner())
+            finally:
+                os.close(parent_fd)
+    except NotBeneath as error:
+        raise ImagePathError(f"shared work directory {host_dir}: {error.strerror}") from error
     changed = bundle.with_sharedfs_workdir(host_dir, container_dir)
     if changed is None:
         return bundle
     changed.save()
     return changed
+
+
+def _make_owned_dir(parent_fd: int, name: str, owner: tuple[int, int]) -> None:
+    """Create `name` in the directory for the container's user, unless it exists (a directory
+    that is not a symlink: NotBeneath otherwise)."""
+    from arch.checkpoint.beneath import open_beneath
+
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+    except FileExistsError:
+        os.close(open_beneath(parent_fd, name))
+        return
+    fd = open_beneath(parent_fd, name)
+    try:
+        os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
 
 
 def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> str:
@@ -265,21 +296,24 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> str:
 
 
 def _restore_from(call: Call, bundle: Bundle, location: ImageLocation) -> str:
+    from arch.checkpoint.beneath import opened_root
     from arch.checkpoint.handler import RestoreJob, RestoreRefused
     from arch.checkpoint.metadata import ImageMissing, InvalidImage
     from arch.checkpoint.store import recover
-    from arch.checkpoint.validation import validate
+    from arch.checkpoint.validation import validate_beneath
     from arch.runc.runtime import binary_version
 
     where = call.where
     runc = call.runc()
     try:
-        recover(location.image_dir)
-        image = validate(
-            location.image_dir,
-            binary_version(runc.criu),
-            checkpoint_id=location.checkpoint_id,
-        )
+        with opened_root(location.root) as root_fd:
+            recover(root_fd, location.relative)
+            image = validate_beneath(
+                root_fd,
+                location.relative,
+                binary_version(runc.criu),
+                checkpoint_id=location.checkpoint_id,
+            )
     except ImageMissing:
         logger.info("create %s: no image at %s, starting fresh", where, location.image_dir)
         return NO_IMAGE
@@ -304,6 +338,8 @@ def _restore_from(call: Call, bundle: Bundle, location: ImageLocation) -> str:
         logger.exception("create %s: restore failed, starting fresh", where)
         call.count("restore", started, failure="other")
         return REFUSED
+    finally:
+        image.close()
     logger.info("create %s: restored from %s", where, location.image_dir)
     call.count("restore", started, image_bytes=image.metadata.image_bytes)
     return RESTORED
@@ -376,8 +412,8 @@ def _checkpoint(
     call.count("checkpoint", started, image_bytes=image.metadata.image_bytes)
     state.set(CHECKPOINTED)
     if location.pool_dir is not None:
-        return _hand_to_pool(call, location, image.path)
-    return image.path
+        return _hand_to_pool(call, location, target.image_dir)
+    return target.image_dir
 
 
 def handle_kill(call: Call) -> int:
@@ -451,7 +487,6 @@ def _hand_to_pool(call: Call, location: ImageLocation, claimed_path: str) -> str
     """After a pool member's checkpoint (it is stopped now): offer its new image to the pool
     and drop the image it was restored from, which the new one supersedes."""
     from arch.checkpoint import pool
-    from arch.checkpoint.store import remove
 
     try:
         published = pool.release(claimed_path) or claimed_path
@@ -460,15 +495,18 @@ def _hand_to_pool(call: Call, location: ImageLocation, claimed_path: str) -> str
                      claimed_path, error)  # fmt: skip
         published = claimed_path
     if location.image_dir:
-        remove(location.image_dir)
-        logger.info("checkpoint %s: superseded pool image %s removed", call.where,
-                    location.image_dir)  # fmt: skip
+        try:
+            if _remove_image(location):
+                logger.info("checkpoint %s: superseded pool image %s removed", call.where,
+                            location.image_dir)  # fmt: skip
+        except OSError as error:
+            logger.error("checkpoint %s: superseded pool image %s kept: %s", call.where,
+                         location.image_dir, error)  # fmt: skip
     return published
 
 
 def handle_delete(call: Call) -> int:
     """Delete through runc; then drop ARCH's state, and the image after a clean exit (0)."""
-    from arch.checkpoint.store import remove
     from arch.container.exit_watch import wait_for_exit_status
 
     state = call.state()
@@ -489,8 +527,15 @@ def handle_delete(call: Call) -> int:
     else:
         exit_status = wait_for_exit_status(state)
         if exit_status == 0:
-            remove(location.image_dir)
-            logger.info("delete %s: exited 0, image %s removed", where, location.image_dir)
+            try:
+                removed = _remove_image(location)
+            except OSError as error:
+                logger.error("delete %s: exited 0, image %s kept: %s", where,
+                             location.image_dir, error)  # fmt: skip
+            else:
+                outcome = "image {} removed" if removed else "no image at {}"
+                logger.info("delete %s: exited 0, %s", where,
+                            outcome.format(location.image_dir))  # fmt: skip
         elif location.pool_dir is not None:
             _release_claim(where, location.image_dir, exit_status)
         else:
@@ -498,6 +543,16 @@ def handle_delete(call: Call) -> int:
                         location.image_dir)  # fmt: skip
     state.remove_all()
     return 0
+
+
+def _remove_image(location: ImageLocation) -> bool:
+    """Remove the location's image, resolved beneath its root (NotBeneath, an OSError, when it
+    no longer resolves there: nothing is removed); False when there is none."""
+    from arch.checkpoint.beneath import opened_root
+    from arch.checkpoint.store import remove
+
+    with opened_root(location.root) as root_fd:
+        return remove(root_fd, location.relative)
 
 
 def _release_claim(where: str, claimed_path: str, exit_status: int | None) -> None:

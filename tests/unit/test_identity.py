@@ -99,7 +99,8 @@ def test_longest_allowed_checkpoint_id() -> None:
 def test_default_location_is_under_checkpoint_root(config: HostConfig) -> None:
     location = image_location(["ARCH_ENABLE=1"], "default", "c1", config)
     assert location == ImageLocation(
-        os.path.join(config.checkpoint_root, "default", "c1"), "default", "c1", None, None
+        os.path.join(config.checkpoint_root, "default", "c1"), "default", "c1", None, None,
+        root=config.checkpoint_root, relative="default/c1",
     )
 
 
@@ -107,6 +108,7 @@ def test_checkpoint_host_path(root: Path, config: HostConfig) -> None:
     env = [f"ARCH_CHECKPOINT_HOST_PATH={root}/data/", "ARCH_CHECKPOINT_ID=job"]
     location = image_location(env, "moby", "c1", config)
     assert location.image_dir == f"{root}/data/moby/job"
+    assert (location.root, location.relative) == (str(root), "data/moby/job")
     assert location.sharedfs_workdir is None
     assert location.container_workdir is None
 
@@ -120,8 +122,32 @@ def test_sharedfs_mode_takes_precedence(root: Path, config: HostConfig) -> None:
     location = image_location(env, "k8s.io", "c1", config)
     assert location == ImageLocation(
         f"{root}/efs/checkpoint/k8s.io/c1", "k8s.io", "c1", f"{root}/efs/work/k8s.io/c1",
-        "/work/dir",
+        "/work/dir", root=str(root), relative="efs/checkpoint/k8s.io/c1",
+        workdir_relative="efs/work/k8s.io/c1",
     )
+
+
+def test_a_location_lies_beneath_the_allowed_root_that_holds_it(
+    tmp_path: Path, root: Path
+) -> None:
+    """The root is the resolved allowed root; the path below it holds no symlink."""
+    (root / "team").mkdir()
+    (tmp_path / "team-link").symlink_to(root / "team")
+    nested = HostConfig("/nonexistent/arch.toml", checkpoint_root=str(root / "ckpt"),
+                        allowed_roots=(str(tmp_path / "missing"), str(root)))
+    env = [f"ARCH_CHECKPOINT_HOST_PATH={tmp_path}/team-link"]
+    location = image_location(env, "ns", "c1", nested)
+    assert (location.root, location.relative) == (str(root), "team/ns/c1")
+    assert location.image_dir == f"{root}/team/ns/c1"
+
+
+def test_a_record_without_a_root_lies_beneath_slash() -> None:
+    """State records written before roots were recorded: no symlink anywhere on the path."""
+    old = ImageLocation.from_dict(
+        {"image_dir": "/c/ns/id", "namespace": "ns", "checkpoint_id": "id",
+         "sharedfs_workdir": "/efs/work/ns/id", "container_workdir": "/work"}
+    )
+    assert (old.root, old.relative, old.workdir_relative) == ("/", "c/ns/id", "efs/work/ns/id")
 
 
 @pytest.mark.parametrize(

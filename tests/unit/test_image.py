@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from arch.checkpoint import store, validation
+from arch.checkpoint.beneath import NotBeneath, opened_root
 from arch.checkpoint.job_identity import JobIdentity
 from arch.checkpoint.metadata import (
     CRIU_DUMP_LOG,
@@ -78,14 +79,14 @@ def fill_staging(
     if tar is None:
         filesystem = FilesystemInfo.none()
     else:
-        with open(staging.tar_path, "wb") as tar_file:
+        with open(staging.create_tar(), "wb") as tar_file:
             tar_file.write(tar)
         filesystem = FilesystemInfo.overlay(hashlib.sha256(tar).hexdigest(), len(tar))
-    parent = os.path.dirname(staging.image_dir)
+    parent = os.path.dirname(staging.relative)
     return ImageMetadata.new(
         namespace=os.path.basename(parent),
         container_id=container_id,
-        checkpoint_id=os.path.basename(staging.image_dir),
+        checkpoint_id=os.path.basename(staging.relative),
         runc_version="1.1.5",
         criu_version=criu_version,
         filesystem=filesystem,
@@ -104,8 +105,33 @@ def staging_path(staging: ImageStaging) -> Path:
     return Path(staging.path)
 
 
+def beneath_slash(path: Path | str) -> str:
+    """`path` relative to "/", the root these tests resolve image paths beneath."""
+    return str(path).lstrip("/")
+
+
+def begin(image_dir: Path | str) -> ImageStaging:
+    with opened_root("/") as root_fd:
+        return ImageStaging.begin(root_fd, beneath_slash(image_dir))
+
+
+def remove_at(image_dir: Path | str) -> bool:
+    with opened_root("/") as root_fd:
+        return remove(root_fd, beneath_slash(image_dir))
+
+
+def recover_at(image_dir: Path | str) -> bool:
+    with opened_root("/") as root_fd:
+        return recover(root_fd, beneath_slash(image_dir))
+
+
+def cleanup_at(parent: Path | str, **kwargs: Any) -> list[LeftoverAction]:
+    with opened_root("/") as root_fd:
+        return cleanup_stale(root_fd, beneath_slash(parent), **kwargs)
+
+
 def publish_image(image_dir: Path, container_id: str = "new", **kwargs: Any) -> ImageMetadata:
-    with ImageStaging.begin(str(image_dir)) as staging:
+    with begin(image_dir) as staging:
         metadata = fill_staging(staging, container_id, **kwargs)
         staging.publish(metadata)
     return metadata
@@ -177,12 +203,13 @@ def test_image_without_filesystem_capture(image_dir: Path) -> None:
 
 
 def test_abort_and_context_exit_remove_staging(image_dir: Path) -> None:
-    staging = ImageStaging.begin(str(image_dir))
+    staging = begin(image_dir)
     fill_staging(staging)
-    assert os.path.basename(staging.path).startswith(".staging-job-1-")
+    assert staging.name.startswith(".staging-job-1-")
+    assert leftovers(image_dir.parent) == [staging.name]
     staging.abort()
-    assert not os.path.exists(staging.path)
-    with pytest.raises(RuntimeError), ImageStaging.begin(str(image_dir)) as staging:
+    assert leftovers(image_dir.parent) == []
+    with pytest.raises(RuntimeError), begin(image_dir) as staging:
         fill_staging(staging)
         raise RuntimeError("checkpoint failed")
     assert leftovers(image_dir.parent) == []
@@ -190,7 +217,7 @@ def test_abort_and_context_exit_remove_staging(image_dir: Path) -> None:
 
 
 def test_publish_refuses_an_invalid_staging(image_dir: Path) -> None:
-    with ImageStaging.begin(str(image_dir)) as staging:
+    with begin(image_dir) as staging:
         metadata = fill_staging(staging, dump_log="(00.1) Error (criu/cr-dump.c:1): boom\n")
         with pytest.raises(InvalidImage, match="does not end with"):
             staging.publish(metadata)
@@ -199,7 +226,7 @@ def test_publish_refuses_an_invalid_staging(image_dir: Path) -> None:
 
 
 def test_publish_twice_is_refused(image_dir: Path) -> None:
-    with ImageStaging.begin(str(image_dir)) as staging:
+    with begin(image_dir) as staging:
         metadata = fill_staging(staging)
         staging.publish(metadata)
         with pytest.raises(PublishError, match="already"):
@@ -209,8 +236,8 @@ def test_publish_twice_is_refused(image_dir: Path) -> None:
 def test_begin_refuses_a_symlinked_parent(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "ns").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(PublishError, match="symlink"):
-        ImageStaging.begin(str(tmp_path / "ns" / "job"))
+    with pytest.raises(NotBeneath, match="symlink"):
+        begin(tmp_path / "ns" / "job")
     assert os.listdir(tmp_path / "elsewhere") == []
 
 
@@ -270,7 +297,7 @@ def _crash_during_publish(image_dir: str, exchange: bool, crash_at: str) -> None
     store._rename_exchange = exchange_then  # type: ignore[assignment]
     if crash_at == "before-remove-old":
         store._remove_entry = remove_entry  # type: ignore[assignment]
-    staging = ImageStaging.begin(image_dir)
+    staging = begin(image_dir)
     staging.publish(fill_staging(staging, "new"))
     os._exit(3)  # the crash point was never reached
 
@@ -303,13 +330,13 @@ def test_crash_during_publish_leaves_a_complete_image(
     assert all(name.startswith((".staging-job-1-", ".old-job-1-")) for name in garbage)
     if at_final is None:
         assert not os.path.lexists(image_dir)
-        assert recover(str(image_dir))
+        assert recover_at(image_dir)
         at_final = "old"
     else:
-        assert not recover(str(image_dir))  # an image is in place: nothing to recover
+        assert not recover_at(image_dir)  # an image is in place: nothing to recover
     assert validate(str(image_dir)).metadata.container_id == at_final
 
-    removed = cleanup_stale(str(image_dir.parent), min_age=0)
+    removed = cleanup_at(image_dir.parent, min_age=0)
     assert {action.action for action in removed} <= {"removed"}
     assert leftovers(image_dir.parent) == []
     assert validate(str(image_dir)).metadata.container_id == at_final
@@ -319,9 +346,9 @@ def test_crash_during_publish_leaves_a_complete_image(
 
 
 def test_cleanup_skips_a_staging_dir_in_use(image_dir: Path) -> None:
-    with ImageStaging.begin(str(image_dir)) as staging:
+    with begin(image_dir) as staging:
         fill_staging(staging)
-        assert cleanup_stale(str(image_dir.parent), min_age=0) == []
+        assert cleanup_at(image_dir.parent, min_age=0) == []
         assert os.path.isdir(staging.path)
     assert leftovers(image_dir.parent) == []
 
@@ -332,8 +359,8 @@ def test_cleanup_waits_for_leftovers_to_age(image_dir: Path) -> None:
     crashed.mkdir()
     (crashed / "pages-1.img").write_bytes(b"x")
     parent = str(image_dir.parent)
-    assert cleanup_stale(parent) == []
-    assert cleanup_stale(parent, now=time.time() + 2 * store.STALE_AFTER_SECONDS) == [
+    assert cleanup_at(parent) == []
+    assert cleanup_at(parent, now=time.time() + 2 * store.STALE_AFTER_SECONDS) == [
         LeftoverAction(crashed.name, "removed")
     ]
     assert validate(str(image_dir)).metadata.container_id == "new"
@@ -347,7 +374,7 @@ def test_cleanup_keeps_unrelated_entries_and_images_with_odd_ids(tmp_path: Path)
     (parent / "notes.txt").write_text("")
     old_file = parent / ".old-job-abcdefabcdef"
     old_file.write_text("")
-    assert cleanup_stale(str(parent), min_age=0) == [LeftoverAction(old_file.name, "removed")]
+    assert cleanup_at(parent, min_age=0) == [LeftoverAction(old_file.name, "removed")]
     assert validate(str(parent / odd_id)).metadata.checkpoint_id == odd_id
     assert sorted(os.listdir(parent)) == sorted(
         [odd_id, ".staging-no-random-suffix", "notes.txt"]
@@ -355,7 +382,7 @@ def test_cleanup_keeps_unrelated_entries_and_images_with_odd_ids(tmp_path: Path)
 
 
 def test_cleanup_of_missing_parent(tmp_path: Path) -> None:
-    assert cleanup_stale(str(tmp_path / "absent")) == []
+    assert cleanup_at(tmp_path / "absent") == []
 
 
 def test_recover_ignores_incomplete_old_dirs(image_dir: Path) -> None:
@@ -363,7 +390,7 @@ def test_recover_ignores_incomplete_old_dirs(image_dir: Path) -> None:
     aside = image_dir.parent / ".old-job-1-0123456789ab"
     os.rename(image_dir, aside)
     (aside / "core-1.img").write_bytes(b"truncated")
-    assert not recover(str(image_dir))
+    assert not recover_at(image_dir)
     assert not image_dir.exists()
 
 
@@ -374,12 +401,12 @@ def test_remove_deletes_without_following_symlinks(tmp_path: Path, image_dir: Pa
     (outside / "precious").write_text("keep")
     (image_dir / "link").symlink_to(outside)
     (image_dir.parent / ".staging-job-1-0123456789ab").mkdir()
-    assert remove(str(image_dir))
+    assert remove_at(image_dir)
     assert not os.path.lexists(image_dir)
     assert (outside / "precious").read_text() == "keep"
     assert leftovers(image_dir.parent) == []
-    assert not remove(str(image_dir))
-    assert not remove(str(tmp_path / "no" / "such" / "image"))
+    assert not remove_at(image_dir)
+    assert not remove_at(tmp_path / "no" / "such" / "image")
 
 
 def test_remove_of_a_symlinked_image_removes_the_link(tmp_path: Path, image_dir: Path) -> None:
@@ -388,7 +415,7 @@ def test_remove_of_a_symlinked_image_removes_the_link(tmp_path: Path, image_dir:
     (outside / "precious").write_text("keep")
     image_dir.parent.mkdir(parents=True)
     image_dir.symlink_to(outside)
-    assert remove(str(image_dir))
+    assert remove_at(image_dir)
     assert not os.path.lexists(image_dir)
     assert (outside / "precious").read_text() == "keep"
 
@@ -678,3 +705,48 @@ def test_host_cpu_summary(tmp_path: Path) -> None:
     assert host_cpu_summary(str(tmp_path / "absent")) is None
     real = host_cpu_summary()
     assert real is None or isinstance(real.flags, tuple)
+
+
+# --- confinement: a parent swapped for a symlink ---------------------------------------------
+
+
+def swap_for_symlink(directory: Path, target: Path) -> None:
+    directory.rename(directory.with_name(directory.name + "-moved"))
+    directory.symlink_to(target)
+
+
+def test_publish_refuses_a_parent_swapped_after_begin(image_dir: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / image_dir.name).mkdir(parents=True)
+    (outside / image_dir.name / "precious").write_text("keep")
+    with begin(image_dir) as staging:
+        metadata = fill_staging(staging)
+        swap_for_symlink(image_dir.parent, outside)
+        with pytest.raises(NotBeneath, match="symlink"):
+            staging.publish(metadata)
+    assert sorted(p.name for p in outside.rglob("*")) == [image_dir.name, "precious"]
+    assert leftovers(image_dir.parent.with_name(image_dir.parent.name + "-moved")) == []
+
+
+def test_publish_refuses_a_parent_replaced_by_another_directory(image_dir: Path) -> None:
+    with begin(image_dir) as staging:
+        metadata = fill_staging(staging)
+        image_dir.parent.rename(image_dir.parent.with_name("moved"))
+        image_dir.parent.mkdir()
+        with pytest.raises(PublishError, match="no longer the directory"):
+            staging.publish(metadata)
+    assert list(image_dir.parent.iterdir()) == []
+
+
+def test_remove_and_recover_refuse_a_symlinked_parent(image_dir: Path, tmp_path: Path) -> None:
+    publish_image(image_dir)
+    outside = tmp_path / "outside"
+    (outside / image_dir.name).mkdir(parents=True)
+    swap_for_symlink(image_dir.parent, outside)
+    with pytest.raises(NotBeneath):
+        remove_at(image_dir)
+    with pytest.raises(NotBeneath):
+        recover_at(image_dir)
+    with pytest.raises(NotBeneath):
+        cleanup_at(image_dir.parent, min_age=0)
+    assert (outside / image_dir.name).is_dir()
