@@ -67,4 +67,4 @@ def test_refuses_a_directory_swapped_for_a_symlink_after_the_location_was_decide
 
     assert sorted(str(p.relative_to(outside)) for p in outside.rglob("*")) == ["ns", "ns/job"]
     assert os.stat(outside / "ns" / "job").st_uid == 0
-    assert "mounts" not in Bundle.load(bundle.path).spec
+    assert Bundle.load(bundle.path).mounts == []
