@@ -17,6 +17,10 @@ own success; the claimer therefore looks for its claimed name before giving up o
 A member's checkpoint is published under a claimed name of its own and renamed to an unclaimed
 entry only once the container is stopped, so no other container can restore it while the
 checkpointed processes might still run.
+
+The pool directory is opened beneath the root that holds it (`root`, see
+arch.checkpoint.beneath), following no symlink: the members' containers may write the storage.
+The default root "/" means no symlink anywhere on the pool's path.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ SEPARATOR = "~"
 RANDOM_HEX_CHARS = 12
 HOST_MAX = 64
 
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ENTRY = re.compile(r"image-\d{8}T\d{6}Z-[0-9a-f]{12}\Z")
 _HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 
@@ -123,9 +126,11 @@ def unclaimed_entries(pool_dir: str) -> list[str]:
     return sorted(name for name in names if is_entry(name))
 
 
-def claim_next(pool_dir: str, skip: frozenset[str] = frozenset()) -> Claim | None:
+def claim_next(
+    pool_dir: str, skip: frozenset[str] = frozenset(), root: str = "/"
+) -> Claim | None:
     """Claim the oldest unclaimed entry not in `skip`; None when there is none left."""
-    parent_fd = _open_pool(pool_dir)
+    parent_fd = _open_pool(pool_dir, root)
     if parent_fd is None:
         return None
     try:
@@ -139,9 +144,9 @@ def claim_next(pool_dir: str, skip: frozenset[str] = frozenset()) -> Claim | Non
         os.close(parent_fd)
 
 
-def claim_entry(pool_dir: str, entry: str) -> Claim | None:
+def claim_entry(pool_dir: str, entry: str, root: str = "/") -> Claim | None:
     """Claim one named entry (e.g. to remove it without racing a claimer); None when taken."""
-    parent_fd = _open_pool(pool_dir)
+    parent_fd = _open_pool(pool_dir, root)
     if parent_fd is None:
         return None
     try:
@@ -158,33 +163,34 @@ def _claim_at(parent_fd: int, pool_dir: str, entry: str) -> Claim | None:
     return Claim(pool_dir, entry, claimed)
 
 
-def claims(pool_dir: str, attempts: int) -> Iterator[Claim]:
+def claims(pool_dir: str, attempts: int, root: str = "/") -> Iterator[Claim]:
     """Claim entries one at a time, at most `attempts` (the caller releases or keeps each)."""
     tried: set[str] = set()
     for _ in range(attempts):
-        claim = claim_next(pool_dir, frozenset(tried))
+        claim = claim_next(pool_dir, frozenset(tried), root)
         if claim is None:
             return
         tried.add(claim.entry)
         yield claim
 
 
-def release(claimed_path: str) -> str | None:
+def release(claimed_path: str, root: str = "/") -> str | None:
     """Put a claimed image back into its pool, unclaimed; returns its entry path (None: gone)."""
     pool_dir, name = os.path.split(os.path.normpath(claimed_path))
     parsed = parse_claimed(name)
     if parsed is None:
         raise PoolError(errno.EINVAL, f"not a claimed pool image: {claimed_path}")
-    return _move(pool_dir, name, parsed.entry)
+    return _move(pool_dir, name, parsed.entry, root)
 
 
-def quarantine(claimed_path: str) -> str | None:
+def quarantine(claimed_path: str, root: str = "/") -> str | None:
     """Move a claimed image that failed validation out of the pool's reach."""
     pool_dir, name = os.path.split(os.path.normpath(claimed_path))
     parsed = parse_claimed(name)
     if parsed is None:
         raise PoolError(errno.EINVAL, f"not a claimed pool image: {claimed_path}")
-    return _move(pool_dir, name, SEPARATOR.join((INVALID_PREFIX[:-1], parsed.token, parsed.entry)))
+    invalid = SEPARATOR.join((INVALID_PREFIX[:-1], parsed.token, parsed.entry))
+    return _move(pool_dir, name, invalid, root)
 
 
 def publication_path(pool_dir: str) -> str:
@@ -192,8 +198,8 @@ def publication_path(pool_dir: str) -> str:
     return os.path.join(pool_dir, claimed_name(new_entry_name()))
 
 
-def _move(pool_dir: str, name: str, target: str) -> str | None:
-    parent_fd = _open_pool(pool_dir)
+def _move(pool_dir: str, name: str, target: str, root: str) -> str | None:
+    parent_fd = _open_pool(pool_dir, root)
     if parent_fd is None:
         return None
     try:
@@ -219,9 +225,16 @@ def _rename(parent_fd: int, name: str, target: str) -> bool:
     return True
 
 
-def _open_pool(pool_dir: str) -> int | None:
+def _open_pool(pool_dir: str, root: str) -> int | None:
+    """The pool directory, resolved beneath `root` following no symlink; None when absent."""
+    from arch.checkpoint.beneath import open_beneath, opened_root
+
+    prefix = root.rstrip("/") + "/"
+    if not pool_dir.startswith(prefix):
+        raise PoolError(errno.EINVAL, f"{pool_dir}: not beneath {root}")
     try:
-        return os.open(pool_dir, _OPEN_DIR)
+        with opened_root(root) as root_fd:
+            return open_beneath(root_fd, pool_dir[len(prefix) :].strip("/"))
     except FileNotFoundError:
         return None
     except OSError as error:

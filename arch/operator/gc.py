@@ -329,9 +329,10 @@ def _plan_pool(
 
 
 def _apply(action: Action) -> bool:
-    parent, name = os.path.split(action.path)
+    # The pool module resolves beneath "/" following no symlink: resolve the listed parent now.
+    parent, name = os.path.realpath(os.path.dirname(action.path)), os.path.basename(action.path)
     if action.action == RELEASE:
-        return pool.release(action.path) is not None
+        return pool.release(os.path.join(parent, name)) is not None
     if pool.is_entry(name):
         # Claimed first: a replica elsewhere cannot take it while it is being removed.
         claim = pool.claim_entry(parent, name)

@@ -216,17 +216,17 @@ def _restore_from_pool(
     assert location.pool_dir is not None
     where = call.where
     try:
-        for claim in pool.claims(location.pool_dir, POOL_CLAIM_ATTEMPTS):
+        for claim in pool.claims(location.pool_dir, POOL_CLAIM_ATTEMPTS, location.root):
             claimed = location.with_image_dir(claim.path)
             _write_record(state, claimed, bundle)  # the claim is named before it is used
             outcome = _restore(call, bundle, claimed)
             if outcome == RESTORED:
                 return True
             if outcome == INVALID:
-                moved = pool.quarantine(claim.path)
+                moved = pool.quarantine(claim.path, location.root)
                 logger.warning("create %s: pool image moved aside to %s", where, moved)
             elif outcome == REFUSED:
-                pool.release(claim.path)
+                pool.release(claim.path, location.root)
             _write_record(state, location, bundle)
     except OSError as error:
         logger.warning("create %s: pool %s unusable, starting fresh: %s", where,
@@ -489,7 +489,7 @@ def _hand_to_pool(call: Call, location: ImageLocation, claimed_path: str) -> str
     from arch.checkpoint import pool
 
     try:
-        published = pool.release(claimed_path) or claimed_path
+        published = pool.release(claimed_path, location.root) or claimed_path
     except OSError as error:  # the image is complete; `archctl gc` releases it later
         logger.error("checkpoint %s: image %s not released into the pool: %s", call.where,
                      claimed_path, error)  # fmt: skip
@@ -537,7 +537,7 @@ def handle_delete(call: Call) -> int:
                 logger.info("delete %s: exited 0, %s", where,
                             outcome.format(location.image_dir))  # fmt: skip
         elif location.pool_dir is not None:
-            _release_claim(where, location.image_dir, exit_status)
+            _release_claim(where, location, exit_status)
         else:
             logger.info("delete %s: exit status %s, image %s kept", where, exit_status,
                         location.image_dir)  # fmt: skip
@@ -555,11 +555,12 @@ def _remove_image(location: ImageLocation) -> bool:
         return remove(root_fd, location.relative)
 
 
-def _release_claim(where: str, claimed_path: str, exit_status: int | None) -> None:
+def _release_claim(where: str, location: ImageLocation, exit_status: int | None) -> None:
     from arch.checkpoint import pool
 
+    claimed_path = location.image_dir
     try:
-        released = pool.release(claimed_path)
+        released = pool.release(claimed_path, location.root)
     except OSError as error:
         logger.error("delete %s: cannot release pool image %s: %s", where, claimed_path, error)
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -88,3 +89,21 @@ def test_publication_path_is_a_claimed_name(tmp_path: Path) -> None:
     path = pool.publication_path(str(tmp_path))
     parsed = pool.parse_claimed(path.rsplit("/", 1)[1])
     assert parsed is not None and pool.is_entry(parsed.entry)
+
+
+def test_a_pool_behind_a_symlink_is_not_touched(tmp_path: Path) -> None:
+    """The pool directory is resolved beneath its root: a symlink on the way is refused."""
+    names = make_entries(tmp_path / "outside" / "p", 1)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "ns").symlink_to(tmp_path / "outside")
+    pool_dir = str(tmp_path / "root" / "ns" / "p")
+    with pytest.raises(pool.PoolError, match="symlink"):
+        list(pool.claims(pool_dir, attempts=1, root=str(tmp_path / "root")))
+    claimed = pool.claimed_name(names[0])
+    (tmp_path / "outside" / "p" / names[0]).rename(tmp_path / "outside" / "p" / claimed)
+    for move in (pool.release, pool.quarantine):
+        with pytest.raises(pool.PoolError, match="symlink"):
+            move(os.path.join(pool_dir, claimed), root=str(tmp_path / "root"))
+    assert os.listdir(tmp_path / "outside" / "p") == [claimed]
+    with pytest.raises(pool.PoolError, match="not beneath"):
+        pool.release(os.path.join(pool_dir, claimed), root=str(tmp_path / "elsewhere"))
