@@ -20,7 +20,6 @@ storage meanwhile is refused as well.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
 import logging
 import os
@@ -49,7 +48,6 @@ from arch.checkpoint.layer_common import (
     WHITEOUT_PREFIX,
     DirectoryWalker,
     LayerError,
-    NodeMetadata,
     OverlayMarkers,
     UnsafePathError,
     copy_range,
@@ -65,6 +63,7 @@ from arch.checkpoint.layer_common import (
 )
 from arch.checkpoint.layer_journal import BACKUP_DIR_PREFIX, Journal, RollbackSources
 from arch.checkpoint.layer_lower import open_lower_view
+from arch.checkpoint.layer_members import DELETIONS, Kind, Member
 from arch.checkpoint.layer_reset import (
     Coverage,
     ResetStep,
@@ -108,45 +107,6 @@ class ArchiveLimits:
 
 
 DEFAULT_LIMITS = ArchiveLimits()
-
-
-class Kind(enum.Enum):
-    FILE = "file"
-    DIRECTORY = "directory"
-    SYMLINK = "symlink"
-    HARDLINK = "hard link"
-    FIFO = "fifo"
-    CHAR_DEVICE = "character device"
-    BLOCK_DEVICE = "block device"
-    WHITEOUT = "whiteout"
-    OPAQUE = "opaque marker"
-
-
-DELETIONS = (Kind.WHITEOUT, Kind.OPAQUE)
-
-
-@dataclass(frozen=True)
-class Member:
-    """One validated archive member, with everything needed to apply it."""
-
-    name: str  # as in the archive, for messages
-    kind: Kind
-    parts: tuple[str, ...]  # the path it creates; for deletions, the path it deletes
-    mode: int
-    uid: int
-    gid: int
-    mtime_ns: int
-    xattrs: dict[str, bytes]
-    size: int = 0
-    data_offset: int = 0
-    symlink_target: str = ""
-    link_parts: tuple[str, ...] = ()
-    rdev: int = 0
-
-    @property
-    def metadata(self) -> NodeMetadata:
-        return NodeMetadata(self.mode, self.uid, self.gid, self.mtime_ns, self.mtime_ns,
-                            self.xattrs)
 
 
 def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size: int, *,

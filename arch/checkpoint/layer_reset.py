@@ -25,7 +25,6 @@ import os
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from arch.checkpoint.layer_common import (
     DIR_OPEN_FLAGS,
@@ -40,9 +39,7 @@ from arch.checkpoint.layer_common import (
 )
 from arch.checkpoint.layer_journal import Journal, replace_xattrs
 from arch.checkpoint.layer_lower import TreeCopier, lower_stat
-
-if TYPE_CHECKING:
-    from arch.checkpoint.layer_apply import Member
+from arch.checkpoint.layer_members import Kind, Member
 
 SPACE_ROUNDING = 4096
 SPACE_MARGIN = 1 << 20  # directories, symlinks and metadata written back besides file data
@@ -63,8 +60,6 @@ class Coverage:
     """The paths whose whole state an archive decides by itself."""
 
     def __init__(self, members: Iterable[Member]) -> None:
-        from arch.checkpoint.layer_apply import Kind
-
         # deletions, opaque markers and non-directories: a directory member alone leaves the
         # lower layers' children of that directory visible
         self._decided = {member.parts for member in members if member.kind != Kind.DIRECTORY}
@@ -169,8 +164,6 @@ def rollback_space_needed(members: Sequence[Member], steps: Sequence[ResetStep],
                           merged: DirectoryWalker) -> int:
     """Bytes a rollback of this application may have to write back: the data of every regular
     file that exists now and that the reset or the archive will remove or replace."""
-    from arch.checkpoint.layer_apply import Kind
-
     reverted = [reset_step.parts for reset_step in steps if reset_step.step == Step.REVERT]
     roots: list[tuple[str, ...]] = list(reverted)
     for member in members:

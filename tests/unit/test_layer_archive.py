@@ -22,13 +22,13 @@ from arch.checkpoint.filesystem import (
     capture_layer,
     read_members,
 )
-from arch.checkpoint.layer_apply import Kind
 from arch.checkpoint.layer_common import (
     escape_component,
     format_pax_time,
     parse_pax_time,
     unescape_component,
 )
+from arch.checkpoint.layer_members import Kind
 
 MTIME_NS = 1_700_000_000_987_654_321
 
