@@ -29,8 +29,10 @@ def add_parser(subcommands: Any) -> None:
     )
     parser.add_argument(
         "--root", action="append", metavar="DIR",
-        help="image root laid out as DIR/<namespace>/<id> (repeatable; default: checkpoint_root; "
-        "for shared-filesystem mode give $ARCH_SHAREDFS_HOST_PATH/checkpoint)",
+        help="image root laid out as DIR/<namespace>/<id> (repeatable; default: checkpoint_root "
+        "and the roots of the images this host's containers use; for images of containers gone "
+        "from this host under ARCH_CHECKPOINT_HOST_PATH or $ARCH_SHAREDFS_HOST_PATH/checkpoint, "
+        "name those)",
     )  # fmt: skip
     parser.add_argument(
         "--older-than", metavar="AGE", type=_duration,
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"archctl gc: {error}", file=sys.stderr)
         return EXIT_FAILED
     now = time.time()
-    roots = args.root or [config.checkpoint_root]
+    roots = args.root or gc.default_roots(config)
     plan = gc.plan(roots, config, older_than=args.older_than, now=now,
                    docker_socket=args.docker_socket)  # fmt: skip
     if args.dry_run:

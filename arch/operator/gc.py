@@ -114,6 +114,22 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def default_roots(config: HostConfig) -> list[str]:
+    """checkpoint_root, plus the roots of the images this host's containers use (paths set by
+    ARCH_CHECKPOINT_HOST_PATH or ARCH_SHAREDFS_HOST_PATH lead elsewhere)."""
+    roots = {os.path.normpath(config.checkpoint_root)}
+    for namespace, container_id in list_containers(config.state_dir):
+        try:
+            record = ContainerState(config.state_dir, namespace, container_id).read_record()
+            location = ImageLocation.from_dict((record or {}).get("location") or {})
+        except (StateError, ValueError, OSError):
+            continue
+        directory = location.pool_dir or location.image_dir
+        if directory:  # <root>/<namespace>/<id or pool>
+            roots.add(os.path.dirname(os.path.dirname(os.path.normpath(directory))))
+    return sorted(roots)
+
+
 def plan(
     roots: Iterable[str],
     config: HostConfig,

@@ -235,3 +235,14 @@ def test_images_being_restored_are_left_alone(config: HostConfig, tmp_path: Path
     assert not image.exists()
     swept = gc.sweep_leftovers([str(namespace)], dry_run=False, now=now)
     assert sorted(o.action.path for o in swept) == sorted([str(elsewhere), str(dead_here)])
+
+
+def test_default_roots_follow_this_hosts_containers(config: HostConfig, tmp_path: Path) -> None:
+    record(config, "c1", str(tmp_path / "efs" / "checkpoint" / "default" / "job"), None)
+    state = ContainerState(config.state_dir, "default", "p1")
+    pool_dir = str(tmp_path / "data" / "default" / "web")
+    member = ImageLocation("", "default", "web", pool_dir=pool_dir)
+    state.write_record({"version": 1, "location": member.as_dict()})
+    assert gc.default_roots(config) == sorted(
+        [config.checkpoint_root, str(tmp_path / "efs" / "checkpoint"), str(tmp_path / "data")]
+    )
