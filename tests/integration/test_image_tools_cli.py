@@ -61,7 +61,10 @@ def test_inspect_verdicts_sizes_and_process_tree(
     assert report["versions"]["image"]["criu"] == report["versions"]["host"]["criu"]
     init = report["processes"][0]
     assert (init["pid"], init["ppid"], init["comm"]) == (1, 0, "sh"), report["processes"]
-    assert any(p["comm"] == "sleep" and p["ppid"] == 1 for p in report["processes"][1:])
+    pids = {p["pid"] for p in report["processes"]}
+    assert all(p["ppid"] in pids for p in report["processes"][1:]), "not one tree"
+    # The loop's `sleep` child exists only between counts: when dumped, it is sh's child.
+    assert all(p["comm"] == "sleep" for p in report["processes"][1:]), report["processes"]
 
     # The container's own name finds the image it recorded; the table says the same.
     table = archctl(node, "inspect", f"{NS}/job")
