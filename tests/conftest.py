@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
+from tests.imds_server import ImdsServer
 from tests.stack import current
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 DEFAULT_ARCH_RUNC = "/usr/local/bin/arch-runc"
 ARCH_RUNC_ENV = "ARCH_RUNC"
@@ -94,3 +98,13 @@ def real_runc_binary() -> Path:
     if os.path.basename(os.path.realpath(found)) == "arch-runc":
         pytest.fail(f"{found} resolves to arch-runc, not to the real runc", pytrace=False)
     return Path(found)
+
+
+@pytest.fixture
+def imds() -> Iterator[ImdsServer]:
+    """A real IMDSv2 server on 127.0.0.1 (tests/imds_server.py), stopped afterwards."""
+    server = ImdsServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

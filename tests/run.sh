@@ -33,6 +33,8 @@ newer_stack_tests=(
     tests/integration/test_exit_status.py
     tests/integration/test_stack_wiring.py
     tests/integration/test_restore_options.py
+    tests/integration/test_operator_cli.py
+    tests/integration/test_spot_notice.py
 )
 
 is_root() { [ "$(id -u)" -eq 0 ]; }

@@ -36,14 +36,6 @@ OPTED = {"ARCH_ENABLE": "1"}
 COUNT = ["sh", "-c", "mkdir -p /state && " + cr.count_loop()]
 
 
-@pytest.fixture
-def imds() -> Iterator[ImdsServer]:
-    server = ImdsServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 @contextlib.contextmanager
 def notice_cleared(node: ContainerdNode) -> Iterator[None]:

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from arch.spot.imds import ImdsClient, ImdsError, Notice, parse_endpoint, parse_instance_action
 from tests.imds_server import NOTICE, ImdsServer
-
-
-@pytest.fixture
-def imds() -> Iterator[ImdsServer]:
-    server = ImdsServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Clock:

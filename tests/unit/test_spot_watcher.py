@@ -7,7 +7,6 @@ tests/integration/test_spot_notice.py.)
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,6 @@ from arch.spot.watcher import MAX_BACKOFF, SpotWatcher
 from tests.imds_server import NOTICE, ImdsServer
 
 INTERVAL = 0.5
-
-
-@pytest.fixture
-def imds() -> Iterator[ImdsServer]:
-    server = ImdsServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Runs:

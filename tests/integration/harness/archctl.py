@@ -8,7 +8,11 @@ import subprocess
 import sys
 from typing import Any
 
+from tests.stack import current
+
 from .containerd import ContainerdNode
+
+STACK = current()
 
 ARCHCTL_TIMEOUT = 300.0
 
@@ -19,6 +23,8 @@ def archctl_argv(node: ContainerdNode, *args: str) -> list[str]:
 
 def archctl_environment(node: ContainerdNode) -> dict[str, str]:
     environment = {**os.environ, **node.arch.environment}
+    # archctl's ctr is the stack's (tests/stack.py), as a host has the ctr of its containerd.
+    environment["PATH"] = STACK.daemon_path(environment.get("PATH", os.defpath))
     for variable in ("CONTAINERD_ADDRESS", "AWS_EC2_METADATA_SERVICE_ENDPOINT"):
         environment.pop(variable, None)
     return environment
