@@ -140,6 +140,9 @@ def finish(member: Member, exit_code: str) -> None:
     """Let the member's loop exit with `exit_code`, then delete it (the watcher saw the exit)."""
     (member.rootfs / "state/exit").write_text(exit_code)
     member.node.wait_for_status(member.container_id, "STOPPED")
+    # delete waits only briefly for the exit status; on a loaded machine the watcher may be later.
+    recorded = member.node.arch.state_dir / cr.NAMESPACE / member.container_id / "exit_status"
+    cr.wait_for(recorded.exists, f"the exit status of {member.container_id}")
     cr.remove_container(member.node, member.container_id)
 
 
