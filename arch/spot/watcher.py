@@ -149,7 +149,7 @@ class SpotWatcher:
             )
             return
         document: dict[str, Any] = {"notice": notice.as_dict(), "seen_at": utc_now()}
-        write_marker(self.state_dir, document)
+        self._write_marker(document)
         self.log.warning(
             "Spot interruption notice: %s at %s; checkpointing every ARCH container",
             notice.action,
@@ -158,7 +158,14 @@ class SpotWatcher:
         if self.notice_seen is not None:
             self.notice_seen(notice.action, notice.time)
         document["outcome"] = self._checkpoint()
-        write_marker(self.state_dir, document)
+        self._write_marker(document)
+
+    def _write_marker(self, document: dict[str, Any]) -> None:
+        """Write the marker; without it stops are not checkpoints, but the run still goes on."""
+        try:
+            write_marker(self.state_dir, document)
+        except OSError as error:
+            self.log.error("cannot write the notice marker in %s: %s", self.state_dir, error)
 
     def _checkpoint(self) -> dict[str, Any]:
         started = time.monotonic()

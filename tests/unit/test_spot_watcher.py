@@ -164,3 +164,16 @@ def test_rebalance_recommendation_is_only_reported(
     assert caplog.text.count("rebalance recommendation since 2026-11-30T16:50:00Z") == 1
     assert runs.calls == 0
     assert not notice_active(str(tmp_path))
+
+
+def test_an_unwritable_state_dir_does_not_stop_the_run(
+    imds: ImdsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_directory = tmp_path / "state"
+    not_a_directory.write_text("")
+    runs = Runs()
+    watcher = watcher_for(imds, not_a_directory, runs)
+    imds.mode = "notice"
+    assert watcher.run_once() == 0
+    assert runs.calls == 1
+    assert "cannot write the notice marker" in caplog.text
