@@ -103,7 +103,46 @@ def find_overlay_layers(rootfs: str, mountinfo_path: str = MOUNTINFO) -> Overlay
     stacked = [entry for entry in entries if entry.mount_point == mount_point]
     if not stacked or stacked[-1].fstype != OVERLAY_FSTYPE:
         return None
-    return parse_overlay_options(mount_point, stacked[-1].super_options)
+    return with_absolute_layers(parse_overlay_options(mount_point, stacked[-1].super_options))
+
+
+def with_absolute_layers(mount: OverlayMount) -> OverlayMount:
+    """The mount with relative layer paths made absolute.
+
+    The kernel shows layer paths as they were given. Docker's overlay2 driver mounts with paths
+    relative to its home (`lowerdir=l/ABC:l/DEF,upperdir=<id>/diff`) when absolute ones would
+    not fit in a page (images with many layers); its mount point is `<home>/<id>/merged`. So
+    the base is the parent of the mount point's ancestor named like upperdir's first component.
+    """
+    paths = [*mount.lowerdirs, *mount.datadirs, mount.upperdir or "", mount.workdir or ""]
+    if all(os.path.isabs(path) for path in paths if path):
+        return mount
+    base = _relative_layers_base(mount)
+    if base is None:
+        raise LayerError(f"overlay at {mount.mount_point}: relative layer paths that cannot be "
+                         f"resolved (upperdir={mount.upperdir!r})")
+
+    def absolute(path: str) -> str:
+        return os.path.join(base, path)
+
+    return OverlayMount(
+        mount.mount_point, tuple(map(absolute, mount.lowerdirs)),
+        None if mount.upperdir is None else absolute(mount.upperdir),
+        None if mount.workdir is None else absolute(mount.workdir),
+        tuple(map(absolute, mount.datadirs)), mount.options)
+
+
+def _relative_layers_base(mount: OverlayMount) -> str | None:
+    if mount.upperdir is None or os.path.isabs(mount.upperdir):
+        return None
+    first = mount.upperdir.split("/", 1)[0]
+    ancestor = os.path.dirname(mount.mount_point)
+    while ancestor not in ("/", ""):
+        if os.path.basename(ancestor) == first:
+            base = os.path.dirname(ancestor)
+            return base if os.path.isdir(os.path.join(base, mount.upperdir)) else None
+        ancestor = os.path.dirname(ancestor)
+    return None
 
 
 def parse_mountinfo_line(line: bytes) -> MountInfo:

@@ -212,7 +212,12 @@ class CheckpointJob:
             return ValidImage(self.location.image_dir, metadata)
 
     def _capture_filesystem(self, rootfs: str, staging: ImageStaging) -> FilesystemInfo:
-        overlay = find_overlay_layers(rootfs) if rootfs else None
+        try:
+            overlay = find_overlay_layers(rootfs) if rootfs else None
+        except (OSError, LayerError) as error:
+            raise CheckpointFailed(
+                f"cannot find the rootfs's overlay layers: {error}", "filesystem"
+            ) from error
         if overlay is None:
             logger.warning(
                 "checkpoint %s: rootfs %s is not an overlay mount: processes only, its filesystem "

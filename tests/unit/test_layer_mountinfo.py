@@ -88,6 +88,33 @@ def test_find_overlay_layers_takes_the_last_mount_at_the_path(tmp_path: Path) ->
     assert find_overlay_layers(str(rootfs), str(mountinfo)) is None
 
 
+def test_relative_layer_paths_of_a_docker_overlay2_mount_are_made_absolute(
+        tmp_path: Path) -> None:
+    home = tmp_path / "overlay2"
+    for directory in ("abc123/diff", "abc123/work", "abc123/merged", "l/SHORT1", "l/SHORT2"):
+        (home / directory).mkdir(parents=True)
+    options = "rw,lowerdir=l/SHORT1:l/SHORT2,upperdir=abc123/diff,workdir=abc123/work"
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(mountinfo_line(str(home / "abc123/merged"), "overlay", options))
+
+    found = find_overlay_layers(str(home / "abc123/merged"), str(mountinfo))
+
+    assert found is not None
+    assert found.lowerdirs == (str(home / "l/SHORT1"), str(home / "l/SHORT2"))
+    assert (found.upperdir, found.workdir) == (str(home / "abc123/diff"),
+                                               str(home / "abc123/work"))
+
+
+def test_relative_layer_paths_that_cannot_be_resolved_are_an_error(tmp_path: Path) -> None:
+    (tmp_path / "rootfs").mkdir()
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(mountinfo_line(str(tmp_path / "rootfs"), "overlay",
+                                        "rw,lowerdir=l/X,upperdir=elsewhere/diff,workdir=w"))
+
+    with pytest.raises(LayerError, match="relative layer paths"):
+        find_overlay_layers(str(tmp_path / "rootfs"), str(mountinfo))
+
+
 def test_find_overlay_layers_in_this_process_for_a_plain_directory(tmp_path: Path) -> None:
     assert find_overlay_layers(str(tmp_path)) is None
 
