@@ -246,3 +246,39 @@ def test_default_roots_follow_this_hosts_containers(config: HostConfig, tmp_path
     assert gc.default_roots(config) == sorted(
         [config.checkpoint_root, str(tmp_path / "efs" / "checkpoint"), str(tmp_path / "data")]
     )
+
+
+FAKE_DOCKER = """#!/bin/sh
+# A stand-in for `docker --host unix://S inspect --type container --format F ID`.
+case "$8" in
+  done-c) echo '{"Status":"exited","ExitCode":0,"FinishedAt":"2099-01-01T00:00:00.123456789Z"}';;
+  failed-c) echo '{"Status":"exited","ExitCode":2,"FinishedAt":"2099-01-01T00:00:00Z"}';;
+  early-c) echo '{"Status":"exited","ExitCode":0,"FinishedAt":"2001-01-01T00:00:00Z"}';;
+  running-c) echo '{"Status":"running","ExitCode":0,"FinishedAt":"0001-01-01T00:00:00Z"}';;
+  *) echo "Error: No such container: $8" >&2; exit 1;;
+esac
+"""
+
+
+def test_docker_containers_that_exited_0_after_their_image(
+    config: HostConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.test_image import publish_image
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    socket = tmp_path / "docker.sock"
+    socket.touch()
+    moby = tmp_path / "root" / "moby"
+    for container in ("done-c", "failed-c", "early-c", "running-c", "unknown-c"):
+        publish_image(moby / f"job-{container}", container_id=container)
+    plan = gc.plan([config.checkpoint_root], config, docker_socket=str(socket))
+    assert [(os.path.basename(a.path), a.rule, a.detail) for a in plan.actions] == [
+        ("job-done-c", "finished", "Docker container done-c exited 0")
+    ]
+    assert len(plan.kept) == 4
+    without_docker = gc.plan([config.checkpoint_root], config, docker_socket=str(tmp_path / "x"))
+    assert without_docker.actions == []
