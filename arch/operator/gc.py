@@ -407,8 +407,8 @@ def _rfc3339_seconds(text: str) -> float:
         value = value[:-1] + "+00:00"
     main, dot, rest = value.partition(".")
     if dot:
-        digits = "".join(c for c in rest if c.isdigit())
-        value = f"{main}.{digits[:6]}{rest[len(digits):]}"
+        fraction = len(rest) - len(rest.lstrip("0123456789"))
+        value = f"{main}.{rest[:fraction][:6].ljust(6, '0')}{rest[fraction:]}"
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
