@@ -164,20 +164,19 @@ class LiveProgress:
         self.stream = stream
         self.total = total
         self.lock = threading.Lock()
-        self.running = 0
+        self.running: set[str] = set()  # names of the containers being checkpointed
         self.counts = {OK: 0, FAILED: 0, "skipped": 0}
         self.last = ""
 
     def started(self, target: Target) -> None:
         with self.lock:
-            self.running += 1
+            self.running.add(target.name)
             self._draw(f"checkpointing {target.name}")
 
     def finished(self, outcome: Outcome, done: int, total: int) -> None:
         del total
         with self.lock:
-            if outcome.status != "skipped":
-                self.running -= 1
+            self.running.discard(outcome.name)
             self.counts[outcome.status] += 1
             if outcome.status == FAILED:
                 self._clear()
@@ -187,7 +186,7 @@ class LiveProgress:
     def _draw(self, detail: str) -> None:
         line = (
             f"{self.counts[OK]} ok, {self.counts[FAILED]} failed, {self.counts['skipped']} "
-            f"skipped, {self.running} running - {detail}"
+            f"skipped, {len(self.running)} running - {detail}"
         )
         self._clear()
         self.stream.write(line[:200])

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
+from arch.cli.checkpoint import LiveProgress, PlainProgress
 from arch.cli.main import main
 from arch.cli.output import format_table, human_bytes
+from arch.operator.checkpoint_all import Outcome, Target
 from arch.operator.containerd import Task, parse_task_list
 
 
@@ -87,3 +91,37 @@ def test_stop_signals(argument: list[str], stops: bool) -> None:
     from arch.shim.lifecycle import is_stop_signal
 
     assert is_stop_signal(argument) is stops
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def outcome(name: str, status: str, reason: str = "checkpointed and stopped") -> Outcome:
+    return Outcome("default", name, status, reason, 0.5, None, 2048 if status == "ok" else None)
+
+
+def test_plain_progress_is_one_line_per_container() -> None:
+    stream = io.StringIO()
+    progress = PlainProgress(stream)
+    progress.finished(outcome("web", "ok"), 1, 2)
+    progress.finished(outcome("db", "failed", "CRIU said no"), 2, 2)
+    assert stream.getvalue().splitlines() == [
+        "[1/2] ok default/web 0.50s 2.0 KiB: checkpointed and stopped",
+        "[2/2] failed default/db 0.50s -: CRIU said no",
+    ]
+
+
+def test_live_progress_rewrites_one_line_and_keeps_failures() -> None:
+    stream = Terminal()
+    progress = LiveProgress(stream, 2)
+    progress.started(Target("default", "web", None))
+    progress.finished(outcome("web", "ok"), 1, 2)
+    progress.finished(outcome("db", "failed", "CRIU said no"), 2, 2)
+    progress.close()
+    text = stream.getvalue()
+    assert "\r" in text and "1 ok, 0 failed, 0 skipped, 0 running - 1/2 done" in text
+    assert "failed default/db: CRIU said no\n" in text
+    assert "0 running - 2/2 done" in text  # db failed before it started: never counted
+    assert text.endswith("\r")  # the live line is cleared before the table
