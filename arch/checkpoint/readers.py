@@ -33,29 +33,34 @@ class Reader(NamedTuple):
 
 
 @contextlib.contextmanager
-def reading(image_dir: str) -> Iterator[None]:
-    """Mark `image_dir` as being read while the block runs (best effort: no marker when the
-    parent directory is absent or not writable; the image then has no image to read either)."""
+def reading(root: str, relative: str) -> Iterator[None]:
+    """Mark the image `relative` beneath `root` as being read while the block runs. Its parent
+    is opened beneath the root following no symlink. Best effort: without a parent directory
+    there is no image to read either, and a marker that cannot be made protects nothing."""
+    from arch.checkpoint.beneath import open_beneath, opened_root
     from arch.checkpoint.pool import host_label
 
-    parent, name = os.path.split(os.path.normpath(image_dir))
-    marker = os.path.join(
-        parent,
-        SEPARATOR.join((READER_PREFIX[:-1], name, host_label(), str(os.getpid()),
-                        os.urandom(6).hex())),
-    )  # fmt: skip
+    parent, name = os.path.split(relative)
+    marker = SEPARATOR.join(
+        (READER_PREFIX[:-1], name, host_label(), str(os.getpid()), os.urandom(6).hex())
+    )
+    parent_fd = -1
     try:
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)  # fmt: skip
-        os.close(fd)
+        with opened_root(root) as root_fd:
+            parent_fd = open_beneath(root_fd, parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        os.close(os.open(marker, flags, 0o600, dir_fd=parent_fd))
     except OSError:
-        marker = ""
+        if parent_fd >= 0:
+            os.close(parent_fd)
+        parent_fd = -1
     try:
         yield
     finally:
-        if marker:
+        if parent_fd >= 0:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(marker)
+                os.unlink(marker, dir_fd=parent_fd)
+            os.close(parent_fd)
 
 
 def readers_of(image_dir: str, now: float | None = None) -> list[Reader]:

@@ -291,7 +291,7 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> str:
     """
     from arch.checkpoint.readers import reading
 
-    with reading(location.image_dir):
+    with reading(location.root, location.relative):
         return _restore_from(call, bundle, location)
 
 

@@ -202,7 +202,7 @@ def test_images_being_restored_are_left_alone(config: HostConfig, tmp_path: Path
     image = namespace / "job"
     image.mkdir(parents=True)
     ago(image, 86400 * 30)
-    with readers.reading(str(image)):
+    with readers.reading("/", str(image).lstrip("/")):
         (marker,) = [p for p in namespace.iterdir() if p.name.startswith(".reading~job~")]
         plan = gc.plan([config.checkpoint_root], config, older_than=60)
         assert plan.actions == []
@@ -226,7 +226,7 @@ def test_images_being_restored_are_left_alone(config: HostConfig, tmp_path: Path
     # A restore that starts between plan and removal wins: the image is put back.
     plan = gc.plan([config.checkpoint_root], config, older_than=60, now=now)
     assert [a.rule for a in plan.actions] == ["older-than"]
-    with readers.reading(str(image)):
+    with readers.reading("/", str(image).lstrip("/")):
         (outcome,) = gc.execute(plan.actions)
     assert (outcome.done, outcome.error) == (False, None)
     assert str(outcome.skipped).startswith("being restored on")
@@ -282,3 +282,19 @@ def test_docker_containers_that_exited_0_after_their_image(
     assert len(plan.kept) == 4
     without_docker = gc.plan([config.checkpoint_root], config, docker_socket=str(tmp_path / "x"))
     assert without_docker.actions == []
+
+
+def test_reader_marker_is_made_beneath_the_root_only(tmp_path: Path) -> None:
+    from arch.checkpoint import readers
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "ns").symlink_to(tmp_path / "real")
+    with readers.reading(str(tmp_path / "root"), "ns/job"):  # through a symlink: no marker
+        assert list((tmp_path / "real").iterdir()) == []
+    with readers.reading(str(tmp_path / "root"), "missing/job"):
+        pass
+    (tmp_path / "root" / "ok").mkdir()
+    with readers.reading(str(tmp_path / "root"), "ok/job"):
+        assert len(readers.readers_of(str(tmp_path / "root" / "ok" / "job"))) == 1
+    assert list((tmp_path / "root" / "ok").iterdir()) == []
