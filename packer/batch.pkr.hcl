@@ -1,6 +1,6 @@
-# ARCH AMI for AWS Batch compute environments: the ECS-optimized AL2023 AMI plus the ARCH
-# appliance with Docker's default runtime arch-runc. Batch sets the cluster and drives retries
-# itself (see templates/batch-job.json.j2), so the ECS agent keeps Batch's settings.
+# ARCH AMI for AWS Batch compute environments: the same appliance as the ECS flavour (Batch runs
+# jobs through the ECS agent and Docker), named and tagged for Batch. Batch sets the cluster;
+# retries on a reclaimed host come from the job definition (templates/batch-job.json.j2).
 
 build {
   name = "batch"
@@ -20,9 +20,7 @@ build {
     use_proxy     = false
     extra_arguments = [
       "--become",
-      "--extra-vars", jsonencode(merge(local.ami_role_vars, {
-        arch_ecs_agent_settings = local.ecs_agent_settings
-      })),
+      "--extra-vars", jsonencode(local.ami_role_vars),
     ]
     ansible_env_vars = ["ANSIBLE_CONFIG=${local.ansible_dir}/ansible.cfg"]
   }

@@ -1,5 +1,5 @@
 # ARCH AMI for ECS container instances: the ECS-optimized AL2023 AMI plus the ARCH appliance,
-# Docker's default runtime arch-runc, and Spot instance draining in the ECS agent.
+# Docker's default runtime arch-runc, the Spot watcher and the ECS agent's Spot settings.
 
 build {
   name = "ecs"
@@ -19,11 +19,7 @@ build {
     use_proxy     = false
     extra_arguments = [
       "--become",
-      "--extra-vars", jsonencode(merge(local.ami_role_vars, {
-        arch_ecs_agent_settings = merge(local.ecs_agent_settings, {
-          ECS_ENABLE_SPOT_INSTANCE_DRAINING = "true"
-        })
-      })),
+      "--extra-vars", jsonencode(local.ami_role_vars),
     ]
     ansible_env_vars = ["ANSIBLE_CONFIG=${local.ansible_dir}/ansible.cfg"]
   }

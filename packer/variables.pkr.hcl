@@ -152,15 +152,12 @@ locals {
     "arch:criu-version"    = var.criu_version
   })
   # The role's variables for an ECS/Batch host: the ECS agent runs tasks through Docker, whose
-  # default runtime must then be arch-runc. Docker itself comes with the ECS-optimized AMI.
+  # default runtime must then be arch-runc (Docker comes with the ECS-optimized AMI). arch_ecs:
+  # the agent's Spot settings (instance draining, a two-minute stop timeout for checkpoints).
   ami_role_vars = {
     arch_docker_default_runtime = true
     arch_install_docker         = false
+    arch_ecs                    = true
     arch_criu_version           = var.criu_version
-  }
-  # ECS agent settings (the role writes them to /etc/ecs/ecs.config). Stop timeout: a task's
-  # container gets two minutes between SIGTERM and SIGKILL, the time a checkpoint may need.
-  ecs_agent_settings = {
-    ECS_CONTAINER_STOP_TIMEOUT = "2m"
   }
 }

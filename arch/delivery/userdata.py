@@ -111,26 +111,19 @@ class UserdataOptions:
             if ROLE_VARIABLE.match(name) is None:
                 raise UserdataError(f"--role-var {name}: the role's variables are arch_*")
 
-    def ecs_agent_settings(self) -> dict[str, str]:
-        """/etc/ecs/ecs.config lines the role writes."""
-        if not self.configure_ecs_agent:
-            return {}
-        settings = {
-            # A container gets two minutes between SIGTERM and SIGKILL: time for a checkpoint.
-            "ECS_CONTAINER_STOP_TIMEOUT": "2m",
-        }
-        if self.ecs_cluster:
-            settings["ECS_CLUSTER"] = self.ecs_cluster
-            # Spot notice: the agent drains the instance, so ECS places replacements elsewhere.
-            settings["ECS_ENABLE_SPOT_INSTANCE_DRAINING"] = "true"
-        return settings
-
     def role_vars(self) -> dict[str, Any]:
-        """The role's variables known when rendering; the script adds the instance's own."""
+        """The role's variables known when rendering; the script adds the instance's own.
+
+        arch_ecs gives the ECS agent the Spot settings ARCH relies on (instance draining, a
+        two-minute stop timeout: the role's arch_ecs_spot_settings); the cluster is ours to add.
+        """
         variables: dict[str, Any] = {
             "arch_docker_default_runtime": True,
             "arch_checkpoint_root": self.checkpoint_root,
-            "arch_ecs_agent_settings": self.ecs_agent_settings(),
+            "arch_ecs": self.configure_ecs_agent,
+            "arch_ecs_agent_settings": {"ECS_CLUSTER": self.ecs_cluster}
+            if self.ecs_cluster
+            else {},
             "arch_spot_watch_enabled": self.spot_watch,
         }
         variables.update(self.role_variables)

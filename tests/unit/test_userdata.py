@@ -72,18 +72,17 @@ def test_options_reach_the_script() -> None:
     assert "readonly fleet_key_ssm_parameter=/arch/fleet-key\n" in script
     role_vars = embedded_role_vars(script)
     assert role_vars["arch_docker_default_runtime"] is True
-    assert role_vars["arch_ecs_agent_settings"] == {
-        "ECS_CLUSTER": "prod",
-        "ECS_ENABLE_SPOT_INSTANCE_DRAINING": "true",
-        "ECS_CONTAINER_STOP_TIMEOUT": "2m",
-    }
+    assert role_vars["arch_ecs"] is True  # the role's Spot settings for the agent
+    assert role_vars["arch_ecs_agent_settings"] == {"ECS_CLUSTER": "prod"}
     assert role_vars["arch_spot_watch_enabled"] is True
 
 
 def test_batch_instances_get_no_cluster_and_role_vars_pass_through() -> None:
     batch = embedded_role_vars(render_userdata(VARIANTS["url, local storage, batch"]))
-    assert batch["arch_ecs_agent_settings"] == {"ECS_CONTAINER_STOP_TIMEOUT": "2m"}
+    assert batch["arch_ecs"] is True and batch["arch_ecs_agent_settings"] == {}
     assert batch["arch_spot_watch_enabled"] is False
+    pushed = UserdataOptions(PackageSource.parse(f"/tmp/{WHEEL}"), configure_ecs_agent=False)
+    assert embedded_role_vars(render_userdata(pushed))["arch_ecs"] is False
     custom = embedded_role_vars(render_userdata(VARIANTS["file, efs in another region, key file"]))
     assert custom["arch_log_level"] == "debug"
     assert custom["arch_checkpoint_root"] == "/mnt/checkpoints"
