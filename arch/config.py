@@ -27,6 +27,7 @@ KNOWN_KEYS = frozenset(
         "allowed_roots",
         "criu_options",
         "metrics_file",
+        "image_key_file",
     }
 )
 DEFAULT_METRICS_FILE = "/var/lib/node_exporter/textfile_collector/arch.prom"
@@ -44,6 +45,7 @@ class HostConfig:
         "checkpoint_root",
         "criu",
         "criu_options",
+        "image_key_file",
         "log_file",
         "log_level",
         "metrics_file",
@@ -64,6 +66,7 @@ class HostConfig:
         criu_options: tuple[str, ...] = (),
         criu: str | None = None,
         metrics_file: str = DEFAULT_METRICS_FILE,
+        image_key_file: str | None = None,
     ) -> None:
         self.path = path
         self.runc = runc
@@ -78,6 +81,8 @@ class HostConfig:
         self.criu_options = criu_options
         # Prometheus textfile-collector output of arch.metrics; "" turns metrics off.
         self.metrics_file = metrics_file
+        # The fleet's image signing key (arch.checkpoint.signing); None: images are not signed.
+        self.image_key_file = image_key_file
 
 
 def config_path() -> str:
@@ -120,6 +125,9 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
     criu = document.get("criu")
     if criu is not None:
         criu = _absolute_path(path, "criu", criu)
+    image_key_file = document.get("image_key_file")
+    if image_key_file is not None:
+        image_key_file = _absolute_path(path, "image_key_file", image_key_file)
     defaults = HostConfig(path)
     checkpoint_root = _absolute_path(
         path, "checkpoint_root", document.get("checkpoint_root", defaults.checkpoint_root)
@@ -159,6 +167,7 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         criu_options=tuple(criu_options),
         criu=criu,
         metrics_file=metrics_file,
+        image_key_file=image_key_file,
     )
 
 

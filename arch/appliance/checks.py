@@ -311,6 +311,33 @@ def _private_directory_problems(directory: str) -> list[str]:
     return problems
 
 
+def check_signing(target: VerifyTarget, mountinfo: str | None = None) -> CheckResult:
+    """Whether images are signed; a warning when unsigned images live on shared storage."""
+    from arch.appliance.mounts import MOUNTINFO, filesystem_type, is_network_filesystem
+    from arch.checkpoint.signing import ImageKeyError, load_key
+
+    config = target.config
+    if config.image_key_file is not None:
+        try:
+            load_key(config.image_key_file)
+        except ImageKeyError as error:
+            return CheckResult("signing", FAIL, f"{error}: checkpoints fail, nothing restores")
+        return CheckResult("signing", OK, f"on: images signed with {config.image_key_file}")
+    shared = []
+    for root in dict.fromkeys((config.checkpoint_root, *config.allowed_roots)):
+        fstype = filesystem_type(root, mountinfo or MOUNTINFO)
+        if is_network_filesystem(fstype):
+            shared.append(f"{root} ({fstype})")
+    if shared:
+        return CheckResult(
+            "signing",
+            WARN,
+            f"off, and images live on shared storage: {', '.join(shared)}; whoever can write "
+            "there decides what is restored here. Set image_key_file in arch.toml",
+        )
+    return CheckResult("signing", OK, "off: images are not signed (no image_key_file)")
+
+
 CHECKS: tuple[Callable[[VerifyTarget], CheckResult], ...] = (
     check_config,
     check_runc,
@@ -323,6 +350,7 @@ CHECKS: tuple[Callable[[VerifyTarget], CheckResult], ...] = (
     check_docker_wiring,
     check_docker_service,
     check_storage,
+    check_signing,
 )
 
 

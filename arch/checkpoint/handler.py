@@ -35,10 +35,12 @@ from arch.checkpoint.metadata import (
 )
 from arch.checkpoint.store import ImageStaging, PublishError
 from arch.checkpoint.store import remove as remove_image
-from arch.checkpoint.validation import ValidImage
+from arch.checkpoint.validation import ValidImage, verify_criu_files
 from arch.runc.runtime import RuncError, binary_version
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from arch.checkpoint.filesystem import Journal
     from arch.container.bundle import Bundle
     from arch.container.identity import ImageLocation
@@ -102,9 +104,12 @@ class CheckpointJob:
         location: ImageLocation,
         container_id: str,
         host_criu_options: tuple[str, ...],
+        image_key: bytes | None = None,
     ) -> None:
         self.runc = runc
         self.command = command
+        # With a key the image is signed (arch.checkpoint.signing).
+        self.image_key = image_key
         self.location = location
         self.container_id = container_id
         self.options = criu_options.merge(criu_options.from_command(command), host_criu_options)
@@ -200,14 +205,14 @@ class CheckpointJob:
                 runc_version=versions[0],
                 criu_version=versions[1],
                 filesystem=filesystem,
-                criu_files=staging.describe_criu_files(),
+                criu_files=staging.describe_criu_files(digests=self.image_key is not None),
                 container=_container_essentials(bundle_path),
                 cpu=host_cpu_summary(),
                 criu_options=tuple(self.options),
                 identity=identity.result(),
             )
             try:
-                staging.publish(metadata)
+                staging.publish(metadata, self.image_key)
             except (OSError, PublishError, InvalidImage) as error:
                 raise CheckpointFailed(f"cannot publish the image: {error}", "storage") from error
             return ValidImage(self.location.image_dir, metadata)
@@ -328,25 +333,40 @@ class RestoreJob:
         problems = missing_bind_sources(self.bundle) + missing_mounts(self.image, self.bundle)
         if problems:
             raise RestoreRefused("; ".join(problems), "host_mismatch")
+        # Files with a recorded sha256 are checked before they are read: cpuinfo.img now, the
+        # other CRIU files while the filesystem changes apply.
+        self._verify_criu_files((CPUINFO_IMAGE,))
         cpu_check = CpuCheck.start(self.image, self.runc.criu)  # runs while the files apply
         os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
         work_dir = tempfile.mkdtemp(prefix="restore-", dir=self.scratch_dir)
+        others = [f.name for f in self.image.metadata.criu_files if f.name != CPUINFO_IMAGE]
         try:
-            journal = self._apply_filesystem()
-            try:
-                problems = cpu_check.problems()
-                if problems:
-                    raise RestoreRefused("; ".join(problems), "host_mismatch")
-                self._restore_processes(work_dir)
-            except BaseException:
+            with ThreadPoolExecutor(max_workers=1) as background:
+                digests = background.submit(self._verify_criu_files, others)
+                journal = self._apply_filesystem()
+                try:
+                    digests.result()
+                    problems = cpu_check.problems()
+                    if problems:
+                        raise RestoreRefused("; ".join(problems), "host_mismatch")
+                    self._restore_processes(work_dir)
+                except BaseException:
+                    if journal is not None:
+                        journal.rollback()
+                    raise
                 if journal is not None:
-                    journal.rollback()
-                raise
-            if journal is not None:
-                journal.commit()
+                    journal.commit()
         finally:
             cpu_check.problems()  # reaped in every case
             shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _verify_criu_files(self, names: Collection[str]) -> None:
+        try:
+            verify_criu_files(self.image, names)
+        except (InvalidImage, OSError) as error:
+            raise RestoreRefused(
+                f"image file check failed: {error}", "invalid_image"
+            ) from error
 
     def _apply_filesystem(self) -> Journal | None:
         filesystem = self.image.metadata.filesystem

@@ -3,7 +3,7 @@
 An image is one flat directory `<root>/<namespace>/<checkpoint id>/` holding
 - the CRIU files exactly as `runc checkpoint` writes them (inventory.img, dump.log, ...),
 - ROOTFS_TAR, the container's filesystem changes (written by arch.checkpoint.layer_*),
-- METADATA_FILE, written last (see ImageMetadata).
+- METADATA_FILE, written last (see ImageMetadata), and with a key SIGNATURE_FILE.
 
 metadata.json may come from shared storage that other hosts write: parsing checks every field's
 type and refuses names that are not safe path components (InvalidImage says what is wrong).
@@ -30,6 +30,8 @@ FORMAT_VERSION = 2
 SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
 PRE_IDENTITY_FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
+# The MAC of metadata.json when images are signed (arch.checkpoint.signing).
+SIGNATURE_FILE = "metadata.sig"
 ROOTFS_TAR = "rootfs-diff.tar"
 CRIU_INVENTORY = "inventory.img"
 CRIU_DUMP_LOG = "dump.log"
@@ -59,6 +61,14 @@ class ImageMissing(InvalidImage):
 class CriuFile:
     name: str
     size: int
+    # Recorded when images are signed (arch.checkpoint.signing), else None.
+    sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        listed: dict[str, Any] = {"name": self.name, "size": self.size}
+        if self.sha256 is not None:
+            listed["sha256"] = self.sha256
+        return listed
 
 
 @dataclass(frozen=True)
@@ -213,7 +223,7 @@ class ImageMetadata:
                 "size": self.filesystem.size,
             },
             "process": {
-                "criu_files": [{"name": f.name, "size": f.size} for f in self.criu_files],
+                "criu_files": [f.to_dict() for f in self.criu_files],
                 "criu_options": list(self.criu_options),
             },
             "container": {
@@ -427,11 +437,15 @@ def _criu_files_from(value: object, filesystem: FilesystemInfo) -> tuple[CriuFil
         entry = _object(item, "process.criu_files[]")
         name = _string(_required(entry, "name", "process.criu_files[]"), "criu file name")
         _check_file_name(name, "criu file")
-        files.append(CriuFile(name, _size(_required(entry, "size", name), f"{name}.size")))
+        size = _size(_required(entry, "size", name), f"{name}.size")
+        sha256 = _optional_string(entry.get("sha256"), f"{name}.sha256")
+        if sha256 is not None and not _SHA256_HEX.match(sha256):
+            raise InvalidImage(f"{METADATA_FILE}: {name}.sha256 is not 64 lowercase hex digits")
+        files.append(CriuFile(name, size, sha256))
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         raise InvalidImage(f"{METADATA_FILE}: process.criu_files lists a file twice")
-    for reserved in (METADATA_FILE, filesystem.tar):
+    for reserved in (METADATA_FILE, SIGNATURE_FILE, filesystem.tar):
         if reserved in names:
             raise InvalidImage(f"{METADATA_FILE}: process.criu_files lists {reserved}")
     for required in (CRIU_INVENTORY, CRIU_DUMP_LOG):

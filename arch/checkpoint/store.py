@@ -32,7 +32,14 @@ from arch.checkpoint.beneath import (
     open_beneath,
     same_file,
 )
-from arch.checkpoint.metadata import METADATA_FILE, ROOTFS_TAR, CriuFile, InvalidImage
+from arch.checkpoint.metadata import (
+    METADATA_FILE,
+    ROOTFS_TAR,
+    SIGNATURE_FILE,
+    CriuFile,
+    InvalidImage,
+)
+from arch.checkpoint.signing import file_sha256, signature
 from arch.checkpoint.validation import (
     OPEN_DIR,
     read_metadata_at,
@@ -126,17 +133,19 @@ class ImageStaging:
             self._tar_fd = os.open(ROOTFS_TAR, flags, FILE_MODE, dir_fd=self._lock_fd)
         return fd_path(self._tar_fd)
 
-    def describe_criu_files(self) -> tuple[CriuFile, ...]:
-        """The CRIU files in the staging dir: every file but the metadata and the tar."""
+    def describe_criu_files(self, digests: bool = False) -> tuple[CriuFile, ...]:
+        """The CRIU files in the staging dir: every file but the metadata and the tar; with
+        `digests`, each with its sha256 (for signed images)."""
         entries = regular_entries(self._lock_fd)
         return tuple(
-            CriuFile(name, size)
+            CriuFile(name, size, file_sha256(self._lock_fd, name) if digests else None)
             for name, size in sorted(entries.items())
-            if name not in (METADATA_FILE, ROOTFS_TAR)
+            if name not in (METADATA_FILE, SIGNATURE_FILE, ROOTFS_TAR)
         )
 
-    def publish(self, metadata: ImageMetadata) -> None:
-        """Seal the staging dir, check it like `validate`, and put it at the final path.
+    def publish(self, metadata: ImageMetadata, key: bytes | None = None) -> None:
+        """Seal the staging dir (signed with `key`, if given), check it like `validate`, and
+        put it at the final path.
 
         The parent is resolved beneath the root again: it must still be the directory the
         image was staged in.
@@ -145,9 +154,12 @@ class ImageStaging:
             raise PublishError(f"{self.relative}: already published or aborted")
         dir_fd = self._lock_fd
         _seal_files(dir_fd)
-        _write_file(dir_fd, METADATA_FILE, metadata.to_json())
+        document = metadata.to_json()
+        _write_file(dir_fd, METADATA_FILE, document)
+        if key is not None:
+            _write_file(dir_fd, SIGNATURE_FILE, signature(key, document))
         os.fsync(dir_fd)
-        validate_contents(dir_fd)
+        validate_contents(dir_fd, key)
         parent, final_name = _split(self.relative)
         parent_fd = open_beneath(self._root_fd, parent)
         try:

@@ -12,16 +12,22 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from arch.checkpoint import signing
 from arch.checkpoint.beneath import fd_path, open_beneath
 from arch.checkpoint.metadata import (
     CRIU_DUMP_LOG,
     METADATA_FILE,
+    SIGNATURE_FILE,
     ImageMetadata,
     ImageMissing,
     InvalidImage,
     parse_criu_version,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 # The last line CRIU's dump logs when it succeeded (criu/cr-dump.c, 3.x and 4.x).
 CRIU_DUMP_SUCCESS = "Dumping finished successfully"
@@ -66,15 +72,17 @@ def validate(
     *,
     namespace: str | None = None,
     checkpoint_id: str | None = None,
+    key: bytes | None = None,
 ) -> ValidImage:
     """Check that the image at `image_dir` is complete and usable; raise InvalidImage if not.
 
     `criu_version` is the restoring host's CRIU version: an image dumped by a newer CRIU major
-    is refused. `namespace`/`checkpoint_id`, when given, must match the metadata. The tar's
-    sha256 is not computed here (see verify_tar_checksum).
+    is refused. `namespace`/`checkpoint_id`, when given, must match the metadata. With a `key`
+    the image must be signed with it. File digests are not computed here (see
+    verify_tar_checksum and verify_criu_files).
     """
     with open_image_dir(image_dir) as dir_fd:
-        metadata = validate_contents(dir_fd)
+        metadata = validate_contents(dir_fd, key)
     _check_usable(metadata, criu_version, namespace, checkpoint_id)
     return ValidImage(image_dir, metadata)
 
@@ -86,6 +94,7 @@ def validate_beneath(
     *,
     namespace: str | None = None,
     checkpoint_id: str | None = None,
+    key: bytes | None = None,
 ) -> ValidImage:
     """`validate` for the image `relative` beneath `root_fd`, resolved following no symlink
     (NotBeneath, an OSError, otherwise). The result holds the directory's descriptor."""
@@ -96,7 +105,7 @@ def validate_beneath(
     except NotADirectoryError as error:
         raise InvalidImage(f"{relative} is not a directory") from error
     try:
-        metadata = validate_contents(dir_fd)
+        metadata = validate_contents(dir_fd, key)
         _check_usable(metadata, criu_version, namespace, checkpoint_id)
     except BaseException:
         os.close(dir_fd)
@@ -143,13 +152,29 @@ def verify_tar_checksum(image: ValidImage) -> None:
         )
 
 
-def validate_contents(dir_fd: int) -> ImageMetadata:
-    """Everything `validate` checks about the files, against the metadata on disk."""
+def validate_contents(dir_fd: int, key: bytes | None = None) -> ImageMetadata:
+    """Everything `validate` checks about the files, against the metadata on disk.
+
+    With a `key`, the signature is verified over the metadata's bytes before they are parsed,
+    and every file must have a recorded sha256 (arch.checkpoint.signing).
+    """
     entries = regular_entries(dir_fd)
     if METADATA_FILE not in entries:
         raise InvalidImage(f"{METADATA_FILE} is missing (incomplete image)")
-    metadata = read_metadata_at(dir_fd)
+    data = _read_small(dir_fd, METADATA_FILE, METADATA_MAX_BYTES)
+    if key is not None:
+        stored = None
+        if SIGNATURE_FILE in entries:
+            stored = _read_small(dir_fd, SIGNATURE_FILE, signing.SIGNATURE_MAX_BYTES)
+        signing.check_signature(key, data, stored)
+    metadata = ImageMetadata.from_json(data)
+    if key is not None:
+        unsigned = [f.name for f in metadata.criu_files if f.sha256 is None]
+        if unsigned:
+            raise InvalidImage(f"{METADATA_FILE} records no sha256 for {', '.join(unsigned)}")
     expected = {METADATA_FILE: -1}
+    if SIGNATURE_FILE in entries:
+        expected[SIGNATURE_FILE] = -1
     expected.update((f.name, f.size) for f in metadata.criu_files)
     filesystem = metadata.filesystem
     if filesystem.tar is not None and filesystem.size is not None:
@@ -166,6 +191,18 @@ def validate_contents(dir_fd: int) -> ImageMetadata:
             )
     _check_dump_log(dir_fd)
     return metadata
+
+
+def verify_criu_files(image: ValidImage, names: Collection[str] | None = None) -> None:
+    """Compare the CRIU files (all, or `names`) with the sha256 the metadata records for them,
+    before runc or CRIU read them; files without a recorded digest are not read."""
+    listed = [
+        (f.name, f.sha256)
+        for f in image.metadata.criu_files
+        if names is None or f.name in names
+    ]
+    with image_dir_of(image) as dir_fd:
+        signing.check_digests(dir_fd, listed)
 
 
 def validate_entry(parent_fd: int, name: str) -> ImageMetadata:
@@ -193,12 +230,16 @@ def regular_entries(dir_fd: int) -> dict[str, int]:
 
 
 def read_metadata_at(dir_fd: int) -> ImageMetadata:
-    fd = open_regular(dir_fd, METADATA_FILE)
+    return ImageMetadata.from_json(_read_small(dir_fd, METADATA_FILE, METADATA_MAX_BYTES))
+
+
+def _read_small(dir_fd: int, name: str, limit: int) -> bytes:
+    fd = open_regular(dir_fd, name)
     chunks: list[bytes] = []
     length = 0
     try:
-        while length <= METADATA_MAX_BYTES:
-            chunk = os.read(fd, METADATA_MAX_BYTES + 1 - length)
+        while length <= limit:
+            chunk = os.read(fd, limit + 1 - length)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -206,9 +247,9 @@ def read_metadata_at(dir_fd: int) -> ImageMetadata:
     finally:
         os.close(fd)
     data = b"".join(chunks)
-    if len(data) > METADATA_MAX_BYTES:
-        raise InvalidImage(f"{METADATA_FILE} is larger than {METADATA_MAX_BYTES} bytes")
-    return ImageMetadata.from_json(data)
+    if len(data) > limit:
+        raise InvalidImage(f"{name} is larger than {limit} bytes")
+    return data
 
 
 def _check_dump_log(dir_fd: int) -> None:

@@ -128,6 +128,7 @@ static const struct known_key known_keys[] = {
 	{"log_file", PATH_VALUE},	    {"log_level", LOG_LEVEL_VALUE},
 	{"allowed_roots", PATH_LIST_VALUE}, {"criu_options", CRIU_OPTIONS_VALUE},
 	{"metrics_file", OPTIONAL_PATH_VALUE}, /* "" turns metrics off */
+	{"image_key_file", PATH_VALUE},
 	{NULL, PATH_VALUE},
 };
 static const char *const log_levels[] = {"debug", "info", "warning", "error", NULL};

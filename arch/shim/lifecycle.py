@@ -299,6 +299,7 @@ def _restore_from(call: Call, bundle: Bundle, location: ImageLocation) -> str:
     from arch.checkpoint.beneath import opened_root
     from arch.checkpoint.handler import RestoreJob, RestoreRefused
     from arch.checkpoint.metadata import ImageMissing, InvalidImage
+    from arch.checkpoint.signing import ImageKeyError
     from arch.checkpoint.store import recover
     from arch.checkpoint.validation import validate_beneath
     from arch.runc.runtime import binary_version
@@ -306,6 +307,7 @@ def _restore_from(call: Call, bundle: Bundle, location: ImageLocation) -> str:
     where = call.where
     runc = call.runc()
     try:
+        key = image_key(call.config)
         with opened_root(location.root) as root_fd:
             recover(root_fd, location.relative)
             image = validate_beneath(
@@ -313,6 +315,7 @@ def _restore_from(call: Call, bundle: Bundle, location: ImageLocation) -> str:
                 location.relative,
                 binary_version(runc.criu),
                 checkpoint_id=location.checkpoint_id,
+                key=key,
             )
     except ImageMissing:
         logger.info("create %s: no image at %s, starting fresh", where, location.image_dir)
@@ -324,6 +327,10 @@ def _restore_from(call: Call, bundle: Bundle, location: ImageLocation) -> str:
     except OSError as error:
         logger.warning("create %s: image %s not restored: %s", where, location.image_dir, error)
         call.count("restore", time.monotonic(), failure="storage")
+        return REFUSED
+    except ImageKeyError as error:
+        logger.error("create %s: image %s not restored: %s", where, location.image_dir, error)
+        call.count("restore", time.monotonic(), failure="other")
         return REFUSED
     scratch = os.path.join(call.config.state_dir, ".work")
     job = RestoreJob(runc, call.command, bundle, image, call.container_id, scratch)
@@ -362,6 +369,13 @@ def _skip_once(call: Call, flag: str) -> int:
     return call.pass_through()
 
 
+def image_key(config: HostConfig) -> bytes | None:
+    """The image signing key of arch.toml's image_key_file; None when images are unsigned."""
+    from arch.checkpoint.signing import load_key
+
+    return None if config.image_key_file is None else load_key(config.image_key_file)
+
+
 def handle_checkpoint(call: Call) -> int:
     from arch.checkpoint.handler import CheckpointFailed
 
@@ -396,14 +410,22 @@ def _checkpoint(
     """Checkpoint and stop the container; where its image is published. CheckpointFailed
     leaves it running. The caller holds the container's checkpoint lock."""
     from arch.checkpoint.handler import CheckpointFailed, CheckpointJob
+    from arch.checkpoint.signing import ImageKeyError
 
+    started = time.monotonic()
+    try:
+        key = image_key(call.config)
+    except ImageKeyError as error:
+        call.count("checkpoint", started, failure="other")
+        raise CheckpointFailed(str(error)) from error
     target = location
     if location.pool_dir is not None:
         from arch.checkpoint import pool
 
         target = location.with_image_dir(pool.publication_path(location.pool_dir))
-    job = CheckpointJob(call.runc(), command, target, call.container_id, call.config.criu_options)
-    started = time.monotonic()
+    job = CheckpointJob(
+        call.runc(), command, target, call.container_id, call.config.criu_options, key
+    )
     try:
         image = job.run()
     except CheckpointFailed as error:

@@ -246,3 +246,61 @@ def test_criu_check_uses_the_configured_criu(tmp_path: Path) -> None:
     )
     result = checks.check_criu(verify_target)
     assert result == checks.CheckResult("criu", checks.OK, f"{criu} 4.2.1, criu check: Looks good.")
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:40 / /mnt/efs rw,relatime shared:20 - nfs4 fs-1.efs.example:/ rw,vers=4.1
+41 40 0:41 / /mnt/efs/local\\040disk rw shared:21 - xfs /dev/sdb rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "fstype"),
+    [
+        ("/mnt/efs/teams/a", "nfs4"),
+        ("/mnt/efs", "nfs4"),
+        ("/mnt/efsx", "ext4"),
+        ("/mnt/efs/local disk/ckpt", "xfs"),
+        ("/checkpoint", "ext4"),
+    ],
+)
+def test_filesystem_type_of_a_path(tmp_path: Path, path: str, fstype: str) -> None:
+    from arch.appliance.mounts import filesystem_type
+
+    (tmp_path / "mountinfo").write_text(MOUNTINFO)
+    assert filesystem_type(path, str(tmp_path / "mountinfo")) == fstype
+
+
+def test_signing_is_reported_and_unsigned_shared_storage_warned(tmp_path: Path) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO)
+    local = target(tmp_path, None)
+    result = checks.check_signing(local, str(mountinfo))
+    assert (result.status, result.detail) == (
+        checks.OK, "off: images are not signed (no image_key_file)"
+    )
+    shared = local._replace(config=HostConfig(
+        str(tmp_path / "arch.toml"), checkpoint_root="/checkpoint",
+        allowed_roots=("/checkpoint", "/mnt/efs/teams"),
+    ))
+    result = checks.check_signing(shared, str(mountinfo))
+    assert result.status == checks.WARN
+    assert "shared storage: /mnt/efs/teams (nfs4)" in result.detail
+    assert "image_key_file" in result.detail
+
+
+@pytest.mark.root  # the key file must be owned by root
+def test_signing_on_needs_a_usable_key_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "image.key"
+    key_file.write_text("k" * 64 + "\n")
+    os.chmod(key_file, 0o600)
+    signed = target(tmp_path, None)._replace(config=HostConfig(
+        str(tmp_path / "arch.toml"), image_key_file=str(key_file),
+    ))
+    result = checks.check_signing(signed)
+    assert (result.status, result.detail) == (checks.OK, f"on: images signed with {key_file}")
+    os.chmod(key_file, 0o644)
+    result = checks.check_signing(signed)
+    assert result.status == checks.FAIL and "mode 0644" in result.detail
+    assert "k" * 64 not in result.detail

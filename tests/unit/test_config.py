@@ -84,3 +84,11 @@ def test_criu_path(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="criu must be an absolute path"):
         load_config(write(tmp_path, 'criu = "criu"\n'))
+
+
+def test_image_key_file(tmp_path: Path) -> None:
+    assert load_config(str(tmp_path / "absent.toml")).image_key_file is None
+    config = load_config(write(tmp_path, 'image_key_file = "/etc/arch//image.key"\n'))
+    assert config.image_key_file == "/etc/arch/image.key"
+    with pytest.raises(ConfigError, match="image_key_file must be an absolute path"):
+        load_config(write(tmp_path, 'image_key_file = "image.key"\n'))
