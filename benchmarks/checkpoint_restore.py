@@ -40,13 +40,16 @@ ratios are the figure. Needs root, runc, CRIU (>= 4 on this kernel, found on PAT
 
 Comparing two versions of ARCH (e.g. the cost of a change): `--compare-arch-runc OTHER` adds a
 third arm, the same ARCH round driven through OTHER (an arch-runc built from another tree), and
-prints ARCH / OTHER per phase. `--lower-copy DIR` adds a copy of DIR to the image's lower layer
-(e.g. a distribution's /usr/lib, for an image of realistic size).
+prints ARCH / OTHER per phase. `--signed` adds the arm "signed": the same arch-runc with
+image_key_file set (images signed at checkpoint; the signature and every file's sha256 checked
+at restore), printed as signed / ARCH (and signed / OTHER). `--lower-copy DIR` adds a copy of
+DIR to the image's lower layer (e.g. a distribution's /usr/lib, for an image of realistic size).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -76,6 +79,7 @@ READY_TIMEOUT = 120.0
 MEMORY_READY_SHARE = 0.95  # VmRSS at or above this share of --mem-mib: the memory is touched
 BUSYBOX_APPLETS = ("sh", "sleep", "cat", "ls")
 OTHER = "other"  # the --compare-arch-runc arm
+SIGNED = "signed"  # the --signed arm
 
 
 class BenchError(Exception):
@@ -154,23 +158,26 @@ def build_lower(
         write_file(os.path.join(lower, LOWER_BIG), big_mib * MIB, block, offset=1)
 
 
-def write_arch_host(workspace: Workspace, runc: str) -> str:
-    """A private arch.toml (its checkpoint_root, state_dir and log in the workspace)."""
-    os.makedirs(workspace.checkpoint_root, mode=0o700)
-    config_file = os.path.join(workspace.arch_host, "arch.toml")
+def write_arch_host(workspace: Workspace, runc: str, signed: bool = False) -> str:
+    """A private arch.toml (its checkpoint_root, state_dir and log in the workspace); `signed`:
+    arch-signed.toml, the same plus image_key_file naming a fresh key (root, 0600)."""
+    os.makedirs(workspace.checkpoint_root, mode=0o700, exist_ok=True)
+    lines = [
+        f"runc = {json.dumps(runc)}",
+        f"checkpoint_root = {json.dumps(workspace.checkpoint_root)}",
+        f"state_dir = {json.dumps(os.path.join(workspace.arch_host, 'state'))}",
+        f"log_file = {json.dumps(workspace.arch_log)}",
+        'log_level = "info"',
+    ]
+    if signed:
+        key_file = os.path.join(workspace.arch_host, "image.key")
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as key:
+            key.write(os.urandom(32).hex() + "\n")
+        lines.append(f"image_key_file = {json.dumps(key_file)}")
+    config_file = os.path.join(workspace.arch_host, "arch-signed.toml" if signed else "arch.toml")
     with open(config_file, "w") as config:
-        config.write(
-            "\n".join(
-                [
-                    f"runc = {json.dumps(runc)}",
-                    f"checkpoint_root = {json.dumps(workspace.checkpoint_root)}",
-                    f"state_dir = {json.dumps(os.path.join(workspace.arch_host, 'state'))}",
-                    f"log_file = {json.dumps(workspace.arch_log)}",
-                    'log_level = "info"',
-                    "",
-                ]
-            )
-        )
+        config.write("\n".join([*lines, ""]))
     return config_file
 
 
@@ -466,8 +473,11 @@ def remount_fresh(run: Round, arm_dir: str, merged: str) -> None:
     os.sync()
 
 
-def arch_round(run: Round, index: int, arch_runc: str | None = None) -> Sample:
-    tools, workspace = run.tools, run.workspace
+def arch_round(
+    run: Round, index: int, arch_runc: str | None = None, tools: Tools | None = None
+) -> Sample:
+    """One round of an ARCH arm: `arch_runc` and `tools` (its arch.toml) default to ARCH's."""
+    tools, workspace = tools or run.tools, run.workspace
     arch_runc = arch_runc or tools.arch_runc
     arm_dir = workspace.path(f"round-{index}", "arch")
     bundle, merged, written = start_container(run, arm_dir, ARCH_ID, True, arch_runc)
@@ -617,6 +627,11 @@ def parse_args() -> argparse.Namespace:
         help="a second arch-runc (another version of ARCH) run as a third arm; prints ARCH/OTHER",
     )
     parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="also an arm with image_key_file set (signed images); prints signed/ARCH",
+    )
+    parser.add_argument(
         "--lower-copy", metavar="DIR", help="copy DIR into the lower layer (a realistic image)"
     )
     parser.add_argument("--runc", default=shutil.which("runc") or "/usr/sbin/runc")
@@ -649,6 +664,11 @@ def run_rounds(run: Round, count: int, first_index: int) -> dict[str, list[Sampl
     if other:
         samples[OTHER] = []
         arms.append((OTHER, lambda run, index: arch_round(run, index, other)))
+    if run.args.signed:
+        config_file = write_arch_host(run.workspace, run.args.runc, signed=True)
+        signed = dataclasses.replace(run.tools, env={**run.tools.env, "ARCH_CONFIG": config_file})
+        samples[SIGNED] = []
+        arms.append((SIGNED, lambda run, index: arch_round(run, index, None, signed)))
     for index in range(first_index, first_index + count):
         shift = index % len(arms)  # each arm goes first in turn
         for name, arm in arms[shift:] + arms[:shift]:
@@ -717,6 +737,20 @@ def report(args: argparse.Namespace, samples: dict[str, list[Sample]]) -> None:
         print(f"  {'ARCH / ' + OTHER:<26} {against}   ({args.compare_arch_runc})")
         print(f"    {OTHER:<9} checkpoint: {step_medians(OTHER, 'checkpoint_steps')}")
         print(f"    {'':<9} restore:    {step_medians(OTHER, 'restore_steps')}")
+    if SIGNED in samples:
+        phases = ("checkpoint", "restore", "total")
+        times = " ".join(f"{median(SIGNED, phase):9.2f}s" for phase in phases)
+        print(f"  {'ARCH signed (image_key_file)':<26} {times}")
+        for against in ("ARCH", OTHER):
+            if against in samples:
+                ratios = " ".join(
+                    f"{median(SIGNED, p) / median(against, p):9.3f}x" for p in phases
+                )
+                print(f"  {'signed / ' + against:<26} {ratios}")
+        print(f"    {SIGNED:<9} checkpoint: {step_medians(SIGNED, 'checkpoint_steps')}")
+        print(f"    {'':<9} restore:    {step_medians(SIGNED, 'restore_steps')}")
+    load = os.getloadavg()
+    print(f"  load average at the end (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 def main() -> int:

@@ -26,6 +26,8 @@ ABSENT_SUFFIX = ".absent"
 CONTAINERD_CONFIG = Path("/etc/containerd/config.toml")
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 EXIT_WATCH_PIDFILE = Path("/run/arch/exit-watch.pid")
+ARCH_TOML = Path("/etc/arch/arch.toml")
+IMAGE_KEY_FILE = Path("/etc/arch/image.key")
 # (edited file, its backup's name) as the role passes them to the editors.
 EDITED_FILES = ((CONTAINERD_CONFIG, "containerd-config.toml"), (DAEMON_JSON, "docker-daemon.json"))
 # A daemon.json as a person would write it (4-space indent), to prove a byte-exact restore.
@@ -228,3 +230,26 @@ def test_absent_restores_configs_byte_for_byte_then_present_reinstalls() -> None
         ["/usr/local/bin/archctl", "verify"], capture_output=True, text=True, check=False
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_image_key_is_provisioned_root_only_and_never_logged() -> None:
+    """arch_image_key: the key file is root's, 0600, named in arch.toml, verify reports signing
+    on; the key never appears in the role's output. A run without it turns signing off again."""
+    key = os.urandom(32).hex()
+    try:
+        recap = run_playbook("-e", f"arch_image_key={key}")
+        assert key not in recap.output
+        info = IMAGE_KEY_FILE.stat()
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, 0, 0o600)
+        assert IMAGE_KEY_FILE.read_text() == key + "\n"
+        assert f'image_key_file = "{IMAGE_KEY_FILE}"' in ARCH_TOML.read_text()
+        verify = subprocess.run(
+            ["/usr/local/bin/archctl", "verify", "--json"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert key not in verify.stdout + verify.stderr
+        assert f"on: images signed with {IMAGE_KEY_FILE}" in verify.stdout, verify.stdout
+    finally:
+        run_playbook()
+        IMAGE_KEY_FILE.unlink(missing_ok=True)
+    assert "image_key_file" not in ARCH_TOML.read_text()
