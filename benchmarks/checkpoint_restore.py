@@ -80,6 +80,7 @@ MEMORY_READY_SHARE = 0.95  # VmRSS at or above this share of --mem-mib: the memo
 BUSYBOX_APPLETS = ("sh", "sleep", "cat", "ls")
 OTHER = "other"  # the --compare-arch-runc arm
 SIGNED = "signed"  # the --signed arm
+SIGNED_CONFIG = "arch-signed.toml"
 
 
 class BenchError(Exception):
@@ -175,7 +176,7 @@ def write_arch_host(workspace: Workspace, runc: str, signed: bool = False) -> st
         with os.fdopen(descriptor, "w") as key:
             key.write(os.urandom(32).hex() + "\n")
         lines.append(f"image_key_file = {json.dumps(key_file)}")
-    config_file = os.path.join(workspace.arch_host, "arch-signed.toml" if signed else "arch.toml")
+    config_file = os.path.join(workspace.arch_host, SIGNED_CONFIG if signed else "arch.toml")
     with open(config_file, "w") as config:
         config.write("\n".join([*lines, ""]))
     return config_file
@@ -665,7 +666,7 @@ def run_rounds(run: Round, count: int, first_index: int) -> dict[str, list[Sampl
         samples[OTHER] = []
         arms.append((OTHER, lambda run, index: arch_round(run, index, other)))
     if run.args.signed:
-        config_file = write_arch_host(run.workspace, run.args.runc, signed=True)
+        config_file = os.path.join(run.workspace.arch_host, SIGNED_CONFIG)
         signed = dataclasses.replace(run.tools, env={**run.tools.env, "ARCH_CONFIG": config_file})
         samples[SIGNED] = []
         arms.append((SIGNED, lambda run, index: arch_round(run, index, None, signed)))
@@ -763,6 +764,8 @@ def main() -> int:
     try:
         os.makedirs(workspace.arch_host)
         write_arch_host(workspace, args.runc)
+        if args.signed:
+            write_arch_host(workspace, args.runc, signed=True)
         block = os.urandom(4 * MIB)
         workload = build_workload(workspace)
         build_lower(

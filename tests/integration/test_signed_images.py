@@ -8,13 +8,11 @@ on the node that made it and on the other one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import tarfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,6 @@ from harness.containerd import ContainerdNode
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
 
-NodeFactory = Callable[..., ContainerdNode]
 Nodes = tuple[ContainerdNode, ContainerdNode]
 EVIL_FILE = "evil"
 
@@ -37,33 +34,12 @@ def key_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def shared_checkpoints(tmp_path: Path) -> Path:
-    shared = tmp_path / "shared-checkpoints"
-    shared.mkdir(mode=0o700)
-    return shared
-
-
-@pytest.fixture
-def signing_nodes(
-    working_criu: None,
-    containerd_nodes: NodeFactory,
-    workload_image: cr.WorkloadImage,
-    shared_checkpoints: Path,
-    key_file: Path,
-    tmp_path: Path,
-) -> Iterator[Nodes]:
-    """Nodes a and b: one checkpoint root, one key, each with its own exit watcher."""
-    with contextlib.ExitStack() as watchers:
-        nodes = []
-        for name in ("a", "b"):
-            node = containerd_nodes(name, checkpoint_root=shared_checkpoints, image=False)
-            node.import_image(workload_image.oci_archive)
-            config = node.arch.config_file
-            key_line = f"image_key_file = {json.dumps(str(key_file))}\n"
-            config.write_text(config.read_text() + key_line)
-            watchers.enter_context(cr.watched(node, tmp_path / f"watch-exits-{name}.out"))
-            nodes.append(node)
-        yield nodes[0], nodes[1]
+def signing_nodes(two_nodes: Nodes, key_file: Path) -> Nodes:
+    """The two nodes sharing one checkpoint root (conftest), both given the same key."""
+    for node in two_nodes:
+        config = node.arch.config_file
+        config.write_text(config.read_text() + f"image_key_file = {json.dumps(str(key_file))}\n")
+    return two_nodes
 
 
 def run_job(node: ContainerdNode, image: cr.WorkloadImage, container_id: str, job: str) -> None:
