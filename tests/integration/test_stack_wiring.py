@@ -9,15 +9,15 @@ judges (see tests/stack.py). Nothing here touches the host's containerd or its c
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from harness import procs
+from harness.role import run_role_tasks
 
-from tests.conftest import STACK, unavailable
+from tests.conftest import STACK
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,58 +26,26 @@ else:
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd]
 
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE_PLAYBOOK = Path("/opt/arch/bootstrap/bin/ansible-playbook")
 ARCH_RUNC = "/usr/local/bin/arch-runc"
 # Where containerd keeps the runc runtime of its CRI plugin, by config version.
 CRI_RUNTIME_PLUGIN = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
 
-PLAY = """- hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: The role's containerd wiring
-      ansible.builtin.include_role:
-        name: arch
-        tasks_from: configure-containerd
-      vars:
-        arch_containerd_config: {config}
-        arch_containerd_binary: {containerd}
-        arch_backup_dir: {backups}
-        arch_venv_dir: {venv}
-        arch_runc_shim_path: {arch_runc}
-        arch_was_installed: false
-        arch_systemd_running: false
-        arch_manage_containerd_directly: false
-"""
-
 
 def run_role_task(tmp_path: Path, config: Path) -> str:
-    if not ANSIBLE_PLAYBOOK.exists():
-        unavailable(f"{ANSIBLE_PLAYBOOK} not found: run ansible/install.sh first")
-    play = tmp_path / "play.yml"
-    play.write_text(
-        PLAY.format(
-            config=config,
-            containerd=STACK.containerd,
-            backups=tmp_path / "backup",
-            venv=Path(sys.executable).parent.parent,
-            arch_runc=ARCH_RUNC,
-        )
+    return run_role_tasks(
+        tmp_path,
+        "configure-containerd",
+        {
+            "arch_containerd_config": str(config),
+            "arch_containerd_binary": STACK.containerd,
+            "arch_backup_dir": str(tmp_path / "backup"),
+            "arch_venv_dir": str(Path(sys.executable).parent.parent),
+            "arch_runc_shim_path": ARCH_RUNC,
+            "arch_was_installed": False,
+            "arch_systemd_running": False,
+            "arch_manage_containerd_directly": False,
+        },
     )
-    environment = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(REPO / "ansible" / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(REPO / "ansible" / "roles"),
-        ANSIBLE_NOCOLOR="1",
-    )
-    completed = procs.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", str(play)],
-        env=environment,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, procs.describe(completed)
-    return completed.stdout
 
 
 def config_dump(config: Path) -> dict[str, object]:
