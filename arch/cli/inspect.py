@@ -28,7 +28,8 @@ def add_parser(subcommands: Any) -> None:
         "inspect",
         help="show what a checkpoint image holds and whether it would restore here",
         description="Show a checkpoint image's metadata, the verdict of the checks a restore "
-        "runs (validation, CRIU version, tar sha256, criu cpuinfo check), sizes, versions and "
+        "runs (validation, CRIU version, tar sha256, criu cpuinfo check, the signature when "
+        "image_key_file is set), sizes, versions and "
         "its process tree. TARGET is a path (absolute, or starting with ./) or NAMESPACE/ID: a "
         "container of this host, else a checkpoint id under checkpoint_root. A pool directory "
         "is listed entry by entry. Exit 0 when the image would restore here (or a pool was "

@@ -1,9 +1,10 @@
 """`archctl inspect`: what a checkpoint image holds and whether it would restore on this host.
 
-The verdict runs the checks a restore runs before it touches anything (validation of the
+The verdict runs the checks a restore runs before it touches anything: validation of the
 untrusted image, the CRIU version, the filesystem tar's sha256, `criu cpuinfo check` against
-this CPU); the checks that need the new container (its mounts) cannot be answered here. A pool
-directory (ARCH_CHECKPOINT_POOL) is listed entry by entry instead.
+this CPU, and with image_key_file the signature and the CRIU files' sha256. The checks that need
+the new container (its mounts) cannot be answered here. A pool directory (ARCH_CHECKPOINT_POOL)
+is listed entry by entry instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arch.checkpoint import pool
 from arch.checkpoint.criu_images import CriuImageError, Process, read_process_tree
-from arch.checkpoint.metadata import METADATA_FILE, ImageMetadata, ImageMissing, InvalidImage
+from arch.checkpoint.metadata import (
+    METADATA_FILE,
+    SIGNATURE_FILE,
+    ImageMetadata,
+    ImageMissing,
+    InvalidImage,
+)
 from arch.checkpoint.validation import read_metadata, validate, verify_tar_checksum
 from arch.container.identity import ImagePathError, validate_checkpoint_id, validate_namespace
 from arch.operator.inventory import recorded_location, spec_env, spec_location
@@ -147,7 +154,8 @@ def inspect_image(path: str, config: HostConfig, *, checksum: bool = True) -> Im
         checks.append(_checksum_check(image) if checksum else
                       Check("checksum", SKIPPED, "--no-checksum"))  # fmt: skip
         checks.append(_cpu_check(image, config))
-    checks.append(_signature_check(config))
+    if image is not None:
+        checks.append(_signature_check(path, config))
     processes, tree_error = _process_tree(path)
     return ImageReport(
         path=path,
@@ -200,7 +208,7 @@ def image_sizes(path: str, metadata: ImageMetadata | None) -> dict[str, int]:
         except OSError:
             continue
         sizes["total"] += size
-        if entry.name == METADATA_FILE:
+        if entry.name in (METADATA_FILE, SIGNATURE_FILE):
             sizes["metadata"] += size
         elif entry.name == tar:
             sizes["filesystem"] += size
@@ -255,11 +263,25 @@ def _cpu_check(image: Any, config: HostConfig) -> Check:
     return Check("cpu", OK, "criu cpuinfo check accepts this CPU")
 
 
-def _signature_check(config: HostConfig) -> Check:
-    key_file = getattr(config, "image_key_file", None)
-    if not key_file:
-        return Check("signature", SKIPPED, "no image_key_file configured")
-    return Check("signature", SKIPPED, "signature verification is not available in this build")
+def _signature_check(path: str, config: HostConfig) -> Check:
+    """With image_key_file, what a restore here verifies: metadata.sig over metadata.json, and
+    every CRIU file against the sha256 the signed metadata records (the tar: see checksum)."""
+    from arch.checkpoint.signing import ImageKeyError, load_key
+    from arch.checkpoint.validation import verify_criu_files
+
+    if not config.image_key_file:
+        return Check("signature", SKIPPED, "no image_key_file configured: images are not verified")
+    try:
+        key = load_key(config.image_key_file)
+    except ImageKeyError as error:
+        return Check("signature", FAIL, str(error))
+    try:
+        verify_criu_files(validate(path, key=key))
+    except InvalidImage as error:
+        return Check("signature", FAIL, error.reason)
+    except OSError as error:
+        return Check("signature", FAIL, f"cannot read the image: {error}")
+    return Check("signature", OK, "signed with this host's key; the CRIU files match their sha256")
 
 
 def _process_tree(path: str) -> tuple[list[Process], str | None]:

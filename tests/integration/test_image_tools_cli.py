@@ -9,6 +9,8 @@ old images, --dry-run changes nothing, and a removal that fails exits 1.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -99,6 +101,46 @@ def test_inspect_verdicts_sizes_and_process_tree(
     for argv in (["inspect"], ["inspect", "a/b/c"], ["inspect", "ns/.."], ["inspect", "x", "y"]):
         usage = archctl(node, *argv)
         assert usage.returncode == 2, describe(usage)
+
+
+def test_inspect_checks_the_signature_when_a_key_is_configured(
+    node: ContainerdNode, workload_image: cr.WorkloadImage, real_runc_binary: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    start(node, workload_image, "plain", "plain-1", real_runc_binary)
+    checkpoint(node, "plain")  # made before the key: unsigned
+    key_file = tmp_path / "image.key"
+    key_file.write_text(os.urandom(32).hex() + "\n")
+    key_file.chmod(0o600)
+    config = node.arch.config_file
+    config.write_text(config.read_text() + f"image_key_file = {json.dumps(str(key_file))}\n")
+    start(node, workload_image, "signed", "signed-1", real_runc_binary)
+    checkpoint(node, "signed")
+
+    def signature_of(report: dict[str, object]) -> tuple[str, str]:
+        checks = report["checks"]
+        assert isinstance(checks, list)
+        (check,) = [c for c in checks if c["name"] == "signature"]
+        return check["status"], check["detail"]
+
+    signed = archctl_json(node, "inspect", f"{NS}/signed-1")
+    assert signature_of(signed)[0] == "ok" and signed["restorable"] is True
+    assert signed["sizes"]["metadata"] > (node.arch.checkpoint_root / NS / "signed-1" /
+                                          "metadata.json").stat().st_size  # fmt: skip
+    unsigned = archctl_json(node, "inspect", f"{NS}/plain-1", expect_status=1)
+    assert signature_of(unsigned) == (
+        "fail", "the image is not signed, and this host requires signed images"
+    )
+    tampered = tmp_path / "tampered"
+    shutil.copytree(node.arch.checkpoint_root / NS / "signed-1", tampered)
+    pages = max(tampered.glob("pages-*.img"), key=lambda path: path.stat().st_size)
+    data = bytearray(pages.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pages.write_bytes(bytes(data))
+    report = archctl_json(node, "inspect", str(tampered), expect_status=1)
+    assert report["reasons"] == [
+        f"signature: {pages.name}: contents differ from the sha256 in the metadata"
+    ]
 
 
 def test_gc_finished_in_use_leftovers_age_dry_run_and_failure(
