@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG_PATH = "/etc/arch/arch.toml"
 CONFIG_ENV = "ARCH_CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# A dump of hundreds of GiB to slow network storage takes many minutes; a hung CRIU must still
+# end one day. 0 in arch.toml: no limit.
+DEFAULT_CHECKPOINT_TIMEOUT = 3600.0
 KNOWN_KEYS = frozenset(
     {
         "runc",
@@ -28,6 +31,7 @@ KNOWN_KEYS = frozenset(
         "criu_options",
         "metrics_file",
         "image_key_file",
+        "checkpoint_timeout",
     }
 )
 DEFAULT_METRICS_FILE = "/var/lib/node_exporter/textfile_collector/arch.prom"
@@ -43,6 +47,7 @@ class HostConfig:
     __slots__ = (
         "allowed_roots",
         "checkpoint_root",
+        "checkpoint_timeout",
         "criu",
         "criu_options",
         "image_key_file",
@@ -67,8 +72,11 @@ class HostConfig:
         criu: str | None = None,
         metrics_file: str = DEFAULT_METRICS_FILE,
         image_key_file: str | None = None,
+        checkpoint_timeout: float | None = DEFAULT_CHECKPOINT_TIMEOUT,
     ) -> None:
         self.path = path
+        # Seconds a dump may take before runc and CRIU are stopped (None: no limit).
+        self.checkpoint_timeout = checkpoint_timeout
         self.runc = runc
         # The CRIU runc uses for ARCH's checkpoints and restores (None: runc's PATH lookup).
         self.criu = criu
@@ -158,6 +166,7 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         raise ConfigError(str(error)) from error
     return HostConfig(
         path,
+        checkpoint_timeout=_checkpoint_timeout(path, document),
         runc=runc,
         checkpoint_root=checkpoint_root,
         state_dir=state_dir,
@@ -169,6 +178,15 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         metrics_file=metrics_file,
         image_key_file=image_key_file,
     )
+
+
+def _checkpoint_timeout(path: str, document: dict[str, Any]) -> float | None:
+    value = document.get("checkpoint_timeout", DEFAULT_CHECKPOINT_TIMEOUT)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        raise ConfigError(
+            f"{path}: checkpoint_timeout must be a number of seconds (0: no limit), got {value!r}"
+        )
+    return float(value) if value > 0 else None
 
 
 def _absolute_path(path: str, key: str, value: object) -> str:

@@ -22,6 +22,8 @@ from tests.stack import current
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from arch.runc.process_group import ProcessIdentity
+
 DEFAULT_ARCH_RUNC = "/usr/local/bin/arch-runc"
 ARCH_RUNC_ENV = "ARCH_RUNC"
 STRICT_ENV = "ARCH_TESTS_STRICT"
@@ -49,6 +51,19 @@ def unavailable(reason: str) -> NoReturn:
     if os.environ.get(STRICT_ENV) == "1":
         pytest.fail(f"{reason} [{STRICT_ENV}=1 turns this skip into a failure]", pytrace=False)
     pytest.skip(reason)
+
+
+def finished_process() -> ProcessIdentity:
+    """The identity (pid + start time) of a process that has exited: a dead writer or holder."""
+    import subprocess
+
+    from arch.runc.process_group import ProcessIdentity
+
+    finished = subprocess.Popen(["true"])
+    identity = ProcessIdentity.of(finished.pid)
+    finished.wait()
+    assert identity is not None
+    return identity
 
 
 def require_root() -> None:

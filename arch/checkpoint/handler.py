@@ -26,6 +26,7 @@ from arch.checkpoint.beneath import opened_root
 from arch.checkpoint.filesystem import LayerError, apply_layer, capture_layer, find_overlay_layers
 from arch.checkpoint.image_fingerprint import rootfs_fingerprint
 from arch.checkpoint.job_identity import JobIdentity
+from arch.checkpoint.lease import Lease
 from arch.checkpoint.metadata import (
     ContainerEssentials,
     FilesystemInfo,
@@ -33,19 +34,21 @@ from arch.checkpoint.metadata import (
     InvalidImage,
     host_cpu_summary,
 )
-from arch.checkpoint.store import ImageStaging, PublishError
-from arch.checkpoint.store import remove as remove_image
+from arch.checkpoint.store import ImageStaging, PublishError, cleanup_leftovers_of
+from arch.checkpoint.sweep import RESTORE_WORK_PREFIX
 from arch.checkpoint.validation import ValidImage, verify_criu_files
-from arch.runc.runtime import RuncError, binary_version
+from arch.runc.process_group import dies_with_this_process
+from arch.runc.runtime import RuncError, RuncTimeout, binary_version
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection
 
     from arch.checkpoint.filesystem import Journal
     from arch.container.bundle import Bundle
     from arch.container.identity import ImageLocation
+    from arch.container.interrupted import Operation
     from arch.runc.parser import RuncCommand
-    from arch.runc.runtime import Runc
+    from arch.runc.runtime import GuardedRunc, Runc
 
 logger = logging.getLogger("arch")
 
@@ -79,6 +82,11 @@ class RestoreRefused(Exception):
         self.reason = reason
 
 
+class RollbackFailed(Exception):
+    """A restore failed and its filesystem changes could not be undone: a fresh create on
+    that rootfs would start the job on a mix of two filesystems, so the create fails."""
+
+
 def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
     """A CRIU log's first error lines (the cause) and its last lines, for error messages."""
     try:
@@ -104,6 +112,8 @@ class CheckpointJob:
         location: ImageLocation,
         container_id: str,
         host_criu_options: tuple[str, ...],
+        operation: Operation,
+        timeout: float | None = None,
         image_key: bytes | None = None,
     ) -> None:
         self.runc = runc
@@ -113,6 +123,8 @@ class CheckpointJob:
         self.location = location
         self.container_id = container_id
         self.options = criu_options.merge(criu_options.from_command(command), host_criu_options)
+        self.operation = operation  # what a later call needs if this arch-runc is killed
+        self.timeout = timeout  # checkpoint_timeout: the dump's limit in seconds (None: none)
 
     def run(self) -> ValidImage:
         """Checkpoint and stop the container; raise CheckpointFailed with it still running.
@@ -123,15 +135,19 @@ class CheckpointJob:
         """
         state = self._state()
         paused_here = state["status"] == "running"
-        if paused_here:
-            self._pause()
+        self.operation.begin(paused_here=paused_here)
         try:
-            image = self._dump_and_publish(state)
-            self._stop_frozen(image)
-        except BaseException:
             if paused_here:
-                self._resume_after_failure()
-            raise
+                self._pause()
+            try:
+                image = self._dump_and_publish(state)
+                self._stop_frozen(image)
+            except BaseException:
+                if paused_here:
+                    self._resume_after_failure()
+                raise
+        finally:
+            self.operation.end()
         return image
 
     def _state(self) -> dict[str, object]:
@@ -162,42 +178,68 @@ class CheckpointJob:
             logger.error("checkpoint %s: cannot resume after failure: %s", self.container_id, error)
 
     def _stop_frozen(self, image: ValidImage) -> None:
-        """SIGKILL the frozen processes, then thaw them: they die without running again."""
+        """SIGKILL the frozen processes, then thaw them: they die without running again.
+
+        The image is published by now and stays whatever happens here: it is complete, and once
+        the kill went through it is the job's only copy.
+        """
         try:
             self.runc.check(["kill", self.container_id, "KILL"])
+        except RuncError as error:
+            if self._status() == "stopped":  # it died meanwhile: what it was is in the image
+                logger.warning("checkpoint %s: stopped before ARCH stopped it", self.container_id)
+                return
+            raise CheckpointFailed(
+                f"the image is published at {image.path}, but the container could not be "
+                f"stopped: {error}",
+                "container_state",
+            ) from error
+        try:
             # runc >= 1.1 thaws a paused container it SIGKILLs; older ones leave that to us.
             if self.runc.state(self.container_id).get("status") == "paused":
                 self.runc.resume(self.container_id)
         except (RuncError, ValueError) as error:
-            with opened_root(self.location.root) as root_fd:
-                remove_image(root_fd, self.location.relative)
-            raise CheckpointFailed(
-                f"cannot stop the container after the dump: {error}", "container_state"
-            ) from error
+            logger.warning("checkpoint %s: killed, but not thawed: %s", self.container_id, error)
+
+    def _status(self) -> object:
+        try:
+            return self.runc.state(self.container_id).get("status")
+        except (RuncError, ValueError):
+            return None
 
     def _dump_and_publish(self, state: dict[str, object]) -> ValidImage:
         bundle_path = str(state.get("bundle", ""))
         rootfs = str(state.get("rootfs", ""))
         try:
             with opened_root(self.location.root) as root_fd:
+                try:
+                    for leftover in cleanup_leftovers_of(root_fd, self.location.relative):
+                        logger.info("checkpoint %s: removed the leftover %s", self.container_id,
+                                    leftover.name)  # fmt: skip
+                except OSError as error:
+                    logger.warning("checkpoint %s: leftovers not cleaned up: %s",
+                                   self.container_id, error)  # fmt: skip
                 staging = ImageStaging.begin(root_fd, self.location.relative)
         except (OSError, PublishError) as error:
             raise CheckpointFailed(
                 f"cannot create the image directory: {error}", "storage"
             ) from error
         with staging:
+            self.operation.note(staging=staging.path)
             # CRIU dumps the processes while the filesystem is captured: both only read the
-            # frozen container (measured: ~0.3 s of 1.1 s saved for 256+256 MiB). Leaving the
-            # pool waits for the dump whatever happened, so nothing is resumed or removed
-            # under a running CRIU. The job's identity (a walk of the image's layers, mostly
-            # stat calls) is read meanwhile too.
+            # frozen container (measured: ~0.3 s of 1.1 s saved for 256+256 MiB). runc starts
+            # from this (main) thread, which its parent-death signal follows; a worker waits
+            # for it. Leaving the pool waits for the dump whatever happened, so nothing is
+            # resumed or removed under a running CRIU. The job's identity (a walk of the
+            # image's layers, mostly stat calls) is read meanwhile too.
+            dump = self._start_dump(staging.path)
             with ThreadPoolExecutor(max_workers=2) as background:
-                dump = background.submit(self._dump, staging.path)
+                dumped = background.submit(self._wait_dump, dump, staging.path)
                 identity = background.submit(_job_identity, bundle_path, rootfs)
                 filesystem = self._capture_filesystem(rootfs, staging)
-                dump_cpuinfo(self.runc.criu, staging.path)
+                dump_cpuinfo(self.runc.criu, staging.path, self.operation.helper_started)
                 versions = binary_version(self.runc.binary), binary_version(self.runc.criu)
-            dump.result()  # the dump's CheckpointFailed, if any
+            dumped.result()  # the dump's CheckpointFailed, if any
             metadata = ImageMetadata.new(
                 namespace=self.location.namespace,
                 container_id=self.container_id,
@@ -244,13 +286,24 @@ class CheckpointJob:
             ) from error
         return FilesystemInfo.overlay(digest.sha256, digest.size)
 
-    def _dump(self, image_path: str) -> None:
+    def _start_dump(self, image_path: str) -> GuardedRunc:
         args = ["checkpoint", "--image-path", image_path, "--leave-running"]
         args += criu_options.as_runc_args(self.options)
         for passthrough_flag in ("auto-dedup",):
             if self.command.has(passthrough_flag):
                 args.append(f"--{passthrough_flag}")
-        result = self.runc.capture([*args, self.container_id])
+        return self.runc.start_guarded([*args, self.container_id], self.operation.runc_started)
+
+    def _wait_dump(self, dump: GuardedRunc, image_path: str) -> None:
+        try:
+            result = dump.wait(self.timeout)
+        except RuncTimeout as error:
+            raise CheckpointFailed(
+                f"the dump did not finish within checkpoint_timeout ({self.timeout:g} s): "
+                "runc and CRIU were stopped",
+                "criu",
+            ) from error
+        self.operation.runc_ended()
         if result.status != 0:
             tail = log_tail(os.path.join(image_path, "dump.log"))
             raise CheckpointFailed(
@@ -305,6 +358,7 @@ class RestoreJob:
         image: ValidImage,
         container_id: str,
         scratch_dir: str,
+        operation: Operation,
     ) -> None:
         self.runc = runc
         self.create = create
@@ -312,9 +366,12 @@ class RestoreJob:
         self.image = image
         self.container_id = container_id
         self.scratch_dir = scratch_dir
+        self.operation = operation  # what a later call needs if this arch-runc is killed
+        self.restored = False  # runc restore succeeded: the container exists in runc
 
     def run(self) -> None:
-        """Restore the container, or raise RestoreRefused with everything rolled back."""
+        """Restore the container, or raise RestoreRefused with everything rolled back
+        (RollbackFailed when the filesystem could not be put back)."""
         preserved = self.create.get("preserve-fds")
         if preserved not in (None, "0"):
             # runc restore has no --preserve-fds: the restored process gets the descriptors of
@@ -336,9 +393,12 @@ class RestoreJob:
         # Files with a recorded sha256 are checked before they are read: cpuinfo.img now, the
         # other CRIU files while the filesystem changes apply.
         self._verify_criu_files((CPUINFO_IMAGE,))
-        cpu_check = CpuCheck.start(self.image, self.runc.criu)  # runs while the files apply
+        # Runs while the files apply.
+        cpu_check = CpuCheck.start(self.image, self.runc.criu, self.operation.helper_started)
         os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
-        work_dir = tempfile.mkdtemp(prefix="restore-", dir=self.scratch_dir)
+        work_dir = tempfile.mkdtemp(prefix=RESTORE_WORK_PREFIX, dir=self.scratch_dir)
+        self.operation.begin(bundle=self.bundle.path, work_dir=work_dir)
+        lease = Lease(work_dir).start()  # the sweep removes work dirs of dead restores only
         others = [f.name for f in self.image.metadata.criu_files if f.name != CPUINFO_IMAGE]
         try:
             with ThreadPoolExecutor(max_workers=1) as background:
@@ -350,14 +410,23 @@ class RestoreJob:
                     if problems:
                         raise RestoreRefused("; ".join(problems), "host_mismatch")
                     self._restore_processes(work_dir)
-                except BaseException:
+                except BaseException as failure:
                     if journal is not None:
-                        journal.rollback()
+                        try:
+                            journal.rollback()
+                        except (OSError, LayerError) as error:
+                            cause = str(failure).splitlines()[0] if str(failure) else "failed"
+                            raise RollbackFailed(f"{cause}; {error}") from error
                     raise
                 if journal is not None:
-                    journal.commit()
+                    try:
+                        journal.commit()
+                    except (OSError, LayerError) as error:
+                        logger.warning("restore %s: dropping the rollback record: %s",
+                                       self.container_id, error)  # fmt: skip
         finally:
             cpu_check.problems()  # reaped in every case
+            lease.stop()
             shutil.rmtree(work_dir, ignore_errors=True)
 
     def _verify_criu_files(self, names: Collection[str]) -> None:
@@ -398,7 +467,8 @@ class RestoreJob:
             name, _, value = option.lstrip("-").partition("=")
             restore = restore.with_option(name, value or None)
         args = self.runc.subcommand_args(restore)
-        status = self.runc.inherit_stdio(args)
+        status = self.runc.run_guarded(args, self.operation.runc_started, capture=False).status
+        self.restored = status == 0
         if status != 0:
             tail = log_tail(os.path.join(work_dir, "restore.log"))
             leftover = self.runc.delete_force(self.container_id)
@@ -464,7 +534,9 @@ class CpuCheck:
         self.verdict: list[str] | None = None
 
     @classmethod
-    def start(cls, image: ValidImage, criu: str) -> CpuCheck:
+    def start(
+        cls, image: ValidImage, criu: str, on_start: Callable[[int], None] | None = None
+    ) -> CpuCheck:
         if not os.path.exists(os.path.join(image.path, CPUINFO_IMAGE)):
             return cls(image, None)
         process = subprocess.Popen(
@@ -473,7 +545,10 @@ class CpuCheck:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=dies_with_this_process(),
         )
+        if on_start is not None:
+            on_start(process.pid)
         return cls(image, process)
 
     def problems(self) -> list[str]:
@@ -493,16 +568,25 @@ class CpuCheck:
         return [f"`criu cpuinfo check` refuses this CPU{detail}: {stderr.strip()[-500:]}"]
 
 
-def dump_cpuinfo(criu: str, image_path: str) -> None:
-    """Record this CPU's features in the image (cpuinfo.img) for the restoring host's check."""
-    completed = subprocess.run(
+def dump_cpuinfo(criu: str, image_path: str, on_start: Callable[[int], None]) -> None:
+    """Record this CPU's features in the image (cpuinfo.img) for the restoring host's check.
+
+    `on_start` gets the helper's pid: its group (CRIU's own helper children included) is
+    stopped by whoever finishes this operation if arch-runc dies meanwhile."""
+    process = subprocess.Popen(
         [criu, "cpuinfo", "dump", "-D", image_path],
-        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
-        check=False,
+        preexec_fn=dies_with_this_process(),
     )
-    if completed.returncode != 0:
-        raise CheckpointFailed(
-            f"criu cpuinfo dump failed: {completed.stderr.strip()[-500:]}", "criu"
-        )
+    on_start(process.pid)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise CheckpointFailed("criu cpuinfo dump did not finish within 60 s", "criu") from None
+    if process.returncode != 0:
+        raise CheckpointFailed(f"criu cpuinfo dump failed: {stderr.strip()[-500:]}", "criu")

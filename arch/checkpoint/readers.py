@@ -94,6 +94,17 @@ def stale_markers(parent: str, now: float | None = None) -> list[str]:
     ]
 
 
+def remove_stale_markers(parent: str) -> list[str]:
+    """Remove the markers in `parent` that no longer protect anything (their restore's
+    arch-runc was killed); the paths removed."""
+    removed = []
+    for path in stale_markers(parent):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
 def _markers(parent: str, image_name: str | None, now: float) -> list[Reader]:
     try:
         names = os.listdir(parent)

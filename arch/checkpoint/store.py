@@ -23,7 +23,7 @@ import fcntl
 import os
 import stat
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arch.checkpoint.beneath import (
     components,
@@ -32,6 +32,7 @@ from arch.checkpoint.beneath import (
     open_beneath,
     same_file,
 )
+from arch.checkpoint.lease import LEASE_FILE, Lease, is_held, lease_of
 from arch.checkpoint.metadata import (
     METADATA_FILE,
     ROOTFS_TAR,
@@ -65,6 +66,7 @@ STALE_AFTER_SECONDS = 3600.0
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 PUBLISH_ATTEMPTS = 5
+IDENTITY_READ_BYTES = 4 * 1024 * 1024
 
 _RENAME_EXCHANGE = 2
 
@@ -98,6 +100,8 @@ class ImageStaging:
         self._lock_fd = lock_fd
         self._tar_fd: int | None = None
         self._finished = False
+        # While it is written, cleanup_stale on any host leaves it alone (arch.checkpoint.lease).
+        self._lease = Lease(self.path).start()
 
     @classmethod
     def begin(cls, root_fd: int, relative: str) -> ImageStaging:
@@ -141,6 +145,7 @@ class ImageStaging:
             CriuFile(name, size, file_sha256(self._lock_fd, name) if digests else None)
             for name, size in sorted(entries.items())
             if name not in (METADATA_FILE, SIGNATURE_FILE, ROOTFS_TAR)
+            and not name.startswith(LEASE_FILE)
         )
 
     def publish(self, metadata: ImageMetadata, key: bytes | None = None) -> None:
@@ -152,6 +157,7 @@ class ImageStaging:
         """
         if self._finished:
             raise PublishError(f"{self.relative}: already published or aborted")
+        self._lease.stop()  # its file is not part of the image; the age check covers the rest
         dir_fd = self._lock_fd
         _seal_files(dir_fd)
         document = metadata.to_json()
@@ -176,6 +182,7 @@ class ImageStaging:
         """Remove the staging directory (nothing was published)."""
         if self._finished:
             return
+        self._lease.stop()
         try:
             _remove_entry(self._parent_fd, self.name)
         finally:
@@ -183,6 +190,7 @@ class ImageStaging:
 
     def _finish(self) -> None:
         self._finished = True
+        self._lease.stop()
         for fd in (self._tar_fd, self._lock_fd, self._parent_fd, self._root_fd):
             if fd is not None:
                 os.close(fd)
@@ -199,14 +207,18 @@ class ImageStaging:
         self.abort()
 
 
-def remove(root_fd: int, relative: str) -> bool:
+def remove(root_fd: int, relative: str, expected: str | None = None) -> bool:
     """Delete the image `relative` beneath `root_fd` without following symlinks; False when
-    absent. NotBeneath (an OSError) when its parent does not resolve beneath the root.
+    absent. NotBeneath (an OSError) when its parent does not resolve beneath the root. With
+    `expected` (an `identity`), only while it is still that image: another container may have
+    published a newer one there meanwhile, which stays.
 
     The image is first renamed to a `.removing-` name, so that a crash midway never leaves a
-    half-deleted image at the final path. Leftovers of interrupted publications of the same
-    image are removed too, so that `recover` cannot bring an older image back later.
+    half-deleted image at the final path. Abandoned leftovers of interrupted publications of
+    the same image are removed too, so that `recover` cannot bring an older image back later.
     """
+    if expected is not None and identity(root_fd, relative) != expected:
+        return False
     parent, name = _split(relative)
     try:
         parent_fd = open_beneath(root_fd, parent)
@@ -214,18 +226,72 @@ def remove(root_fd: int, relative: str) -> bool:
         return False
     try:
         for leftover in _leftovers_of(parent_fd, name):
-            if not _in_use(parent_fd, leftover):
+            if _abandoned(parent_fd, leftover, 0.0, time.time()):
                 _remove_entry(parent_fd, leftover)
         doomed = f"{REMOVING_PREFIX}{name}-{_random_hex()}"
         try:
             os.rename(name, doomed, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except FileNotFoundError:
             return False
+        if expected is not None and not _still_expected(parent_fd, doomed, name, expected):
+            return False
         os.fsync(parent_fd)
         _remove_entry(parent_fd, doomed)
         return True
     finally:
         os.close(parent_fd)
+
+
+def _still_expected(parent_fd: int, doomed: str, name: str, expected: str) -> bool:
+    """After renaming `name` to `doomed`: whether it is the expected image. If another was
+    published between the check and the rename, it goes back, unless an even newer one took
+    the path since (then the one taken is older than that and may go)."""
+    import hashlib
+
+    doomed_fd = os.open(doomed, OPEN_DIR, dir_fd=parent_fd)
+    try:
+        if _identity_of(doomed_fd, hashlib.sha256) == expected:
+            return True
+    finally:
+        os.close(doomed_fd)
+    try:
+        os.rename(doomed, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        return True
+    os.fsync(parent_fd)
+    return False
+
+
+def identity(root_fd: int, relative: str) -> str | None:
+    """What tells the image `relative` (beneath `root_fd`) from any other published at the same
+    path: the sha256 of its metadata.json (which names the time, host, container and tar
+    digest), else the directory's inode. None when nothing is there."""
+    import hashlib
+
+    try:
+        dir_fd = open_beneath(root_fd, relative)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "unreadable"
+    try:
+        return _identity_of(dir_fd, hashlib.sha256)
+    finally:
+        os.close(dir_fd)
+
+
+def _identity_of(dir_fd: int, sha256: Any) -> str:
+    info = os.fstat(dir_fd)
+    try:
+        fd = os.open(METADATA_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return f"inode:{info.st_dev}:{info.st_ino}"
+    try:
+        return "metadata:" + str(sha256(os.read(fd, IDENTITY_READ_BYTES)).hexdigest())
+    finally:
+        os.close(fd)
 
 
 def recover(root_fd: int, relative: str) -> bool:
@@ -266,14 +332,22 @@ def recover(root_fd: int, relative: str) -> bool:
 
 
 def cleanup_stale(
-    root_fd: int, parent: str, min_age: float = STALE_AFTER_SECONDS, now: float | None = None
+    root_fd: int,
+    parent: str,
+    min_age: float = STALE_AFTER_SECONDS,
+    now: float | None = None,
+    image_name: str | None = None,
 ) -> list[LeftoverAction]:
-    """Remove leftovers of interrupted publications and removals in `parent` (a namespace dir
-    beneath `root_fd`).
+    """Remove leftovers of interrupted publications and removals in `parent` (a namespace or
+    pool dir beneath `root_fd`; with `image_name`, only that image's).
 
-    A leftover is removed when its name has a leftover prefix, nothing in it changed for
-    `min_age` seconds, no process holds its lock, and it is not itself an image whose metadata
-    names it (a checkpoint id may begin with ".staging-"). Never touches other entries.
+    A leftover is removed when its name has a leftover prefix, it is not held (a staging dir's
+    lease names a live writer on this host, or one on another host that has not expired; see
+    arch.checkpoint.lease), and it is not itself an image whose metadata names it (a
+    checkpoint id may begin with ".staging-"). One without a lease (`.old-`, `.removing-`,
+    staging dirs of older versions) must also be unchanged for `min_age` seconds and unlocked.
+    A complete swapped-out old image whose image path is empty is left for `recover`. Never
+    touches other entries.
     """
     now = time.time() if now is None else now
     try:
@@ -282,11 +356,17 @@ def cleanup_stale(
         return []
     actions = []
     try:
-        for entry in os.scandir(parent_fd):
-            name = entry.name
+        names = (
+            [entry.name for entry in os.scandir(parent_fd)]
+            if image_name is None
+            else list(_leftovers_of(parent_fd, image_name, LEFTOVER_PREFIXES))
+        )
+        for name in names:
             if not name.startswith(LEFTOVER_PREFIXES) or not _has_random_suffix(name):
                 continue
-            if now - _last_change(parent_fd, name) < min_age or _in_use(parent_fd, name):
+            if not _abandoned(parent_fd, name, min_age, now):
+                continue
+            if name.startswith(OLD_PREFIX) and _recoverable(parent_fd, name):
                 continue
             if _is_image_named(parent_fd, name):
                 continue
@@ -295,6 +375,12 @@ def cleanup_stale(
     finally:
         os.close(parent_fd)
     return actions
+
+
+def cleanup_leftovers_of(root_fd: int, relative: str) -> list[LeftoverAction]:
+    """cleanup_stale for the leftovers of one image: run before each operation on it."""
+    parent, name = _split(relative)
+    return cleanup_stale(root_fd, parent, image_name=name)
 
 
 def _split(relative: str) -> tuple[str, str]:
@@ -477,6 +563,31 @@ def _last_change(parent_fd: int, name: str) -> float:
     finally:
         os.close(dir_fd)
     return newest
+
+
+def _abandoned(parent_fd: int, name: str, min_age: float, now: float) -> bool:
+    """Whether nobody writes the leftover `name` any more (see cleanup_stale)."""
+    lease = lease_of(parent_fd, name)
+    if lease is not None:
+        return not is_held(lease, now)
+    return now - _last_change(parent_fd, name) >= min_age and not _in_use(parent_fd, name)
+
+
+def _recoverable(parent_fd: int, old: str) -> bool:
+    """Whether `recover` would put this swapped-out image back (its image path is empty)."""
+    if _lexists(parent_fd, _image_name_of(old)):
+        return False
+    try:
+        validate_entry(parent_fd, old)
+    except InvalidImage:
+        return False
+    return True
+
+
+def _image_name_of(leftover: str) -> str:
+    """The image a `<prefix><image>-<random>` leftover belongs to."""
+    prefix = next(p for p in LEFTOVER_PREFIXES if leftover.startswith(p))
+    return leftover[len(prefix) : -RANDOM_HEX_CHARS - 1]
 
 
 def _in_use(parent_fd: int, name: str) -> bool:

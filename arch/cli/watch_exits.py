@@ -6,10 +6,12 @@ Runs until SIGTERM/SIGINT (as arch-exit-watch.service). See arch.container.exit_
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 from typing import Any
 
+from arch.checkpoint.sweep import SWEEP_INTERVAL_SECONDS, sweep_host
 from arch.config import ConfigError, load_config
 from arch.container.exit_watch import ExitWatcher, StopRequest, find_ctr
 from arch.log import setup_logging
@@ -29,6 +31,15 @@ def add_parser(subcommands: Any) -> None:
         "--ctr",
         help="the ctr binary (default: ctr on PATH, else the one beside containerd)",
     )
+    parser.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=SWEEP_INTERVAL_SECONDS,
+        metavar="SECONDS",
+        help="clean up what killed checkpoints and restores left (interrupted operations, "
+        "staging and work directories without a live lease) at start and then every SECONDS "
+        f"(default {SWEEP_INTERVAL_SECONDS:g}; 0: never)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -47,8 +58,17 @@ def run(args: argparse.Namespace) -> int:
     previous_handlers = {number: signal.getsignal(number) for number in STOP_SIGNALS}
     for number in STOP_SIGNALS:
         signal.signal(number, lambda _number, _frame: stop.request())
+    sweep = None
+    if args.sweep_interval > 0:
+        runc = config.runc or shutil.which("runc") or "runc"
+
+        def sweep() -> None:
+            for line in sweep_host(config, runc):
+                logger.info("clean-up: %s", line)
+
     try:
-        ExitWatcher(ctr, args.address, config.state_dir, logger, stop).run()
+        ExitWatcher(ctr, args.address, config.state_dir, logger, stop, sweep,
+                    args.sweep_interval).run()  # fmt: skip
     finally:
         for number, handler in previous_handlers.items():
             signal.signal(number, handler)

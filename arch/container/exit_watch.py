@@ -30,6 +30,7 @@ from arch.container.state import EXIT_STATUS, ContainerState, StateError
 if TYPE_CHECKING:
     import logging
     import subprocess
+    from collections.abc import Callable
     from typing import Any
 
 TASK_EXIT_TOPIC = "/tasks/exit"
@@ -39,6 +40,10 @@ CONTAINERD_NAME = "containerd"
 
 # <timestamp: tokens without "/"> <namespace> </topic> [<JSON>]. The timestamp is matched lazily:
 # the first "<token> /<token>" pair is namespace and topic (timestamps hold no "/").
+_RFC3339 = re.compile(
+    r"(?P<seconds>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<fraction>\d+))?"
+    r"(?P<zone>[Zz]|[+-]\d\d:\d\d)\Z"
+)
 _EVENT_LINE = re.compile(
     r"^(?P<timestamp>\S.*?) (?P<namespace>[^\s/]\S*) (?P<topic>/\S+)(?: (?P<payload>.*))?$"
 )
@@ -156,11 +161,63 @@ def _excerpt(text: str, limit: int = 200) -> str:
 # -- recording and reading --------------------------------------------------------------------
 
 
+def new_instance(pid_file: str | None) -> dict[str, object]:
+    """What `create` records about the container instance it makes: when it was created and
+    where runc writes its init's pid. An exit belongs to the instance only if it happened
+    after that and (while the pid file is there) by that pid."""
+    return {"created_ns": time.time_ns(), "pid_file": pid_file}
+
+
+def belongs_to_instance(record: dict[str, Any], task_exit: TaskExit) -> bool:
+    """Whether the exit is of the instance the record describes (not of an earlier container
+    of the same id whose event arrives late)."""
+    instance = record.get("instance")
+    if not isinstance(instance, dict):
+        return True  # written before instances were recorded
+    created = instance.get("created_ns")
+    exited = rfc3339_ns(task_exit.exited_at)
+    if isinstance(created, int) and exited is not None and exited < created:
+        return False
+    pid_file = instance.get("pid_file")
+    if isinstance(pid_file, str) and task_exit.pid:
+        recorded_pid = _read_pid(pid_file)
+        if recorded_pid is not None and recorded_pid != task_exit.pid:
+            return False
+    return True
+
+
+def rfc3339_ns(text: str) -> int | None:
+    """Nanoseconds since the epoch of containerd's exited_at ("2026-11-29T08:20:28.977133016Z"),
+    None when it is not such a time."""
+    from datetime import datetime, timezone
+
+    match = _RFC3339.match(text)
+    if match is None:
+        return None
+    zone = "+00:00" if match["zone"] in ("Z", "z") else match["zone"]
+    try:
+        seconds = datetime.fromisoformat(match["seconds"] + zone)
+    except ValueError:
+        return None
+    whole = int((seconds - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds())
+    return whole * 1_000_000_000 + int((match["fraction"] or "").ljust(9, "0")[:9])
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path, "rb") as pid_file:
+            text = pid_file.read(64).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def record_exit(state_dir: str, task_exit: TaskExit) -> bool:
     """Store the init process's exit status in an ARCH container's state.
 
-    False (nothing written) for exec processes and for containers without ARCH state; ids that
-    cannot be ARCH state names are containers ARCH never recorded either.
+    False (nothing written) for exec processes, for containers without ARCH state (ids that
+    cannot be ARCH state names are containers ARCH never recorded either) and for the exit of
+    an earlier instance of the same id.
     """
     if not task_exit.is_init:
         return False
@@ -168,8 +225,13 @@ def record_exit(state_dir: str, task_exit: TaskExit) -> bool:
         state = ContainerState(state_dir, task_exit.namespace, task_exit.container_id)
     except StateError:
         return False
-    # Not set(): a delete may have removed the state meanwhile, and must not see it come back.
-    return state.set_if_exists(EXIT_STATUS, str(task_exit.exit_status))
+    # Not set(): a delete may have removed the state meanwhile, and must not see it come back;
+    # the instance is checked under the lock a new create's record is written under.
+    return state.set_if_record(
+        EXIT_STATUS,
+        str(task_exit.exit_status),
+        lambda record: belongs_to_instance(record, task_exit),
+    )
 
 
 def wait_for_exit_status(
@@ -252,7 +314,11 @@ class StopRequest:
 
 
 class ExitWatcher:
-    """Follows `ctr --address A events` and records exits; restarts ctr with backoff."""
+    """Follows `ctr --address A events` and records exits; restarts ctr with backoff.
+
+    With `sweep`, also runs it at start and then every `sweep_interval` seconds (the host's
+    clean-up of what killed operations left: arch.checkpoint.sweep).
+    """
 
     def __init__(
         self,
@@ -261,12 +327,31 @@ class ExitWatcher:
         state_dir: str,
         logger: logging.Logger,
         stop: StopRequest,
+        sweep: Callable[[], None] | None = None,
+        sweep_interval: float = 300.0,
     ) -> None:
         self.ctr = ctr
         self.address = address
         self.state_dir = state_dir
         self.logger = logger
         self.stop = stop
+        self.sweep = sweep
+        self.sweep_interval = sweep_interval
+        self._next_sweep = time.monotonic()
+
+    def sweep_if_due(self) -> None:
+        if self.sweep is None or time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self.sweep_interval
+        try:
+            self.sweep()
+        except Exception:  # the watcher must go on recording exits; the sweep retries later
+            self.logger.exception("the periodic clean-up failed")
+
+    def _until_sweep(self) -> float | None:
+        if self.sweep is None:
+            return None
+        return max(0.0, self._next_sweep - time.monotonic())
 
     def run(self) -> None:
         """Watch until a stop is requested."""
@@ -284,6 +369,7 @@ class ExitWatcher:
                 status,
                 delay,
             )
+            self.sweep_if_due()
             self.stop.wait(delay)
             delay = min(delay * 2, RETRY_DELAY_MAX)
         self.logger.info("exit watcher stopped")
@@ -325,7 +411,8 @@ class ExitWatcher:
             )
         else:
             self.logger.debug(
-                "exit of %s/%s process %s not recorded (exec process or not ARCH)",
+                "exit of %s/%s process %s not recorded (exec process, earlier instance or "
+                "not ARCH)",
                 task_exit.namespace,
                 task_exit.container_id,
                 task_exit.process_id,
@@ -364,7 +451,8 @@ class ExitWatcher:
             selector.register(output_fd, selectors.EVENT_READ)
             selector.register(self.stop.read_fd, selectors.EVENT_READ)
             while not self.stop.requested:
-                ready = {key.fd for key, _ in selector.select()}
+                self.sweep_if_due()
+                ready = {key.fd for key, _ in selector.select(self._until_sweep())}
                 if output_fd not in ready:
                     continue
                 chunk = os.read(output_fd, READ_CHUNK)

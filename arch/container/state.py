@@ -126,6 +126,21 @@ class ContainerState:
             _replace_file(path, value.encode("utf-8"))
             return True
 
+    def set_if_record(
+        self, flag: str, value: str, accept: Callable[[dict[str, Any]], bool]
+    ) -> bool:
+        """Set the flag only while the container has state whose record `accept`s (checked
+        and set under the container's lock)."""
+        path = self._file(flag)
+        with _ContainerLock(self.path, create=False) as lock:
+            if not lock.held:
+                return False
+            data = _read_optional(os.path.join(self.path, RECORD_FILE))
+            if not accept({} if data is None else self._decode_record(data)):
+                return False
+            _replace_file(path, value.encode("utf-8"))
+            return True
+
     def clear(self, flag: str) -> bool:
         """Unset the flag; True for the one caller that found it set."""
         try:

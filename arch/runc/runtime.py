@@ -18,11 +18,14 @@ import subprocess
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from arch.runc.parser import RuncCommand
+    from arch.runc.process_group import ProcessIdentity
 
 RUNC_TIMEOUT_SECONDS = 600
+DEFAULT_STATE_ROOT = "/run/runc"
+MNT_DETACH = 2
 
 
 class RuncError(Exception):
@@ -32,6 +35,10 @@ class RuncError(Exception):
         self.status = status
         self.output = output
         super().__init__(f"`{' '.join(argv)}` exited {status}: {output.strip()[-2000:]}")
+
+
+class RuncTimeout(Exception):
+    """A guarded runc call outlived its time limit; runc and its CRIU were killed."""
 
 
 class RuncResult(NamedTuple):
@@ -105,9 +112,36 @@ class Runc:
             raise RuncError(self.argv(args), result.status, result.output)
         return result.stdout
 
-    def inherit_stdio(self, args: Sequence[str]) -> int:
-        """Run runc on this process's own stdio (a restore maps the container's stdio to it)."""
-        return subprocess.run(self.argv(args), env=self.environment(), check=False).returncode
+    def start_guarded(
+        self, args: Sequence[str], on_start: Callable[[int], None], *, capture: bool = True
+    ) -> GuardedRunc:
+        """Start runc in a process group of its own that the kernel SIGKILLs when arch-runc
+        dies (arch.runc.process_group); `on_start` gets its pid at once. With `capture`,
+        stdin is closed and stdout+stderr captured, else runc uses this process's stdio.
+
+        Call from the main thread: the parent-death signal follows the thread that spawned.
+        """
+        from arch.runc.process_group import ProcessIdentity, dies_with_this_process
+
+        process = subprocess.Popen(
+            self.argv(args),
+            stdin=subprocess.DEVNULL if capture else None,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.STDOUT if capture else None,
+            text=True,
+            errors="replace",
+            env=self.environment(),
+            preexec_fn=dies_with_this_process(),
+        )
+        leader = ProcessIdentity.of(process.pid)
+        on_start(process.pid)
+        return GuardedRunc(process, leader, args[0] if args else "")
+
+    def run_guarded(
+        self, args: Sequence[str], on_start: Callable[[int], None], *, capture: bool = True
+    ) -> RuncResult:
+        """start_guarded, then wait for it without a time limit."""
+        return self.start_guarded(args, on_start, capture=capture).wait(None)
 
     def state(self, container_id: str) -> dict[str, Any]:
         document = json.loads(self.check(["state", container_id]))
@@ -122,7 +156,94 @@ class Runc:
         self.check(["resume", container_id])
 
     def delete_force(self, container_id: str) -> RuncResult:
-        return self.capture(["delete", "--force", container_id])
+        """`runc delete --force`; then, if runc no longer knows the container but its state
+        directory is left (a restore killed before runc wrote its state: runc itself then
+        fails on "directory not empty", and every later create on "already exists"), that
+        directory is removed."""
+        result = self.capture(["delete", "--force", container_id])
+        leftover = os.path.join(self.state_root(), container_id)
+        if "/" in container_id or container_id in ("", ".", ".."):
+            return result
+        if os.path.isdir(leftover) and self.capture(["state", container_id]).status != 0:
+            # runc restore bind-mounts the rootfs at <dir>/criu-root while CRIU works.
+            try:
+                for mount_point in mounts_under(leftover):
+                    detach_mount(mount_point)
+            except OSError as error:
+                message = f"{result.output}\ncannot unmount: {error}"
+                return RuncResult(result.status, message, result.stdout)
+            shutil.rmtree(leftover, ignore_errors=True)
+            if not os.path.exists(leftover):
+                return RuncResult(0, f"{result.output}\nremoved the leftover {leftover}", "")
+        return result
+
+    def state_root(self) -> str:
+        """runc's --root: where it keeps one directory per container."""
+        for index, token in enumerate(self.global_args):
+            if token == "--root" and index + 1 < len(self.global_args):
+                return self.global_args[index + 1]
+            if token.startswith("--root="):
+                return token.split("=", 1)[1]
+        return DEFAULT_STATE_ROOT
+
+
+class GuardedRunc:
+    """A runc started by Runc.start_guarded."""
+
+    def __init__(
+        self, process: subprocess.Popen[str], leader: ProcessIdentity | None, subcommand: str
+    ) -> None:
+        self.process = process
+        self.leader = leader
+        self.subcommand = subcommand
+
+    def wait(self, timeout: float | None) -> RuncResult:
+        """runc's status and output; past `timeout` seconds its whole group (runc and its CRIU)
+        is killed, and RuncTimeout raised once they are gone."""
+        import subprocess
+
+        from arch.runc.process_group import stop_group
+
+        try:
+            output, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if self.leader is not None:
+                stop_group(self.leader)
+            self.process.kill()
+            self.process.communicate()
+            raise RuncTimeout(
+                f"runc {self.subcommand} did not finish within {timeout} s"
+            ) from None
+        # Captured: stdout and stderr together; else runc wrote to this process's stdio.
+        return RuncResult(self.process.returncode, output or "", output or "")
+
+
+def mounts_under(directory: str) -> list[str]:
+    """Mount points at or below `directory`, deepest first."""
+    prefix = os.path.normpath(directory)
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
+        for line in mountinfo:
+            point = _unescape(line.split()[4])
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return sorted(found, key=lambda point: point.count("/"), reverse=True)
+
+
+def _unescape(field: str) -> str:
+    for escaped, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(escaped, char)
+    return field
+
+
+def detach_mount(mount_point: str) -> None:
+    """umount2(MNT_DETACH): the mount goes at once, its users keep what they hold."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(mount_point), MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), mount_point)
 
 
 def binary_version(binary: str) -> str:

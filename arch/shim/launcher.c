@@ -116,7 +116,14 @@ static const char *skip_blanks(const char *p)
  * table, a quoted or dotted key, an escape, a relative or unnormalised path, a value Python
  * would refuse) goes to Python, which then decides with the same file.
  */
-enum value_kind { PATH_VALUE, OPTIONAL_PATH_VALUE, LOG_LEVEL_VALUE, PATH_LIST_VALUE, CRIU_OPTIONS_VALUE };
+enum value_kind {
+	PATH_VALUE,
+	OPTIONAL_PATH_VALUE,
+	LOG_LEVEL_VALUE,
+	PATH_LIST_VALUE,
+	CRIU_OPTIONS_VALUE,
+	SECONDS_VALUE
+};
 struct known_key {
 	const char *name;
 	enum value_kind kind;
@@ -129,6 +136,7 @@ static const struct known_key known_keys[] = {
 	{"allowed_roots", PATH_LIST_VALUE}, {"criu_options", CRIU_OPTIONS_VALUE},
 	{"metrics_file", OPTIONAL_PATH_VALUE}, /* "" turns metrics off */
 	{"image_key_file", PATH_VALUE},
+	{"checkpoint_timeout", SECONDS_VALUE}, /* whole seconds here; fractions go to Python */
 	{NULL, PATH_VALUE},
 };
 static const char *const log_levels[] = {"debug", "info", "warning", "error", NULL};
@@ -253,6 +261,14 @@ static int scan_key_line(const char *line, struct host_config *config, unsigned 
 		if (!scan_plain_string(&p, &start, &len) || (len > 0 && !is_normal_absolute(start, len)))
 			return 0;
 		break;
+	case SECONDS_VALUE: {
+		const char *digits = p;
+		while (*p >= '0' && *p <= '9')
+			p++;
+		if (p == digits || p - digits > 9)
+			return 0;
+		break;
+	}
 	case LOG_LEVEL_VALUE:
 		if (!scan_plain_string(&p, &start, &len) || !in_list_nocase(log_levels, start, len))
 			return 0;

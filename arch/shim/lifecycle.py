@@ -16,6 +16,8 @@ import time
 from typing import TYPE_CHECKING
 
 from arch.config import ConfigError, HostConfig, config_path, load_config
+from arch.container.exit_watch import new_instance
+from arch.container.interrupted import OPERATION_FLAG
 from arch.container.state import SKIP_RESUME, SKIP_START, ContainerState, StateError
 from arch.log import setup_logging
 from arch.runc.runtime import Runc
@@ -59,6 +61,13 @@ def location_of(state: ContainerState | None) -> ImageLocation | None:
     except ValueError as error:
         logger.warning("ignoring the unusable ARCH state record in %s: %s", state.path, error)
         return None
+
+
+def one_line(message: str) -> str:
+    """A message's first line, plus CRIU's first error line when the message quotes a log."""
+    lines = message.splitlines() or [""]
+    cause = next((line.strip() for line in lines[1:] if "Error (" in line), None)
+    return f"{lines[0].rstrip(': ')}; CRIU: {cause}" if cause else lines[0]
 
 
 class Call:
@@ -105,10 +114,12 @@ class Call:
         return pass_through(self.args, self.config)
 
     def fail(self, message: str) -> int:
-        """Refuse the call: say why on stderr (runc's error channel) and in the log."""
+        """Refuse the call: one line of reason on stderr (runc's error channel) and in runc's
+        log; the whole message (with CRIU's log tail) in ARCH's log."""
         logger.error("%s %s: %s", self.command.subcommand, self.where, message)
-        print(f"arch-runc: {message}", file=sys.stderr)
-        self._report_in_runc_log(f"arch-runc: {message}")
+        line = f"arch-runc: {one_line(message)}"
+        print(line, file=sys.stderr)
+        self._report_in_runc_log(line)
         return EXIT_FAILED
 
     def _report_in_runc_log(self, message: str) -> None:
@@ -148,6 +159,15 @@ class Call:
     def runc(self) -> Runc:
         return Runc.for_command(resolve_runc(self.config), self.command, self.config.criu)
 
+    def finish_interrupted(self, state: ContainerState | None) -> None:
+        """Clean up after a checkpoint or restore of this container whose arch-runc was killed
+        (arch.container.interrupted); cheap when there was none."""
+        if state is None or not state.has(OPERATION_FLAG):
+            return
+        from arch.container.interrupted import finish_interrupted
+
+        finish_interrupted(state, resolve_runc(self.config), self.config.criu)
+
     def run_through(self) -> int:
         """Run the call itself through the real runc as a child, on this process's stdio."""
         return run_runc(self.args, self.config)
@@ -174,6 +194,7 @@ def handle_create(call: Call) -> int:
     if bundle is None:
         stale = call.state()
         if stale is not None:  # left by an earlier container of this id, e.g. a crashed delete
+            call.finish_interrupted(stale)
             stale.remove_all()
         return call.pass_through()
     if call.config_error is not None:
@@ -185,26 +206,57 @@ def handle_create(call: Call) -> int:
             bundle = _with_sharedfs_workdir(bundle, location, location.container_workdir)
     except (ImagePathError, StateError, BundleError, OSError) as error:
         return call.fail(str(error))
+    call.finish_interrupted(state)
     state.remove_all()
-    _write_record(state, location, bundle)
-    if location.pool_dir is not None:
-        restored = _restore_from_pool(call, bundle, location, state)
-    else:
-        restored = _restore(call, bundle, location) == RESTORED
-    if restored:
-        state.set(SKIP_START)
-        return 0
-    return call.pass_through()
+    instance = new_instance(call.command.get("pid-file"))
+    _write_record(state, location, bundle, instance)
+    from arch.checkpoint.handler import RollbackFailed
+
+    try:
+        if location.pool_dir is not None:
+            restored = _restore_from_pool(call, bundle, location, state, instance)
+        else:
+            restored = _restore(call, bundle, location, state) == RESTORED
+    except RollbackFailed as error:
+        return call.fail(
+            "the restore failed and its filesystem changes could not be undone, so the "
+            f"container is not created on that rootfs: {error}"
+        )
+    return 0 if restored else call.pass_through()
 
 
-def _write_record(state: ContainerState, location: ImageLocation, bundle: Bundle) -> None:
+def _write_record(
+    state: ContainerState, location: ImageLocation, bundle: Bundle, instance: dict[str, object]
+) -> None:
+    """The container's record: where its image lives, which image was there at create (the
+    one its delete may remove), and this instance (arch.container.exit_watch)."""
+    from arch.checkpoint.beneath import opened_root
+    from arch.checkpoint.store import identity
+
+    image_identity = None
+    if location.image_dir:
+        try:
+            with opened_root(location.root) as root_fd:
+                image_identity = identity(root_fd, location.relative)
+        except OSError:
+            image_identity = None
     state.write_record(
-        {"version": RECORD_VERSION, "location": location.as_dict(), "bundle": bundle.path}
+        {
+            "version": RECORD_VERSION,
+            "location": location.as_dict(),
+            "bundle": bundle.path,
+            "instance": instance,
+            "image_identity": image_identity,
+        }
     )
 
 
 def _restore_from_pool(
-    call: Call, bundle: Bundle, location: ImageLocation, state: ContainerState
+    call: Call,
+    bundle: Bundle,
+    location: ImageLocation,
+    state: ContainerState,
+    instance: dict[str, object],
 ) -> bool:
     """Claim pool images one by one until one restores; False: none left, create fresh.
 
@@ -218,8 +270,8 @@ def _restore_from_pool(
     try:
         for claim in pool.claims(location.pool_dir, POOL_CLAIM_ATTEMPTS, location.root):
             claimed = location.with_image_dir(claim.path)
-            _write_record(state, claimed, bundle)  # the claim is named before it is used
-            outcome = _restore(call, bundle, claimed)
+            _write_record(state, claimed, bundle, instance)  # named before it is used
+            outcome = _restore(call, bundle, claimed, state)
             if outcome == RESTORED:
                 return True
             if outcome == INVALID:
@@ -227,7 +279,7 @@ def _restore_from_pool(
                 logger.warning("create %s: pool image moved aside to %s", where, moved)
             elif outcome == REFUSED:
                 pool.release(claim.path, location.root)
-            _write_record(state, location, bundle)
+            _write_record(state, location, bundle, instance)
     except OSError as error:
         logger.warning("create %s: pool %s unusable, starting fresh: %s", where,
                        location.pool_dir, error)  # fmt: skip
@@ -283,25 +335,32 @@ def _make_owned_dir(parent_fd: int, name: str, owner: tuple[int, int]) -> None:
         os.close(fd)
 
 
-def _restore(call: Call, bundle: Bundle, location: ImageLocation) -> str:
+def _restore(call: Call, bundle: Bundle, location: ImageLocation, state: ContainerState) -> str:
     """Restore the container from its image if there is a usable one; else create fresh.
 
-    Returns RESTORED, or why not: NO_IMAGE, INVALID (the image is unusable anywhere) or REFUSED
-    (this host cannot restore it). A reader marker keeps `archctl gc` off the image meanwhile.
+    Returns RESTORED, or why not (nothing of the attempt left): NO_IMAGE, INVALID (the image
+    is unusable anywhere) or REFUSED (this host cannot restore it). RollbackFailed: neither is
+    possible. A reader marker keeps `archctl gc` off the image meanwhile.
     """
-    from arch.checkpoint.readers import reading
+    from arch.checkpoint.readers import reading, remove_stale_markers
 
+    for marker in remove_stale_markers(os.path.dirname(location.image_dir)):
+        logger.info("create %s: removed the reader marker of a dead restore %s", call.where,
+                    marker)  # fmt: skip
     with reading(location.root, location.relative):
-        return _restore_from(call, bundle, location)
+        return _restore_from(call, bundle, location, state)
 
 
-def _restore_from(call: Call, bundle: Bundle, location: ImageLocation) -> str:
+def _restore_from(
+    call: Call, bundle: Bundle, location: ImageLocation, state: ContainerState
+) -> str:
     from arch.checkpoint.beneath import opened_root
-    from arch.checkpoint.handler import RestoreJob, RestoreRefused
+    from arch.checkpoint.handler import RestoreJob, RestoreRefused, RollbackFailed
     from arch.checkpoint.metadata import ImageMissing, InvalidImage
     from arch.checkpoint.signing import ImageKeyError
-    from arch.checkpoint.store import recover
+    from arch.checkpoint.store import cleanup_leftovers_of, recover
     from arch.checkpoint.validation import validate_beneath
+    from arch.container.interrupted import RESTORE, Operation
     from arch.runc.runtime import binary_version
 
     where = call.where
@@ -310,6 +369,8 @@ def _restore_from(call: Call, bundle: Bundle, location: ImageLocation) -> str:
         key = image_key(call.config)
         with opened_root(location.root) as root_fd:
             recover(root_fd, location.relative)
+            for leftover in cleanup_leftovers_of(root_fd, location.relative):
+                logger.info("create %s: removed the leftover %s", where, leftover.name)
             image = validate_beneath(
                 root_fd,
                 location.relative,
@@ -333,20 +394,32 @@ def _restore_from(call: Call, bundle: Bundle, location: ImageLocation) -> str:
         call.count("restore", time.monotonic(), failure="other")
         return REFUSED
     scratch = os.path.join(call.config.state_dir, ".work")
-    job = RestoreJob(runc, call.command, bundle, image, call.container_id, scratch)
+    operation = Operation(state, RESTORE, runc.global_args)
+    job = RestoreJob(runc, call.command, bundle, image, call.container_id, scratch, operation)
     started = time.monotonic()
     try:
         job.run()
     except RestoreRefused as error:
+        operation.end()
         logger.warning("create %s: restore refused, starting fresh: %s", where, error)
         call.count("restore", started, failure=error.reason)
         return REFUSED
-    except Exception:  # the container must still start: any restore bug means a fresh create
-        logger.exception("create %s: restore failed, starting fresh", where)
-        call.count("restore", started, failure="other")
-        return REFUSED
+    except RollbackFailed:
+        operation.end()
+        call.count("restore", started, failure="filesystem")
+        raise
+    except Exception:  # a bug must not stop the container: it is restored or created fresh
+        if not job.restored:
+            logger.exception("create %s: restore failed, starting fresh", where)
+            runc.delete_force(call.container_id)  # whatever runc registered
+            operation.end()
+            call.count("restore", started, failure="other")
+            return REFUSED
+        logger.exception("create %s: restored, but a later step failed", where)
     finally:
         image.close()
+    state.set(SKIP_START)
+    operation.end()
     logger.info("create %s: restored from %s", where, location.image_dir)
     call.count("restore", started, image_bytes=image.metadata.image_bytes)
     return RESTORED
@@ -357,6 +430,8 @@ def handle_start(call: Call) -> int:
 
 
 def handle_resume(call: Call) -> int:
+    # containerd resumes after a checkpoint call it gave up on: that arch-runc may be dead.
+    call.finish_interrupted(call.state())
     return _skip_once(call, SKIP_RESUME)
 
 
@@ -383,6 +458,7 @@ def handle_checkpoint(call: Call) -> int:
     location = location_of(state)
     if state is None or location is None:
         return call.pass_through()
+    call.finish_interrupted(state)
     partial = [flag for flag in PARTIAL_DUMP_FLAGS if call.command.has(flag)]
     if partial:
         logger.warning("checkpoint %s: --%s asks for a partial dump: passed to runc unchanged, "
@@ -411,6 +487,7 @@ def _checkpoint(
     leaves it running. The caller holds the container's checkpoint lock."""
     from arch.checkpoint.handler import CheckpointFailed, CheckpointJob
     from arch.checkpoint.signing import ImageKeyError
+    from arch.container.interrupted import CHECKPOINT, Operation
 
     started = time.monotonic()
     try:
@@ -423,8 +500,16 @@ def _checkpoint(
         from arch.checkpoint import pool
 
         target = location.with_image_dir(pool.publication_path(location.pool_dir))
+    runc = call.runc()
     job = CheckpointJob(
-        call.runc(), command, target, call.container_id, call.config.criu_options, key
+        runc,
+        command,
+        target,
+        call.container_id,
+        call.config.criu_options,
+        Operation(state, CHECKPOINT, runc.global_args),
+        call.config.checkpoint_timeout,
+        image_key=key,
     )
     try:
         image = job.run()
@@ -528,10 +613,12 @@ def _hand_to_pool(call: Call, location: ImageLocation, claimed_path: str) -> str
 
 
 def handle_delete(call: Call) -> int:
-    """Delete through runc; then drop ARCH's state, and the image after a clean exit (0)."""
+    """Delete through runc; then drop ARCH's state, and the image after a clean exit (0) of
+    the instance that was created against it."""
     from arch.container.exit_watch import wait_for_exit_status
 
     state = call.state()
+    call.finish_interrupted(state)
     location = location_of(state)
     if state is None or location is None:
         if state is not None:
@@ -550,14 +637,10 @@ def handle_delete(call: Call) -> int:
         exit_status = wait_for_exit_status(state)
         if exit_status == 0:
             try:
-                removed = _remove_image(location)
+                _remove_own_image(where, state, location)
             except OSError as error:
                 logger.error("delete %s: exited 0, image %s kept: %s", where,
                              location.image_dir, error)  # fmt: skip
-            else:
-                outcome = "image {} removed" if removed else "no image at {}"
-                logger.info("delete %s: exited 0, %s", where,
-                            outcome.format(location.image_dir))  # fmt: skip
         elif location.pool_dir is not None:
             _release_claim(where, location, exit_status)
         else:
@@ -575,6 +658,28 @@ def _remove_image(location: ImageLocation) -> bool:
 
     with opened_root(location.root) as root_fd:
         return remove(root_fd, location.relative)
+
+
+def _remove_own_image(where: str, state: ContainerState, location: ImageLocation) -> None:
+    """After exit 0: remove the image this instance was created against, not one another
+    container (a replica with the same checkpoint id, another host) published there since. The
+    image is resolved beneath its root (NotBeneath, an OSError, when it no longer resolves)."""
+    from arch.checkpoint.beneath import opened_root
+    from arch.checkpoint.store import remove
+
+    record = state.read_record() or {}
+    expected = record.get("image_identity")
+    if not isinstance(expected, str):
+        logger.info("delete %s: exited 0; no image was at %s when it was created: nothing "
+                    "removed", where, location.image_dir)  # fmt: skip
+        return
+    with opened_root(location.root) as root_fd:
+        removed = remove(root_fd, location.relative, expected)
+    if removed:
+        logger.info("delete %s: exited 0, image %s removed", where, location.image_dir)
+    else:
+        logger.info("delete %s: exited 0, but the image at %s is not the one it was created "
+                    "against: kept", where, location.image_dir)  # fmt: skip
 
 
 def _release_claim(where: str, location: ImageLocation, exit_status: int | None) -> None:
@@ -601,5 +706,10 @@ HANDLERS: dict[str, Callable[[Call], int]] = {
 
 
 def handle(command: RuncCommand, args: Sequence[str]) -> int:
-    return HANDLERS[command.subcommand or ""](Call(command, args))
+    call = Call(command, args)
+    try:
+        return HANDLERS[command.subcommand or ""](call)
+    except Exception as error:  # a bug: one line for the caller, the traceback in ARCH's log
+        logger.exception("%s %s: unexpected error", command.subcommand, call.where)
+        return call.fail(f"internal error ({type(error).__name__}: {error}); details in the log")
 

@@ -160,13 +160,15 @@ def test_exit_status_is_recorded_and_decides_the_image(
     expected: int,
 ) -> None:
     node, watcher = watched_node
+    # In place before the create (which finds it invalid and starts fresh): delete removes
+    # only an image that was there when the instance was created.
+    image_dir = put_stand_in_image(node.arch.checkpoint_root, NAMESPACE, "exits")
     start_arch_container(node, test_image, "exits", ["sh", "-c", script])
     node.wait_for_status("exits", "STOPPED")
 
     assert recorded_status(watcher, "exits") == expected, watcher.describe()
     assert f"recorded exit status {expected} of {NAMESPACE}/exits" in watcher.log_text()
 
-    image_dir = put_stand_in_image(node.arch.checkpoint_root, NAMESPACE, "exits")
     node.ctr("task", "delete", "exits")
     assert image_dir.exists() == (expected != 0), watcher.describe()
 

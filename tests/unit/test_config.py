@@ -92,3 +92,15 @@ def test_image_key_file(tmp_path: Path) -> None:
     assert config.image_key_file == "/etc/arch/image.key"
     with pytest.raises(ConfigError, match="image_key_file must be an absolute path"):
         load_config(write(tmp_path, 'image_key_file = "image.key"\n'))
+
+
+def test_checkpoint_timeout_defaults_to_an_hour_and_0_means_no_limit(tmp_path: Path) -> None:
+    assert load_config(str(tmp_path / "absent.toml")).checkpoint_timeout == 3600.0
+    assert load_config(write(tmp_path, "checkpoint_timeout = 90\n")).checkpoint_timeout == 90.0
+    assert load_config(write(tmp_path, "checkpoint_timeout = 0\n")).checkpoint_timeout is None
+
+
+@pytest.mark.parametrize("value", ['"60"', "-1", "true", "1e12"])
+def test_checkpoint_timeout_must_be_seconds(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="checkpoint_timeout must be a number of seconds"):
+        load_config(write(tmp_path, f"checkpoint_timeout = {value}\n"))

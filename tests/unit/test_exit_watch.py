@@ -241,6 +241,41 @@ def test_a_later_exit_replaces_the_recorded_status(tmp_path: Path) -> None:
     assert state.get(EXIT_STATUS) == "137"
 
 
+def test_containerd_exit_times_parse_to_nanoseconds() -> None:
+    assert exit_watch.rfc3339_ns("1970-01-01T00:00:01.5Z") == 1_500_000_000
+    assert exit_watch.rfc3339_ns("2026-11-29T08:20:28.977133016Z") == 1795940428977133016
+    assert exit_watch.rfc3339_ns("1970-01-01T01:00:00+01:00") == 0
+    assert exit_watch.rfc3339_ns("") is None
+    assert exit_watch.rfc3339_ns("yesterday") is None
+
+
+def instance_exit(exited_at: str, pid: int = 4242) -> TaskExit:
+    return TaskExit("default", "job", "job", pid, 0, exited_at)
+
+
+def test_an_earlier_instance_exit_is_not_recorded_for_a_new_one(tmp_path: Path) -> None:
+    state = ContainerState(str(tmp_path), "default", "job")
+    created = exit_watch.rfc3339_ns("2026-11-29T08:20:30Z")
+    state.write_record({"version": 1, "instance": {"created_ns": created, "pid_file": None}})
+
+    assert record_exit(str(tmp_path), instance_exit("2026-11-29T08:20:29.999999999Z")) is False
+    assert state.get(EXIT_STATUS) is None
+    assert record_exit(str(tmp_path), instance_exit("2026-11-29T08:20:31Z")) is True
+    assert state.get(EXIT_STATUS) == "0"
+
+
+def test_an_exit_of_another_pid_is_not_this_instance(tmp_path: Path) -> None:
+    pid_file = tmp_path / "init.pid"
+    pid_file.write_text("4242")
+    state = ContainerState(str(tmp_path / "state"), "default", "job")
+    state.write_record({"instance": {"created_ns": 0, "pid_file": str(pid_file)}})
+
+    assert record_exit(str(tmp_path / "state"), instance_exit("2026-11-29T08:20:31Z", 99)) is False
+    assert record_exit(str(tmp_path / "state"), instance_exit("2026-11-29T08:20:31Z")) is True
+    pid_file.unlink()  # runc's pid file gone (bundle removed): the time alone decides
+    assert record_exit(str(tmp_path / "state"), instance_exit("2026-11-29T08:20:31Z", 99)) is True
+
+
 # -- the delete path's wait -------------------------------------------------------------------
 
 

@@ -1,0 +1,285 @@
+"""Checkpoints and restores that arch-runc may not live to finish.
+
+containerd SIGKILLs a runtime call that takes longer than its caller waits; a host may also lose
+arch-runc to the OOM killer. So while a checkpoint or restore runs, the container's state holds
+the flag OPERATION_FLAG, a JSON record of
+- the operation ("checkpoint" or "restore") and the arch-runc process doing it (pid + start
+  time, so a reused pid is never taken for it),
+- once started, the runc child: it runs in a process group of its own (its CRIU joins it) and
+  is SIGKILLed by the kernel when arch-runc dies (PR_SET_PDEATHSIG),
+- what the operation writes: the image staging directory, the restore work directory, the
+  bundle (whose config.json names the container's cgroup), runc's global options.
+
+`finish_interrupted` is called first by every later intercepted call for the container (create,
+start, checkpoint, resume, delete: containerd follows a failed create with `delete --force`, a
+failed checkpoint with `resume`) and by the exit watcher's sweep. When the recorded arch-runc is
+gone it finishes the job:
+- checkpoint: CRIU may still be dumping. It is given CHECKPOINT_GRACE_SECONDS to end on its own
+  (CRIU stops a dump whose runc died and leaves the processes as they were; killing it while its
+  parasite code runs in them is the last resort), then its group is SIGKILLed; then the staging
+  directory is removed and a container ARCH itself froze is thawed.
+- restore: runc's group (runc, CRIU) is SIGKILLed at once, `runc delete --force` removes a
+  half-restored container runc registered, and every process left in the container's cgroup is
+  SIGKILLed (CRIU restores into that cgroup before runc registers anything): nothing restored
+  runs outside containerd. The restore work directory is removed; the image is never touched.
+
+Imported by arch-runc on the create/start/resume/delete paths: module-level imports stay cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from arch.runc.process_group import POLL_SECONDS, ProcessIdentity, kill_pid, stop_group
+
+if TYPE_CHECKING:
+    from arch.container.state import ContainerState
+    from arch.runc.runtime import Runc
+
+OPERATION_FLAG = "operation"
+CHECKPOINT = "checkpoint"
+RESTORE = "restore"
+CHECKPOINT_GRACE_SECONDS = 10.0
+KILL_WAIT_SECONDS = 10.0
+
+logger = logging.getLogger("arch")
+
+
+# -- the container's cgroup -------------------------------------------------------------------
+
+
+def cgroup_dirs(cgroups_path: str) -> list[str]:
+    """The container's cgroup directories in every mounted hierarchy (cgroupfs driver paths
+    "/a/b" and systemd driver paths "slice:prefix:name")."""
+    if not cgroups_path:
+        return []
+    relative = _systemd_path(cgroups_path) if ":" in cgroups_path else cgroups_path
+    relative = relative.strip("/")
+    if not relative or ".." in relative.split("/"):
+        return []
+    found = []
+    for mount_point in _cgroup_mounts():
+        candidate = os.path.join(mount_point, relative)
+        if os.path.isdir(candidate):
+            found.append(candidate)
+    return found
+
+
+def _systemd_path(cgroups_path: str) -> str:
+    slice_name, prefix, name = [*cgroups_path.split(":"), "", "", ""][:3]
+    slices = []
+    if slice_name and slice_name != "-.slice":
+        parts = slice_name[: -len(".slice")].split("-") if slice_name.endswith(".slice") else []
+        slices = ["-".join(parts[: i + 1]) + ".slice" for i in range(len(parts))]
+    unit = name if name.endswith(".slice") else f"{prefix}-{name}.scope" if prefix else name
+    return "/".join([*slices, unit])
+
+
+def _cgroup_mounts() -> list[str]:
+    mounts = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
+            for line in mountinfo:
+                before, _, after = line.partition(" - ")
+                if after.split()[:1] in (["cgroup"], ["cgroup2"]) and before.split()[3] == "/":
+                    mounts.append(before.split()[4].replace("\\040", " "))
+    except OSError:
+        return []
+    return mounts
+
+
+def kill_cgroup(cgroups_path: str) -> list[int]:
+    """SIGKILL every process in the container's cgroup (thawed first: a frozen task cannot
+    die), until it is empty. Returns the pids killed."""
+    directories = cgroup_dirs(cgroups_path)
+    killed: set[int] = set()
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        pids = {pid for directory in directories for pid in _cgroup_pids(directory)}
+        if not pids:
+            break
+        for directory in directories:
+            _thaw(directory)
+        for pid in pids:
+            kill_pid(pid)
+        killed |= pids
+        time.sleep(POLL_SECONDS)
+    return sorted(killed)
+
+
+def _cgroup_pids(directory: str) -> list[int]:
+    pids = []
+    for root, _, files in os.walk(directory):
+        if "cgroup.procs" not in files:
+            continue
+        try:
+            with open(os.path.join(root, "cgroup.procs"), encoding="ascii") as procs:
+                pids += [int(line) for line in procs if line.strip().isdigit()]
+        except OSError:
+            continue
+    return pids
+
+
+def _thaw(directory: str) -> None:
+    for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            try:
+                with open(path, "w", encoding="ascii") as control:
+                    control.write(value)
+            except OSError as error:
+                logger.warning("cannot thaw %s: %s", directory, error)
+
+
+# -- the record -------------------------------------------------------------------------------
+
+
+class Operation:
+    """The OPERATION_FLAG record of one running checkpoint or restore, kept up to date."""
+
+    def __init__(self, state: ContainerState, kind: str, runc_global_args: list[str]) -> None:
+        self.state = state
+        self.record: dict[str, Any] = {
+            "operation": kind,
+            "holder": list(ProcessIdentity.own()),
+            "runc_global_args": runc_global_args,
+        }
+
+    def begin(self, **facts: str | bool) -> None:
+        self.record.update(facts)
+        self._save()
+
+    def note(self, **facts: str | bool) -> None:
+        self.record.update(facts)
+        self._save()
+
+    def runc_started(self, pid: int) -> None:
+        identity = ProcessIdentity.of(pid)
+        if identity is not None:
+            self.record["runc"] = list(identity)
+            self._save()
+
+    def helper_started(self, pid: int) -> None:
+        """A CRIU helper (cpuinfo dump/check) in a group of its own: CRIU's own short-lived
+        children (kerndat probes, stopped by design) would outlive a killed CRIU."""
+        identity = ProcessIdentity.of(pid)
+        if identity is not None:
+            self.record.setdefault("helpers", []).append(list(identity))
+            self._save()
+
+    def runc_ended(self) -> None:
+        self.record.pop("runc", None)
+        self._save()
+
+    def end(self) -> None:
+        self.state.clear(OPERATION_FLAG)
+
+    def _save(self) -> None:
+        import json
+
+        self.state.set(OPERATION_FLAG, json.dumps(self.record, sort_keys=True))
+
+
+def _read(state: ContainerState) -> dict[str, Any] | None:
+    import json
+
+    text = state.get(OPERATION_FLAG)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _identity(value: object) -> ProcessIdentity | None:
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+    ):
+        return ProcessIdentity(value[0], value[1])
+    return None
+
+
+def in_progress(state: ContainerState) -> bool:
+    """Whether a live arch-runc is checkpointing or restoring the container right now."""
+    record = _read(state)
+    holder = _identity(record.get("holder")) if record else None
+    return holder is not None and holder.alive()
+
+
+def finish_interrupted(state: ContainerState, runc_binary: str, criu: str | None) -> bool:
+    """Clean up after a checkpoint or restore whose arch-runc died. False when there was none
+    (or its arch-runc still runs)."""
+    record = _read(state)
+    if record is None:
+        return False
+    holder = _identity(record.get("holder"))
+    if holder is not None and holder.alive():
+        return False
+    where = f"{state.namespace}/{state.container_id}"
+    kind = record.get("operation")
+    runc_child = _identity(record.get("runc"))
+    grace = CHECKPOINT_GRACE_SECONDS if kind == CHECKPOINT else 0.0
+    killed = stop_group(runc_child, grace) if runc_child is not None else []
+    helpers = record.get("helpers")
+    for helper in helpers if isinstance(helpers, list) else []:
+        helper_group = _identity(helper)
+        if helper_group is not None:
+            killed += stop_group(helper_group)
+    if kind == RESTORE:
+        killed += _remove_half_restored(state, record, runc_binary, criu)
+    elif kind == CHECKPOINT and record.get("paused_here"):
+        _runc(record, runc_binary, criu).capture(["resume", state.container_id])
+    for key in ("staging", "work_dir"):
+        _remove_tree(record.get(key))
+    state.clear(OPERATION_FLAG)
+    logger.warning(
+        "%s of %s was interrupted (arch-runc pid %s died): cleaned up%s",
+        kind,
+        where,
+        holder.pid if holder else "?",
+        f", killed pids {sorted(set(killed))}" if killed else "",
+    )
+    return True
+
+
+def _runc(record: dict[str, Any], runc_binary: str, criu: str | None) -> Runc:
+    from arch.runc.runtime import Runc
+
+    global_args = record.get("runc_global_args")
+    if not isinstance(global_args, list) or not all(isinstance(a, str) for a in global_args):
+        global_args = []
+    return Runc(runc_binary, global_args, criu or "criu")
+
+
+def _remove_half_restored(
+    state: ContainerState, record: dict[str, Any], runc_binary: str, criu: str | None
+) -> list[int]:
+    deleted = _runc(record, runc_binary, criu).delete_force(state.container_id)
+    logger.info("runc delete --force %s: exit %s %s", state.container_id, deleted.status,
+                deleted.output.strip()[-300:])  # fmt: skip
+    bundle_path = record.get("bundle")
+    if not isinstance(bundle_path, str):
+        return []
+    from arch.container.bundle import Bundle, BundleError
+
+    try:
+        linux = Bundle.load(bundle_path).spec.get("linux") or {}
+    except BundleError as error:
+        logger.warning("cannot read the cgroup of %s: %s", state.container_id, error)
+        return []
+    cgroups_path = linux.get("cgroupsPath") if isinstance(linux, dict) else None
+    return kill_cgroup(cgroups_path) if isinstance(cgroups_path, str) else []
+
+
+def _remove_tree(path: object) -> None:
+    import shutil
+
+    if isinstance(path, str) and os.path.isabs(path):
+        shutil.rmtree(path, ignore_errors=True)

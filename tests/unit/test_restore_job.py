@@ -1,0 +1,132 @@
+"""RestoreJob's failure paths around the filesystem journal (one module; runc and the layer
+apply are stand-ins): a restore whose rollback fails raises RollbackFailed (one line: the
+failure and the rollback's reason, which names where its backups stay); a failure after runc
+restore succeeded leaves `restored` set, so the caller keeps the restored container instead of
+creating the id again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from arch.checkpoint import handler
+from arch.checkpoint.filesystem import LayerError
+from arch.checkpoint.handler import RestoreJob, RestoreRefused, RollbackFailed
+from arch.checkpoint.metadata import ContainerEssentials, FilesystemInfo, ImageMetadata
+from arch.checkpoint.validation import ValidImage
+from arch.container.bundle import Bundle
+from arch.container.interrupted import OPERATION_FLAG, Operation
+from arch.container.state import ContainerState
+from arch.runc.runtime import RuncResult
+
+
+class Journal:
+    def __init__(self, rollback_error: bool = False, commit_error: bool = False) -> None:
+        self.rollback_error = rollback_error
+        self.commit_error = commit_error
+
+    def rollback(self) -> None:
+        if self.rollback_error:
+            raise LayerError("rollback incomplete: data/file.txt: Read-only file system")
+
+    def commit(self) -> None:
+        if self.commit_error:
+            raise OSError(5, "Input/output error")
+
+
+class Runc:
+    criu = "/bin/false"
+
+    def __init__(self, status: int) -> None:
+        self.global_args: list[str] = []
+        self.status = status
+        self.deleted: list[str] = []
+
+    def subcommand_args(self, command: Any) -> list[str]:
+        return ["restore"]
+
+    def run_guarded(self, args: Any, on_start: Any, *, capture: bool = True) -> RuncResult:
+        return RuncResult(self.status, "", "")
+
+    def delete_force(self, container_id: str) -> RuncResult:
+        self.deleted.append(container_id)
+        return RuncResult(0, "", "")
+
+
+class Create:
+    def get(self, name: str) -> None:
+        return None
+
+    def with_subcommand(self, *args: Any, **kwargs: Any) -> Create:
+        return self
+
+    def with_option(self, *args: Any) -> Create:
+        return self
+
+
+def job(
+    tmp_path: Path, runc: Runc, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> RestoreJob:
+    monkeypatch.setattr(handler, "apply_layer", lambda *args, **kwargs: journal)
+    monkeypatch.setattr(handler, "job_differences", lambda *args: [])  # the same job
+    metadata = ImageMetadata.new(
+        namespace="default", container_id="c1", checkpoint_id="c1", runc_version="1",
+        criu_version="4.2", filesystem=FilesystemInfo.overlay("0" * 64, 10), criu_files=(),
+        container=ContainerEssentials(),
+    )  # fmt: skip
+    state = ContainerState(str(tmp_path / "state"), "default", "c1")
+    return RestoreJob(
+        runc,  # type: ignore[arg-type]
+        Create(),  # type: ignore[arg-type]
+        Bundle(str(tmp_path / "bundle"), {}),
+        ValidImage(str(tmp_path / "image"), metadata),
+        "c1",
+        str(tmp_path / "work"),
+        Operation(state, "restore", []),
+    )
+
+
+def test_a_failed_rollback_fails_the_restore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    restore = job(tmp_path, Runc(status=1), Journal(rollback_error=True), monkeypatch)
+    with pytest.raises(RollbackFailed, match=r"^runc restore exited 1; rollback incomplete"):
+        restore.run()
+    assert not restore.restored
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_failed_restore_with_a_good_rollback_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runc = Runc(status=1)
+    restore = job(tmp_path, runc, Journal(), monkeypatch)
+    with pytest.raises(RestoreRefused):
+        restore.run()
+    assert runc.deleted == ["c1"]
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_failure_after_runc_restore_leaves_the_container_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    restore = job(tmp_path, Runc(status=0), Journal(commit_error=True), monkeypatch)
+    restore.run()  # the commit's failure is logged, not raised
+    assert restore.restored
+    state = ContainerState(str(tmp_path / "state"), "default", "c1")
+    assert state.has(OPERATION_FLAG)  # until the caller has marked the start as done
+
+
+def test_a_refusal_is_one_line_with_criu_s_first_error() -> None:
+    from arch.shim.lifecycle import one_line
+
+    message = (
+        "runc checkpoint exited 1: criu failed\ndump.log (last lines):\n"
+        "(00.1) Error (criu/cr-dump.c:1): Can't dump\n...\n(00.2) Dumping FAILED."
+    )
+    assert one_line(message) == (
+        "runc checkpoint exited 1: criu failed; CRIU: (00.1) Error (criu/cr-dump.c:1): Can't dump"
+    )
+    assert one_line("plain reason") == "plain reason"
