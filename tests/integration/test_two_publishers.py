@@ -3,10 +3,10 @@ checkpoint root, as hosts sharing EFS/NFS) running containers with the same chec
 replicas do, through real containerd, runc and CRIU.
 
 Each round starts one container per host with different identities, kept both in the
-filesystem (/state/who) and in shell memory ($who, written to /state/live while it counts),
-checkpoints both at the same moment, and restores the one image left into a third container:
-the image is whole (filesystem and processes from one container, as its metadata says),
-restores, and no staging or swapped-out directory remains.
+filesystem (/state/who) and in shell memory ($who, written to /state/live with its count),
+checkpoints both at the same moment, and restores the one image left into a third container of
+the publisher's job: the image is whole (filesystem and processes from the one container its
+metadata names: the count goes on), restores, and no staging or swapped-out directory remains.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def test_two_hosts_checkpointing_to_one_location_leave_one_whole_image(
         metadata = json.loads((image_dir / "metadata.json").read_text())
         publisher = metadata["container_id"]
         assert publisher in members, metadata
+        publisher_node, who = members[publisher]
+        at_checkpoint = live(cr.rootfs_of(real_runc_binary, publisher_node, publisher))[1]
         for container_id, (node, _) in members.items():
             cr.remove_container(node, container_id)
             stale = [n for n in node.ctr("images", "ls", "--quiet").stdout.split()
@@ -79,15 +81,17 @@ def test_two_hosts_checkpointing_to_one_location_leave_one_whole_image(
             if stale:
                 node.ctr("images", "rm", *stale)
 
+        # The same job (an image restores only into its own command) on either host.
         node = two_nodes[round_number % 2]
         restored_id = f"c{round_number}-{suffix}"
-        node.run_container(workload_image.name, restored_id, workload("fresh"), env=ENV)
+        node.run_container(workload_image.name, restored_id, workload(who), env=ENV)
         assert f"create default/{restored_id}: restored from" in cr.arch_log(node)
         rootfs = cr.rootfs_of(real_runc_binary, node, restored_id)
         cr.wait_for(lambda root=rootfs: live(root)[0] != "", "the restored job to count")
-        in_memory, _ = live(rootfs)
+        in_memory, counted = live(rootfs)
         on_disk = cr.read_text(rootfs / "state/who").strip()
-        assert in_memory == on_disk == members[publisher][1], (in_memory, on_disk, publisher)
+        assert in_memory == on_disk == who, (in_memory, on_disk, publisher)
+        assert counted >= at_checkpoint, "the count restarted: not the checkpointed processes"
         leftovers = [p.name for p in image_dir.parent.iterdir() if p.name.startswith(".")]
         assert leftovers == [], leftovers
         assert node.remove_container(restored_id) == []  # killed: exit 137, the image stays
