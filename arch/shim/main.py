@@ -28,11 +28,24 @@ def run(args: Sequence[str]) -> int:
             command = parse(args)
         except ParseError:
             return passthrough.pass_through(args)  # runc rejects it; let runc say so
+        if command.subcommand == "kill" and not _notice_active():
+            return passthrough.pass_through(args)  # as fast as before kill was intercepted
         if command.subcommand in INTERCEPTED_SUBCOMMANDS and not command.has_unknown_flags:
             from arch.shim import lifecycle
 
             return lifecycle.handle(command, args)
     return passthrough.pass_through(args)
+
+
+def _notice_active() -> bool:
+    """Whether a Spot notice marker exists (a malformed arch.toml: kill passes through anyway)."""
+    from arch.config import ConfigError, load_config
+    from arch.spot.notice import notice_active
+
+    try:
+        return notice_active(load_config().state_dir)
+    except ConfigError:
+        return False
 
 
 def main() -> int:
