@@ -10,15 +10,11 @@ containerd or exit watcher, and so no archctl verify or selftest in a chroot.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
-from harness import procs
-from harness.role import ANSIBLE_PLAYBOOK, REPO
-
-from tests.conftest import unavailable
+from harness.role import run_play
 
 pytestmark = [pytest.mark.root]
 
@@ -26,9 +22,7 @@ DECISION = re.compile(r"ARCH-DECISION (\{.*\})")
 
 
 def preflight_decision(work: Path, arch_chroot: str) -> dict[str, object]:
-    if not ANSIBLE_PLAYBOOK.exists():
-        unavailable(f"{ANSIBLE_PLAYBOOK} not found: run ansible/install.sh first")
-    play = [{
+    play = {
         "hosts": "localhost",
         "gather_facts": True,
         "gather_subset": ["!all", "min"],  # as site.yml
@@ -40,22 +34,10 @@ def preflight_decision(work: Path, arch_chroot: str) -> dict[str, object]:
              "'direct': arch_manage_containerd_directly | bool, "
              "'is_chroot_gathered': 'is_chroot' in ansible_facts} | to_json }}"}},
         ],
-    }]  # fmt: skip
-    play_file = work / f"preflight-{arch_chroot}.yml"
-    play_file.write_text(json.dumps(play))
-    environment = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(REPO / "ansible" / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(REPO / "ansible" / "roles"),
-        ANSIBLE_NOCOLOR="1",
-    )
-    completed = procs.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", str(play_file)],
-        env=environment, timeout=300, check=False,
-    )  # fmt: skip
-    assert completed.returncode == 0, procs.describe(completed)
-    found = DECISION.search(completed.stdout)
-    assert found, completed.stdout
+    }  # fmt: skip
+    output = run_play(work / f"preflight-{arch_chroot}.yml", play)
+    found = DECISION.search(output)
+    assert found, output
     decision: dict[str, object] = json.loads(found.group(1).replace('\\"', '"'))
     return decision
 

@@ -25,23 +25,20 @@ def run_role_tasks(
 ) -> str:
     """ansible-playbook output of the role's `tasks_from` file with `variables`; fails unless
     the play succeeds (or, with succeeds=False, unless it fails)."""
+    task = {
+        "name": f"The role's {tasks_from}",
+        "ansible.builtin.include_role": {"name": "arch", "tasks_from": tasks_from},
+        "vars": dict(variables),
+    }
+    play = {"hosts": "localhost", "gather_facts": False, "tasks": [task]}
+    return run_play(work / f"play-{tasks_from}.yml", play, succeeds=succeeds)
+
+
+def run_play(play_file: Path, play: Mapping[str, object], *, succeeds: bool = True) -> str:
+    """Write `play` (with the role on the roles path) to `play_file`, run it on this host."""
     if not ANSIBLE_PLAYBOOK.exists():
         unavailable(f"{ANSIBLE_PLAYBOOK} not found: run ansible/install.sh first")
-    play = [
-        {
-            "hosts": "localhost",
-            "gather_facts": False,
-            "tasks": [
-                {
-                    "name": f"The role's {tasks_from}",
-                    "ansible.builtin.include_role": {"name": "arch", "tasks_from": tasks_from},
-                    "vars": dict(variables),
-                }
-            ],
-        }
-    ]
-    play_file = work / f"play-{tasks_from}.yml"
-    play_file.write_text(json.dumps(play))  # JSON is YAML
+    play_file.write_text(json.dumps([play]))  # JSON is YAML
     environment = dict(
         os.environ,
         ANSIBLE_CONFIG=str(REPO / "ansible" / "ansible.cfg"),
