@@ -225,7 +225,11 @@ class CheckpointJob:
                 f"cannot create the image directory: {error}", "storage"
             ) from error
         with staging:
-            self.operation.note(staging=staging.path)
+            # A real path (staging.path names this process's descriptor, gone with it).
+            staging_dir = os.path.join(
+                self.location.root, os.path.dirname(self.location.relative), staging.name
+            )
+            self.operation.note(staging=staging_dir)
             # CRIU dumps the processes while the filesystem is captured: both only read the
             # frozen container (measured: ~0.3 s of 1.1 s saved for 256+256 MiB). runc starts
             # from this (main) thread, which its parent-death signal follows; a worker waits
