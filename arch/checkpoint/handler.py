@@ -145,6 +145,8 @@ class CheckpointJob:
             except BaseException:
                 if paused_here:
                     self._resume_after_failure()
+                else:
+                    self._paused_again_for_the_caller()
                 raise
         finally:
             self.operation.end()
@@ -170,6 +172,17 @@ class CheckpointJob:
             raise CheckpointFailed(
                 f"cannot freeze the container: {error}", "container_state"
             ) from error
+
+    def _paused_again_for_the_caller(self) -> None:
+        """The caller froze the container and will resume it. A CRIU stopped midway (the
+        checkpoint_timeout) may have left it thawed: freeze it again, so that the caller's
+        resume finds it paused, as it left it."""
+        if self._status() == "running":
+            try:
+                self.runc.pause(self.container_id)
+            except RuncError as error:
+                logger.error("checkpoint %s: cannot freeze it again: %s", self.container_id,
+                             error)  # fmt: skip
 
     def _resume_after_failure(self) -> None:
         try:

@@ -149,6 +149,8 @@ def test_arch_runc_killed_during_restore_and_checkpoint_leaves_nothing_behind(
         outcome = kt.kill_call_after(node, "checkpoint", job.id, fraction * checkpoint_length,
                                      caller)  # fmt: skip
         outcomes["checkpoint"].append(outcome.killed)
+        if not outcome.killed:  # it ran to its end: that is the call's length to spread over
+            checkpoint_length = outcome.seconds
         settle(job, caller)
         where = (f"round {round_number}, checkpoint killed after {outcome.seconds:.3f}s "
                  f"(task {node.task_status(job.id)})")
@@ -163,13 +165,15 @@ def test_arch_runc_killed_during_restore_and_checkpoint_leaves_nothing_behind(
             now = job.counted()
             cr.wait_for(lambda now=now: job.counted() > now + 1, f"{where}: the job to go on")
             assert "metadata.json" in after, f"{where}: no image left"
-            checkpointed, checkpoint_length = good_checkpoint(job)
+            checkpointed, _ = good_checkpoint(job)
         job.remove()
         # -- restore, killed -----------------------------------------------------------------
         before = kt.image_digest(job.image_dir)
         caller = job.start_run()
         outcome = kt.kill_call_after(node, "create", job.id, fraction * restore_length, caller)
         outcomes["restore"].append(outcome.killed)
+        if not outcome.killed:
+            restore_length = outcome.seconds
         settle(job, caller)
         where = (f"round {round_number}, restore killed after {outcome.seconds:.3f}s "
                  f"(task {node.task_status(job.id)})")
@@ -179,7 +183,7 @@ def test_arch_runc_killed_during_restore_and_checkpoint_leaves_nothing_behind(
             cr.wait_for(lambda at=checkpointed: job.counted() > at + 1, f"{where}: counting")
         else:
             job.remove()
-            restore_length = good_restore(job, checkpointed)
+            good_restore(job, checkpointed)
 
     # The kills hit the calls, not only their ends.
     for kind, killed in outcomes.items():
