@@ -100,7 +100,9 @@ class Workspace:
     """Everything the benchmark creates, so that it can all be removed pass or fail."""
 
     root: str
+    run_dir: str  # a tmpfs, as /run is on a real host: runc's root and ARCH's state_dir
     runc_root: str
+    state_dir: str
     lower: str
     arch_host: str
     checkpoint_root: str
@@ -111,9 +113,12 @@ class Workspace:
     def create(cls) -> Workspace:
         root = tempfile.mkdtemp(prefix="arch-bench-cr-")
         arch_host = os.path.join(root, "arch-host")
+        run_dir = os.path.join(root, "run")
         return cls(
             root=root,
-            runc_root=os.path.join(root, "runc", NAMESPACE),
+            run_dir=run_dir,
+            runc_root=os.path.join(run_dir, "runc", NAMESPACE),
+            state_dir=os.path.join(run_dir, "arch"),
             lower=os.path.join(root, "lower"),
             arch_host=arch_host,
             checkpoint_root=os.path.join(arch_host, "checkpoint"),
@@ -166,7 +171,7 @@ def write_arch_host(workspace: Workspace, runc: str, signed: bool = False) -> st
     lines = [
         f"runc = {json.dumps(runc)}",
         f"checkpoint_root = {json.dumps(workspace.checkpoint_root)}",
-        f"state_dir = {json.dumps(os.path.join(workspace.arch_host, 'state'))}",
+        f"state_dir = {json.dumps(workspace.state_dir)}",
         f"log_file = {json.dumps(workspace.arch_log)}",
         'log_level = "info"',
     ]
@@ -210,6 +215,17 @@ def mount_overlay(workspace: Workspace, layer_dir: str, merged: str) -> str:
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, merged], check=True)
     workspace.mounts.append(merged)
     return upper
+
+
+def mount_run_tmpfs(workspace: Workspace) -> None:
+    """runc's root and ARCH's state_dir on a tmpfs, as under /run on a real host (on disk, a
+    small rename there waits for the journal while the image's hundreds of MiB are written)."""
+    os.makedirs(workspace.run_dir)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", workspace.run_dir],
+        check=True,
+    )
+    workspace.mounts.append(workspace.run_dir)
 
 
 def unmount(workspace: Workspace, merged: str) -> None:
@@ -763,6 +779,7 @@ def main() -> int:
     tools = make_tools(args, os.path.join(workspace.arch_host, "arch.toml"))
     try:
         os.makedirs(workspace.arch_host)
+        mount_run_tmpfs(workspace)
         write_arch_host(workspace, args.runc)
         if args.signed:
             write_arch_host(workspace, args.runc, signed=True)
