@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arch.checkpoint.beneath import (
+    NotBeneath,
     components,
     fd_path,
     make_dirs_beneath,
@@ -267,13 +268,16 @@ def _still_expected(parent_fd: int, doomed: str, name: str, expected: str) -> bo
 def identity(root_fd: int, relative: str) -> str | None:
     """What tells the image `relative` (beneath `root_fd`) from any other published at the same
     path: the sha256 of its metadata.json (which names the time, host, container and tar
-    digest), else the directory's inode. None when nothing is there."""
+    digest), else the directory's inode. None when nothing is there; NotBeneath when the path
+    no longer resolves beneath the root."""
     import hashlib
 
     try:
         dir_fd = open_beneath(root_fd, relative)
     except FileNotFoundError:
         return None
+    except NotBeneath:
+        raise  # not an unreadable image: the path left its root, which the caller reports
     except OSError:
         return "unreadable"
     try:

@@ -44,13 +44,19 @@ class Attack:
     def run(self, container_id: str, script: str, env: dict[str, str], then: str) -> None:
         """Start the container with /team bound: it runs `script`, creates /team/swapped, then
         runs `then`."""
+        self.start(container_id, f"{script} && touch /team/{SWAPPED_MARK} && {then}", env)
+        self.wait_for_swap()
+
+    def start(self, container_id: str, script: str, env: dict[str, str]) -> None:
         self.node.run_container(
             self.image,
             container_id,
-            ["sh", "-c", f"{script} && touch /team/{SWAPPED_MARK} && {then}"],
+            ["sh", "-c", script],
             env={"ARCH_ENABLE": "1", "ARCH_CHECKPOINT_ID": CHECKPOINT_ID, **env},
             extra_args=["--mount", f"type=bind,src={self.team},dst=/team,options=rbind:rw"],
         )
+
+    def wait_for_swap(self) -> None:
         cr.wait_for(lambda: (self.team / SWAPPED_MARK).exists(), "the container's swap")
 
     def outside_changes(self) -> list[str]:
@@ -95,10 +101,23 @@ def test_checkpoint_after_a_symlink_swap_fails_and_writes_nothing_outside(
 
 @pytest.mark.parametrize("which", sorted(SWAPS))
 def test_delete_after_exit_0_removes_nothing_outside(attack: Attack, which: str) -> None:
+    """The instance is restored from its own image, so its exit 0 removes that image; once
+    restored, it swaps the image's path for a symlink and exits 0."""
     env = {"ARCH_CHECKPOINT_HOST_PATH": str(attack.team / "ckpt")}
-    attack.run("leaver", swap_script(which, attack), env, then="exit 0")
-    attack.node.wait_for_status("leaver", "STOPPED")
+    script = (
+        "while [ ! -e /team/go ]; do sleep 0.2; done && "
+        f"{swap_script(which, attack)} && touch /team/{SWAPPED_MARK} && exit 0"
+    )
+    attack.start("leaver", script, env)
+    attack.node.wait_for_status("leaver", "RUNNING")
+    cr.checkpoint(attack.node, "leaver")
+    cr.remove_container(attack.node, "leaver")
+    attack.start("leaver", script, env)
+    assert "create default/leaver: restored from" in cr.arch_log(attack.node)
 
+    (attack.team / "go").touch()
+    attack.wait_for_swap()
+    attack.node.wait_for_status("leaver", "STOPPED")
     attack.node.ctr("task", "delete", "leaver")
 
     assert attack.outside_changes() == []
