@@ -58,6 +58,8 @@ CPUINFO_IMAGE = "cpuinfo.img"
 # What runc create --pidfd-socket sends with the init's pidfd (runc 1.2+, libcontainer setupPidfd).
 PIDFD_MESSAGE = b"standard"
 PIDFD_SOCKET_TIMEOUT = 30.0
+# Less free space than this where a dump failed: the storage filled up.
+STORAGE_FULL_BYTES = 1024 * 1024
 
 
 class CheckpointFailed(Exception):
@@ -324,10 +326,24 @@ class CheckpointJob:
         if result.status != 0:
             tail = log_tail(os.path.join(image_path, "dump.log"))
             raise CheckpointFailed(
-                f"runc checkpoint exited {result.status}: {result.output.strip()}\n"
+                f"runc checkpoint exited {result.status}{storage_full_note(image_path)}: "
+                f"{result.output.strip()}\n"
                 f"dump.log (last lines):\n{tail}",
                 "criu",
             )
+
+
+def storage_full_note(path: str) -> str:
+    """A note for a failed dump's message when the filesystem holding `path` is full: CRIU's own
+    error (ENOSPC) then cannot reach its dump.log, which is on that filesystem too."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return ""
+    free = stats.f_bavail * stats.f_frsize
+    if free >= STORAGE_FULL_BYTES:
+        return ""
+    return f" (the checkpoint storage is full: No space left on device, {free // 1024} KiB free)"
 
 
 def _container_essentials(bundle_path: str) -> ContainerEssentials:
