@@ -233,6 +233,7 @@ def finish_interrupted(state: ContainerState, runc_binary: str, criu: str | None
         if helper_group is not None:
             killed += stop_group(helper_group)
     if kind == RESTORE:
+        killed += _stop_users_of(record.get("work_dir"))
         killed += _remove_half_restored(state, record, runc_binary, criu)
     elif kind == CHECKPOINT and record.get("paused_here"):
         _runc(record, runc_binary, criu).capture(["resume", state.container_id])
@@ -276,6 +277,48 @@ def _remove_half_restored(
         return []
     cgroups_path = linux.get("cgroupsPath") if isinstance(linux, dict) else None
     return kill_cgroup(cgroups_path) if isinstance(cgroups_path, str) else []
+
+
+def _stop_users_of(work_dir: object) -> list[int]:
+    """SIGKILL the processes holding files open in the restore's work directory: its CRIU keeps
+    restore.log there, and once it takes on the restored tasks' session and group it is no
+    longer in runc's process group, so stopping that group misses it."""
+    if not isinstance(work_dir, str) or not os.path.isabs(work_dir):
+        return []
+    killed = users = _processes_using(work_dir)
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while users and time.monotonic() < deadline:
+        for pid in users:
+            kill_pid(pid)
+        time.sleep(POLL_SECONDS)
+        users = _processes_using(work_dir)
+    if users:
+        logger.error("processes %s still use %s after SIGKILL", users, work_dir)
+    return killed
+
+
+def _processes_using(directory: str) -> list[int]:
+    """Other processes with a file open at or below `directory`."""
+    prefix = directory.rstrip("/") + "/"
+    own = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        fd_dir = f"/proc/{entry}/fd"
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            continue  # gone, or a kernel thread
+        for name in names:
+            try:
+                target = os.readlink(os.path.join(fd_dir, name))
+            except OSError:
+                continue
+            if target == directory or target.startswith(prefix):
+                found.append(int(entry))
+                break
+    return found
 
 
 def _remove_tree(path: object) -> None:
