@@ -31,6 +31,8 @@ import re
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
+from arch.checkpoint.store import RANDOM_HEX_CHARS, lexists, random_hex
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -38,7 +40,6 @@ ENTRY_PREFIX = "image-"
 CLAIMED_PREFIX = ".claimed~"
 INVALID_PREFIX = ".invalid~"
 SEPARATOR = "~"
-RANDOM_HEX_CHARS = 12
 HOST_MAX = 64
 
 _ENTRY = re.compile(r"image-\d{8}T\d{6}Z-[0-9a-f]{12}\Z")
@@ -83,12 +84,12 @@ def is_entry(name: str) -> bool:
 def new_entry_name(now: float | None = None) -> str:
     """A fresh unclaimed entry name; names sort by creation time (oldest is claimed first)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-    return f"{ENTRY_PREFIX}{stamp}-{_random_hex()}"
+    return f"{ENTRY_PREFIX}{stamp}-{random_hex()}"
 
 
 def claimed_name(entry: str, host: str | None = None) -> str:
     """A claimed name for `entry` that no other claimer can choose."""
-    return SEPARATOR.join((CLAIMED_PREFIX[:-1], host or host_label(), _random_hex(), entry))
+    return SEPARATOR.join((CLAIMED_PREFIX[:-1], host or host_label(), random_hex(), entry))
 
 
 def parse_claimed(name: str) -> ClaimedName | None:
@@ -217,7 +218,7 @@ def _rename(parent_fd: int, name: str, target: str) -> bool:
         os.rename(name, target, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
     except FileNotFoundError:
         # Over NFS, a retransmitted rename that already succeeded answers ENOENT.
-        return _lexists(parent_fd, target)
+        return lexists(parent_fd, target)
     except OSError as error:
         if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
             return False
@@ -242,13 +243,3 @@ def _open_pool(pool_dir: str, root: str) -> int | None:
         raise PoolError(error.errno, message) from error
 
 
-def _lexists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _random_hex() -> str:
-    return os.urandom(RANDOM_HEX_CHARS // 2).hex()

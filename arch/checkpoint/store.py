@@ -118,7 +118,7 @@ class ImageStaging:
             os.close(own_root_fd)
             raise
         try:
-            name = f"{STAGING_PREFIX}{final_name}-{_random_hex()}"
+            name = f"{STAGING_PREFIX}{final_name}-{random_hex()}"
             os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
             lock_fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
         except BaseException:
@@ -229,7 +229,7 @@ def remove(root_fd: int, relative: str, expected: str | None = None) -> bool:
         for leftover in _leftovers_of(parent_fd, name):
             if _abandoned(parent_fd, leftover, 0.0, time.time()):
                 _remove_entry(parent_fd, leftover)
-        doomed = f"{REMOVING_PREFIX}{name}-{_random_hex()}"
+        doomed = f"{REMOVING_PREFIX}{name}-{random_hex()}"
         try:
             os.rename(name, doomed, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except FileNotFoundError:
@@ -311,7 +311,7 @@ def recover(root_fd: int, relative: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        if _lexists(parent_fd, name):
+        if lexists(parent_fd, name):
             return False
         candidates = []
         for leftover in _leftovers_of(parent_fd, name, prefixes=(OLD_PREFIX,)):
@@ -444,7 +444,7 @@ def _swap_into_place(parent_fd: int, staging: str, final: str) -> None:
             os.fsync(parent_fd)
             _remove_entry(parent_fd, staging)  # now the previous image
             return
-        old = f"{OLD_PREFIX}{final}-{_random_hex()}"
+        old = f"{OLD_PREFIX}{final}-{random_hex()}"
         try:
             os.rename(final, old, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except FileNotFoundError:
@@ -511,7 +511,7 @@ def _unlink_at(dir_fd: int, name: str) -> None:
         return
 
 
-def _lexists(dir_fd: int, name: str) -> bool:
+def lexists(dir_fd: int, name: str) -> bool:
     try:
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -519,7 +519,7 @@ def _lexists(dir_fd: int, name: str) -> bool:
     return True
 
 
-def _random_hex() -> str:
+def random_hex() -> str:
     return os.urandom(RANDOM_HEX_CHARS // 2).hex()
 
 
@@ -579,7 +579,7 @@ def _abandoned(parent_fd: int, name: str, min_age: float, now: float) -> bool:
 
 def _recoverable(parent_fd: int, old: str) -> bool:
     """Whether `recover` would put this swapped-out image back (its image path is empty)."""
-    if _lexists(parent_fd, _image_name_of(old)):
+    if lexists(parent_fd, _image_name_of(old)):
         return False
     try:
         validate_entry(parent_fd, old)
