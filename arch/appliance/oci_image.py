@@ -1,7 +1,8 @@
-"""A tiny offline container image built from a static busybox: a rootfs layer tar and an OCI
-image-layout archive that `ctr images import` accepts. No registry is needed.
+"""Tiny offline container images: a rootfs layer tar (from a static busybox, or from one static
+program) and an OCI image-layout archive that `ctr images import` accepts. No registry is needed.
 
-Used by `archctl selftest` and by the integration-test harness (tests/integration/harness).
+`archctl selftest` builds its image from its static payload (arch/appliance/selftest_payload.c);
+the integration-test harness (tests/integration/harness) and benchmarks/ from a static busybox.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import tarfile
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 # Fixed so that the same busybox always yields the same digests.
 ENTRY_MTIME = 1_700_000_000
 IMAGE_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Where Debian's busybox-static (and most distributions' busybox) installs the binary.
-BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 _DIRECTORIES = {
     "bin": 0o755,
@@ -85,22 +85,34 @@ def busybox_applet_paths(busybox: Path) -> list[str]:
 
 def rootfs_tar_bytes(busybox: Path, hostname: str) -> bytes:
     """An uncompressed tar of a minimal rootfs: /bin/busybox plus applet symlinks."""
+    links = {applet: "/bin/busybox" for applet in busybox_applet_paths(busybox)}
+    return _minimal_rootfs_tar_bytes("bin/busybox", busybox.read_bytes(), hostname, links)
+
+
+def program_rootfs_tar_bytes(image_path: str, program: bytes, hostname: str) -> bytes:
+    """An uncompressed tar of a minimal rootfs whose only program is the static `program`,
+    at `image_path` (absolute, e.g. /bin/NAME)."""
+    return _minimal_rootfs_tar_bytes(image_path.lstrip("/"), program, hostname, {})
+
+
+def _minimal_rootfs_tar_bytes(
+    program_name: str, program: bytes, hostname: str, links: dict[str, str]
+) -> bytes:
+    """The standard directories, /etc/passwd, /etc/group and /etc/hostname, the program (0755)
+    and `links` (symlink name -> target)."""
     files = {**_BASE_FILES, "etc/hostname": f"{hostname}\n".encode()}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for name, mode in _DIRECTORIES.items():
             archive.addfile(tar_entry(name, tarfile.DIRTYPE, mode))
-        busybox_data = busybox.read_bytes()
-        archive.addfile(
-            tar_entry("bin/busybox", tarfile.REGTYPE, 0o755, len(busybox_data)),
-            io.BytesIO(busybox_data),
-        )
+        entry = tar_entry(program_name, tarfile.REGTYPE, 0o755, len(program))
+        archive.addfile(entry, io.BytesIO(program))
         for name, content in files.items():
             entry = tar_entry(name, tarfile.REGTYPE, 0o644, len(content))
             archive.addfile(entry, io.BytesIO(content))
-        for applet in busybox_applet_paths(busybox):
-            link = tar_entry(applet, tarfile.SYMTYPE, 0o777)
-            link.linkname = "/bin/busybox"
+        for name, target in links.items():
+            link = tar_entry(name, tarfile.SYMTYPE, 0o777)
+            link.linkname = target
             archive.addfile(link)
     return buffer.getvalue()
 
@@ -117,8 +129,11 @@ def tar_entry(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarIn
     return info
 
 
-def oci_layout_tar_bytes(layer_tar: bytes, image_name: str, created_by: str) -> bytes:
-    """An OCI image-layout archive holding one single-layer image named `image_name`."""
+def oci_layout_tar_bytes(
+    layer_tar: bytes, image_name: str, created_by: str, command: Sequence[str] = ("sh",)
+) -> bytes:
+    """An OCI image-layout archive holding one single-layer image named `image_name` whose
+    default command is `command`."""
     blobs: dict[str, bytes] = {}
     layer_gz = gzip.compress(layer_tar, mtime=0)
     layer_descriptor = _store(blobs, "application/vnd.oci.image.layer.v1.tar+gzip", layer_gz)
@@ -126,7 +141,7 @@ def oci_layout_tar_bytes(layer_tar: bytes, image_name: str, created_by: str) -> 
         {
             "architecture": _GOARCH.get(platform.machine(), platform.machine()),
             "os": "linux",
-            "config": {"Env": [IMAGE_PATH_ENV], "Cmd": ["sh"], "WorkingDir": "/"},
+            "config": {"Env": [IMAGE_PATH_ENV], "Cmd": list(command), "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": [_digest(layer_tar)]},
             "history": [{"created_by": created_by}],
         }
