@@ -1,12 +1,13 @@
 """`archctl selftest`: a real checkpoint/restore round trip of a tiny container on this host.
 
 Through this host's containerd (ctr from PATH), in a dedicated namespace: import a one-layer
-busybox image built offline, run an opted-in container (ARCH_ENABLE=1, a fresh
-ARCH_CHECKPOINT_ID) with arch-runc as its runc, let it change its filesystem and count in memory,
-`ctr task checkpoint` it, delete its task and container, run it again with the same id and
-environment, and show that the same process continued (its random token and counter) and that
-its filesystem changes are back. Each step is reported; everything is removed afterwards, pass
-or fail, unless --keep.
+image built offline from a static payload program (arch/appliance/selftest_payload.c, compiled
+here with the host's C compiler, or given with --payload), run an opted-in container
+(ARCH_ENABLE=1, a fresh ARCH_CHECKPOINT_ID) with arch-runc as its runc, let it change its
+filesystem and count in memory, `ctr task checkpoint` it, delete its task and container, run it
+again with the same id and environment, and show that the same process continued (its random
+token and counter) and that its filesystem changes are back. Each step is reported; everything
+is removed afterwards, pass or fail, unless --keep.
 
 The workload never starts twice in a successful run: it draws a random token once and appends a
 line to /selftest/boots at each fresh start, so a restore that silently fell back to a fresh
@@ -27,15 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from arch.appliance.oci_image import (
-    BUSYBOX_CANDIDATES,
-    is_static_elf,
-    oci_layout_tar_bytes,
-    rootfs_tar_bytes,
-)
+from arch.appliance import selftest_payload
+from arch.appliance.oci_image import oci_layout_tar_bytes, program_rootfs_tar_bytes
 from arch.config import ConfigError, HostConfig, load_config
 from arch.container.identity import ImagePathError, validate_namespace
 
@@ -56,39 +52,22 @@ LOG_TAIL_LINES = 30
 _LOG_RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 STATE_FILE = "/selftest/state"
 BOOTS_FILE = "/selftest/boots"
-MISSING = "\0missing"  # a path the container's report left out
-
-# The workload (busybox sh). Filesystem changes of every kind: a new directory and file holding
-# the token, an image file modified, one deleted, one file renamed. Memory: the token and the
-# counter live only in the shell's variables; /selftest/state is rewritten (atomically) from them.
-WORKLOAD = r"""
-mkdir -p /selftest
-echo boot >> /selftest/boots
-token=$(cat /proc/sys/kernel/random/uuid)
-echo "$token" > /selftest/note
-echo "changed by archctl selftest" > /etc/hostname
-rm /etc/group
-echo renamed > /selftest/to-rename
-mv /selftest/to-rename /selftest/renamed
-i=0
-while true; do
-  i=$((i + 1))
-  echo "$token $i" > /selftest/state.new
-  mv /selftest/state.new /selftest/state
-  sleep 0.2
-done
-"""
-# What the filesystem check expects to read back; "{token}" is the workload's token.
+MISSING = b"\0missing"  # a path the container's report left out
+# The workload (the payload's `run`, see selftest_payload.c) changes the filesystem in every way:
+# a new directory and file holding the token, an image file modified, one deleted, one renamed.
+# Memory: the token and the counter live only in the process; /selftest/state is rewritten
+# (atomically, every 0.2 s) from them as "<token> <counter>\n".
+_STATE_LINE = re.compile(rb"([0-9a-f]{32}) ([0-9]+)\n")
+# The exact contents the filesystem check expects to read back ("{token}": the workload's token;
+# None: no such file).
 EXPECTED_FILES = {
-    "/selftest/note": "{token}",
-    "/etc/hostname": "changed by archctl selftest",
-    "/selftest/renamed": "renamed",
+    "/selftest/note": "{token}\n",
+    "/etc/hostname": "changed by archctl selftest\n",
+    "/selftest/renamed": "renamed\n",
     "/selftest/to-rename": None,
     "/etc/group": None,
+    BOOTS_FILE: "boot\n",
 }
-_FILE_REPORT = (
-    'for f in "$@"; do if [ -e "$f" ]; then echo "$f=$(cat "$f")"; else echo "$f"; fi; done'
-)
 
 
 class StepFailed(Exception):
@@ -118,7 +97,7 @@ class Settings(NamedTuple):
     namespace: str
     arch_runc: str
     runc_root: str | None
-    busybox: str | None
+    payload: str | None
     keep: bool
 
 
@@ -126,11 +105,13 @@ def add_parser(subcommands: Any) -> None:
     parser: argparse.ArgumentParser = subcommands.add_parser(
         "selftest",
         help="checkpoint and restore a tiny container through this host's containerd",
-        description="A real checkpoint/restore round trip on this host: a tiny opted-in busybox "
+        description="A real checkpoint/restore round trip on this host: a tiny opted-in "
         "container is started through containerd (ctr), changes its filesystem and memory, is "
         "checkpointed, removed, created again and shown to continue. One line per step; exit 0 "
         "only when every step held, 1 otherwise. Everything it creates is removed afterwards "
-        "(unless --keep). Needs ctr on PATH and a static busybox (Debian: busybox-static).",
+        "(unless --keep). Needs ctr on PATH, and a C compiler (cc) with the static C library "
+        "(glibc-static on Amazon Linux, libc6-dev on Debian) to build the container's static "
+        "payload program, unless --payload gives one.",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
@@ -150,8 +131,10 @@ def add_parser(subcommands: Any) -> None:
         "--runc-root", help="runc state root for the container (default: containerd's)"
     )
     parser.add_argument(
-        "--busybox",
-        help=f"static busybox for the image (default: {' or '.join(BUSYBOX_CANDIDATES)})",
+        "--payload",
+        metavar="PATH",
+        help="a static build of the container's program (default: build it with cc -static from "
+        f"{selftest_payload.SOURCE})",
     )
     parser.set_defaults(run=run)
 
@@ -162,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         arch_runc=args.arch_runc,
         runc_root=args.runc_root,
-        busybox=args.busybox,
+        payload=args.payload,
         keep=args.keep,
     )
     report = _print_step if not args.json else _ignore_step
@@ -267,6 +250,7 @@ class Selftest:
         self.imported = False
         self.started = False
         self.checkpointed: Workload | None = None
+        self.payload = b""
         # Only a namespace this run created is removed at cleanup.
         self.namespace_existed = True
 
@@ -334,7 +318,7 @@ class Selftest:
         arch_runc = self.settings.arch_runc
         if not os.path.isabs(arch_runc) or not os.access(arch_runc, os.X_OK):
             raise StepFailed(f"arch-runc {arch_runc!r} is not an executable (see --arch-runc)")
-        self._busybox()
+        payload = self._payload()
         version = self.ctr.run("version", timeout=15)
         if version.returncode != 0:
             raise StepFailed(
@@ -345,25 +329,31 @@ class Selftest:
         return (
             f"containerd {_server_version(version.stdout)} at {self.settings.address}, "
             f"arch-runc {arch_runc}, images under {self.config.checkpoint_root} "
-            f"({self.config.path})"
+            f"({self.config.path}), {payload}"
         )
 
-    def _busybox(self) -> Path:
-        candidates = [self.settings.busybox] if self.settings.busybox else BUSYBOX_CANDIDATES
-        for candidate in map(Path, candidates):
-            if is_static_elf(candidate):
-                return candidate
-        raise StepFailed(
-            f"no static busybox at {' or '.join(candidates)}: install the busybox-static "
-            "package (Debian/Ubuntu) or pass --busybox PATH to a statically linked busybox"
-        )
+    def _payload(self) -> str:
+        """Build (or load --payload) the container's program; what was done, for the report."""
+        try:
+            if self.settings.payload:
+                self.payload = selftest_payload.load(self.settings.payload)
+                return f"payload {self.settings.payload}"
+            self.payload = selftest_payload.build()
+        except selftest_payload.PayloadError as error:
+            raise StepFailed(str(error)) from error
+        return f"payload built with {selftest_payload.COMPILER} -static"
 
     def import_image(self) -> str:
-        layer = rootfs_tar_bytes(self._busybox(), "arch-selftest")
+        layer = program_rootfs_tar_bytes(
+            selftest_payload.IMAGE_PATH, self.payload, "arch-selftest"
+        )
+        image = oci_layout_tar_bytes(
+            layer, self.image_name, "archctl selftest", selftest_payload.RUN_COMMAND
+        )
         with tempfile.TemporaryDirectory(prefix="arch-selftest-") as work_dir:
             archive = os.path.join(work_dir, "image.tar")
             with open(archive, "wb") as archive_file:
-                archive_file.write(oci_layout_tar_bytes(layer, self.image_name, "archctl selftest"))
+                archive_file.write(image)
             self.imported = True
             self.ctr.check("images", "import", archive, timeout=120)
         return f"{self.image_name} ({len(layer) // 1024} KiB) in namespace {self.ctr.namespace}"
@@ -404,7 +394,7 @@ class Selftest:
         self._run_container()
         first = self._wait_for_workload(above=0)
         if first.token != self.checkpointed.token:
-            boots = self._exec("cat", BOOTS_FILE).count("boot")
+            boots = (self._report(BOOTS_FILE)[BOOTS_FILE] or b"").count(b"boot")
             raise StepFailed(
                 f"the container started fresh instead of continuing (new token, {boots} boots)"
                 f"{self._log_excerpt()}"
@@ -422,19 +412,17 @@ class Selftest:
 
     def check_filesystem(self) -> str:
         assert self.checkpointed is not None
+        token = self.checkpointed.token
         expected = {
-            path: None if content is None else content.format(token=self.checkpointed.token)
+            path: None if content is None else content.format(token=token).encode()
             for path, content in EXPECTED_FILES.items()
         }
-        found = _parse_file_report(self._exec("sh", "-c", _FILE_REPORT, "sh", *expected))
+        found = self._report(*expected)
         wrong = [
             f"{path}: expected {_describe(want)}, found {_describe(found.get(path, MISSING))}"
             for path, want in expected.items()
             if found.get(path, MISSING) != want
         ]
-        boots = self._exec("cat", BOOTS_FILE)
-        if boots != "boot\n":
-            wrong.append(f"{BOOTS_FILE}: expected one boot, found {boots!r}")
         if wrong:
             raise StepFailed("; ".join(wrong))
         return "created, modified, deleted and renamed files are as the container left them"
@@ -465,23 +453,35 @@ class Selftest:
         args += ["--env", "ARCH_ENABLE=1", "--env", f"ARCH_CHECKPOINT_ID={self.container_id}"]
         self.started = True
         try:
-            self.ctr.check(*args, self.image_name, self.container_id, "sh", "-c", WORKLOAD)
+            self.ctr.check(
+                *args, self.image_name, self.container_id, *selftest_payload.RUN_COMMAND
+            )
         except StepFailed as error:
             raise StepFailed(f"{error}{self._log_excerpt()}") from error
 
-    def _exec(self, *command: str) -> str:
+    def _report(self, *paths: str) -> dict[str, bytes | None]:
+        """The exact contents of `paths` in the container (None: no such file), read by the
+        payload's `report` mode through `ctr task exec`."""
         exec_id = f"probe-{secrets.token_hex(4)}"
-        return self.ctr.check("task", "exec", "--exec-id", exec_id, self.container_id, *command)
+        output = self.ctr.check(
+            "task", "exec", "--exec-id", exec_id, self.container_id,
+            *selftest_payload.REPORT_COMMAND, *paths,
+        )  # fmt: skip
+        try:
+            return selftest_payload.parse_report(output)
+        except selftest_payload.PayloadError as error:
+            raise StepFailed(str(error)) from error
 
     def _read_workload(self) -> Workload | None:
-        completed = self.ctr.run(
-            "task", "exec", "--exec-id", f"probe-{secrets.token_hex(4)}", self.container_id,
-            "cat", STATE_FILE,
-        )  # fmt: skip
-        fields = completed.stdout.split()
-        if completed.returncode != 0 or len(fields) != 2 or not fields[1].isdigit():
+        """The workload's state; None until it wrote one (or while exec is not possible yet)."""
+        try:
+            state = self._report(STATE_FILE).get(STATE_FILE)
+        except StepFailed:
             return None
-        return Workload(fields[0], int(fields[1]))
+        match = _STATE_LINE.fullmatch(state or b"")
+        if match is None:
+            return None
+        return Workload(match.group(1).decode(), int(match.group(2)))
 
     def _wait_for_workload(self, above: int) -> Workload:
         """The workload's state once its counter is above `above` (it keeps counting)."""
@@ -636,8 +636,8 @@ def _server_version(ctr_version_output: str) -> str:
 
 
 def _command(args: Sequence[str]) -> str:
-    """`ctr ARGS` for messages, without multi-line arguments (the workload script)."""
-    return " ".join(["ctr", *("<script>" if "\n" in arg else arg for arg in args)])
+    """`ctr ARGS` for messages."""
+    return " ".join(["ctr", *args])
 
 
 def _last_lines(text: str, count: int) -> str:
@@ -670,16 +670,9 @@ def _tree_size(path: str) -> int:
     return total
 
 
-def _parse_file_report(output: str) -> dict[str, str | None]:
-    """`path=content` lines (one-line contents) and bare `path` lines (absent files)."""
-    found: dict[str, str | None] = {}
-    for line in output.splitlines():
-        path, separator, content = line.partition("=")
-        found[path] = content if separator else None
-    return found
-
-
-def _describe(content: str | None) -> str:
+def _describe(content: bytes | None) -> str:
     if content == MISSING:
         return "nothing (not reported)"
-    return "no file" if content is None else repr(content)
+    if content is None:
+        return "no file"
+    return repr(content.decode(errors="replace"))

@@ -1,7 +1,8 @@
 """`archctl selftest` against a private containerd node (its arch.toml via ARCH_CONFIG, the
-arch-runc under test as --arch-runc): a real round trip passes and leaves nothing behind; real
-failures (the checkpoint root full, a broken runc, no static busybox) exit 1 with a FAIL line,
-skip the later steps and still leave nothing behind.
+arch-runc under test as --arch-runc): a real round trip passes and leaves nothing behind, with
+the payload built by selftest itself or given with --payload; real failures (the checkpoint root
+full, a broken runc, a payload that is not static, no compiler) exit 1 with a FAIL line, skip the
+later steps and still leave nothing behind.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +19,8 @@ from pathlib import Path
 import pytest
 from harness import procs
 from harness.containerd import ContainerdNode
+
+from arch.appliance import selftest_payload
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
 
@@ -34,15 +38,18 @@ STEPS = (
     "cleanup",
 )
 SELFTEST_TIMEOUT = 300.0
-# Too small for CRIU's images of even a busybox shell (about 300 KB).
+# Too small for CRIU's images of even the tiny static payload.
 TINY_TMPFS_SIZE = "64k"
 
 
 def run_selftest(
-    node: ContainerdNode, arch_runc: Path, *extra: str
+    node: ContainerdNode, arch_runc: Path, *extra: str, path: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`archctl --address <node> selftest --arch-runc ... --runc-root <node's> extra...`."""
+    """`archctl --address <node> selftest --arch-runc ... --runc-root <node's> extra...`, with
+    PATH `path` when given."""
     environment = {**os.environ, **node.arch.environment}
+    if path is not None:
+        environment["PATH"] = path
     environment.pop("CONTAINERD_ADDRESS", None)
     # Its temporary files go where the test can see that none are left.
     selftest_tmp(node).mkdir(exist_ok=True)
@@ -120,6 +127,7 @@ def test_selftest_round_trip_passes_and_cleans_up(
     assert completed.stdout.rstrip().endswith(
         "selftest passed: checkpoint/restore works on this host"
     )
+    assert steps["prerequisites"][1].endswith("payload built with cc -static")
     assert "the same process continued" in steps["restore"][1]
     match = re.search(r"container (selftest-[0-9a-f]+) running", steps["start"][1])
     assert match is not None, steps["start"]
@@ -207,13 +215,54 @@ def test_selftest_fails_when_runc_is_broken(node: ContainerdNode, arch_runc_bina
     assert_nothing_left(node)
 
 
-def test_selftest_without_static_busybox_says_what_is_missing(
+def test_selftest_with_a_prebuilt_payload(
+    node: ContainerdNode, arch_runc_binary: Path, tmp_path: Path
+) -> None:
+    payload = tmp_path / "payload"
+    payload.write_bytes(selftest_payload.build())
+
+    completed = run_selftest(node, arch_runc_binary, "--payload", str(payload))
+
+    assert completed.returncode == 0, procs.describe(completed)
+    steps = step_lines(completed.stdout)
+    assert f"payload {payload}" in steps["prerequisites"][1]
+    assert all(status == "ok" for status, _ in steps.values()), completed.stdout
+    assert_nothing_left(node)
+
+
+def test_selftest_with_a_dynamic_payload_says_what_is_wrong(
     node: ContainerdNode, arch_runc_binary: Path
 ) -> None:
-    completed = run_selftest(node, arch_runc_binary, "--busybox", "/usr/bin/env")
+    completed = run_selftest(node, arch_runc_binary, "--payload", "/usr/bin/env")
+
+    assert completed.returncode == 1, procs.describe(completed)
+    steps = step_lines(completed.stdout)
+    status, detail = steps["prerequisites"]
+    assert status == "FAIL"
+    assert detail.startswith(
+        "payload /usr/bin/env is not a statically linked 64-bit ELF executable (build it with: cc "
+    ), detail
+    assert [steps[name][0] for name in STEPS[1:-1]] == ["skip"] * (len(STEPS) - 2)
+    assert NAMESPACE not in node.namespaces()
+
+
+def test_selftest_without_a_compiler_says_what_is_missing(
+    node: ContainerdNode, arch_runc_binary: Path, tmp_path: Path
+) -> None:
+    # A PATH with ctr and nothing else: no cc.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ctr = shutil.which("ctr")
+    assert ctr is not None
+    (bin_dir / "ctr").symlink_to(ctr)
+
+    completed = run_selftest(node, arch_runc_binary, path=str(bin_dir))
 
     assert completed.returncode == 1, procs.describe(completed)
     status, detail = step_lines(completed.stdout)["prerequisites"]
     assert status == "FAIL"
-    assert "no static busybox at /usr/bin/env" in detail and "busybox-static" in detail
+    assert detail == (
+        "no C compiler (cc) on PATH to build the selftest payload: install gcc, or pass "
+        "--payload PATH"
+    )
     assert NAMESPACE not in node.namespaces()
