@@ -1,10 +1,11 @@
 """The role's chroot detection: in a chroot (a Packer chroot build) it starts no service.
 
-The role's preflight (read-only: stats, fact gathering, assertions) runs on this host, as
-site.yml runs it (facts: the `min` subset, which lacks is_chroot), once with the chroot forced
-(arch_chroot=true) and once detected (auto; this machine is no chroot). What it decides is what
-every service task and check is conditioned on: no systemd call, no directly started
-containerd or exit watcher, and so no archctl verify or selftest in a chroot.
+The role's preflight (read-only: stats, fact gathering, assertions) runs as site.yml runs it
+(facts: the `min` subset, which lacks is_chroot): on this host with the chroot forced
+(arch_chroot=true) and detected (auto; this machine is no chroot), and in a real chroot of this
+host (harness/chroot.py) detected (auto) and overridden (false). What it decides is what every
+service task and check is conditioned on: no systemd call, no directly started containerd or
+exit watcher, and so no archctl verify or selftest in a chroot.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import re
 from pathlib import Path
 
 import pytest
-from harness.role import run_play
+from harness.chroot import HostChroot, host_chroot
+from harness.role import ANSIBLE_PLAYBOOK, REPO, run_play
 
 pytestmark = [pytest.mark.root]
 
 DECISION = re.compile(r"ARCH-DECISION (\{.*\})")
 
 
-def preflight_decision(work: Path, arch_chroot: str) -> dict[str, object]:
+def preflight_decision(
+    work: Path, arch_chroot: str, chroot: HostChroot | None = None
+) -> dict[str, object]:
     play = {
         "hosts": "localhost",
         "gather_facts": True,
@@ -35,7 +39,7 @@ def preflight_decision(work: Path, arch_chroot: str) -> dict[str, object]:
              "'is_chroot_gathered': 'is_chroot' in ansible_facts} | to_json }}"}},
         ],
     }  # fmt: skip
-    output = run_play(work / f"preflight-{arch_chroot}.yml", play)
+    output = run_play(work / f"preflight-{arch_chroot}.yml", play, chroot=chroot)
     found = DECISION.search(output)
     assert found, output
     decision: dict[str, object] = json.loads(found.group(1).replace('\\"', '"'))
@@ -54,3 +58,20 @@ def test_chroot_is_detected_where_the_play_gathered_only_min_facts(tmp_path: Pat
     assert preflight_decision(tmp_path, "auto") == {
         "chroot": False, "systemd": False, "direct": True, "is_chroot_gathered": True,
     }  # fmt: skip
+
+
+def test_a_real_chroot_is_detected_and_starts_nothing(tmp_path: Path) -> None:
+    # Ansible compares / with /proc/1/root (another device here: the chroot's root is a tmpfs);
+    # where PID 1's root cannot be read (some VMs deny it even to root) it checks that /'s inode
+    # is the root inode of its filesystem (2 on ext4; 1 on the chroot's tmpfs). Both see this.
+    with host_chroot(tmp_path / "chroot", needed=[REPO, ANSIBLE_PLAYBOOK.parent]) as chroot:
+        before = chroot.changes()
+        assert preflight_decision(tmp_path, "auto", chroot) == {
+            "chroot": True, "systemd": False, "direct": False, "is_chroot_gathered": True,
+        }  # fmt: skip
+        # arch_chroot=false overrides the detection (services are then managed as on a host).
+        assert preflight_decision(tmp_path, "false", chroot) == {
+            "chroot": False, "systemd": False, "direct": True, "is_chroot_gathered": False,
+        }  # fmt: skip
+        # The preflight is read-only: the chroot's filesystem is as it was.
+        assert chroot.changes() == before

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.conftest import unavailable
 
 from . import procs
+from .chroot import HostChroot
 
 REPO = Path(__file__).resolve().parents[3]
 ANSIBLE_PLAYBOOK = Path("/opt/arch/bootstrap/bin/ansible-playbook")
@@ -34,22 +35,42 @@ def run_role_tasks(
     return run_play(work / f"play-{tasks_from}.yml", play, succeeds=succeeds)
 
 
-def run_play(play_file: Path, play: Mapping[str, object], *, succeeds: bool = True) -> str:
-    """Write `play` (with the role on the roles path) to `play_file`, run it on this host."""
+def run_play(
+    play_file: Path,
+    play: Mapping[str, object],
+    *,
+    succeeds: bool = True,
+    options: Sequence[str] = (),
+    environment: Mapping[str, str] | None = None,
+    chroot: HostChroot | None = None,
+) -> str:
+    """Write `play` (with the role on the roles path) to `play_file`, run it on this host (or in
+    `chroot`) with ansible-playbook `options` and extra `environment`; its output."""
     if not ANSIBLE_PLAYBOOK.exists():
         unavailable(f"{ANSIBLE_PLAYBOOK} not found: run ansible/install.sh first")
+    if chroot is not None:
+        play_file = chroot.share / play_file.name
     play_file.write_text(json.dumps([play]))  # JSON is YAML
-    environment = dict(
+    variables = dict(
         os.environ,
         ANSIBLE_CONFIG=str(REPO / "ansible" / "ansible.cfg"),
         ANSIBLE_ROLES_PATH=str(REPO / "ansible" / "roles"),
         ANSIBLE_NOCOLOR="1",
     )
-    completed = procs.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", str(play_file)],
-        env=environment,
-        timeout=300,
-        check=False,
-    )
+    if chroot is not None:
+        # Ansible's own scratch files go to the chroot's /tmp (a tmpfs), so that the overlay's
+        # upper layer holds only what the play itself wrote.
+        variables.update(
+            ANSIBLE_HOME="/tmp/ansible-home",
+            ANSIBLE_LOCAL_TEMP="/tmp/ansible-local",
+            ANSIBLE_REMOTE_TEMP="/tmp/ansible-remote",
+            PYTHONDONTWRITEBYTECODE="1",
+        )
+    variables.update(environment or {})
+    argv = [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", *options, str(play_file)]
+    if chroot is None:
+        completed = procs.run(argv, env=variables, timeout=300, check=False)
+    else:
+        completed = chroot.run(argv, env=variables)
     assert (completed.returncode == 0) == succeeds, procs.describe(completed)
     return completed.stdout
