@@ -39,8 +39,8 @@ shift
 mount -t overlay overlay \
     -o "lowerdir=/,upperdir=$work/layers/upper,workdir=$work/layers/work" "$work/view"
 mount -t tmpfs -o mode=0755 tmpfs "$work/root"
-for entry in /*; do
-    name=${entry#/}
+for entry in "$work/view"/*; do
+    name=${entry##*/}
     if [ -L "$entry" ]; then
         ln -s "$(readlink "$entry")" "$work/root/$name"
     elif [ -d "$entry" ]; then
