@@ -12,7 +12,8 @@
 #      by tests/newer-stack/install.sh into /opt/arch/newstack (Debian's packages untouched),
 #      then the integration tests that drive a container stack, run again against it
 #      (tests/stack.py; ARCH_TEST_NEWER_STACK=0 opts out).
-# With pytest args only step 2 runs, with those args.
+# With pytest args only step 2 runs, with those args. As root, step 2 gets the installer Amazon
+# Linux 2023 would get (make_al2023_controller) for the role's AL2023 check-mode test.
 #
 # Test-only packages are installed here (a static busybox for the test images, the newer
 # stack); the appliance itself (containerd, Docker, runc, CRIU) comes from ansible/install.sh.
@@ -92,6 +93,19 @@ run_unit_tests_oldest_python() {
     "$test_venv-py39/bin/python" -m pytest -q -p no:cacheprovider tests/unit
 }
 
+# The installer Amazon Linux 2023 gets: ansible/requirements.txt under its python3 (3.9), which
+# pins ansible-core 2.15. The role's AL2023 check-mode test runs the role with it.
+make_al2023_controller() {
+    if [ "$oldest_python" = none ] || [ -z "$oldest_python" ] || [ ! -x "$oldest_python" ]; then
+        return 0  # the test then reports the missing controller
+    fi
+    local venv="$test_venv-al2023-controller"
+    [ -x "$venv/bin/python" ] || "$oldest_python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -r "$repo/ansible/requirements.txt"
+    export ARCH_TEST_AL2023_ANSIBLE_PLAYBOOK="$venv/bin/ansible-playbook"
+}
+
 run_newer_stack_lane() {
     if [ "${ARCH_TEST_NEWER_STACK:-1}" = 0 ]; then
         echo "== newer-stack lane: not run (ARCH_TEST_NEWER_STACK=0)"
@@ -116,6 +130,7 @@ make_venv "$host_python" "$test_venv" test,lint
 # As root on an installed appliance nothing should skip: a skip is reported as a failure.
 if is_root; then
     export ARCH_TESTS_STRICT=${ARCH_TESTS_STRICT:-1}
+    make_al2023_controller
 fi
 if [ "$#" -gt 0 ]; then
     exec "$test_venv/bin/python" -m pytest "$@"

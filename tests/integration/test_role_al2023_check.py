@@ -10,6 +10,11 @@ module cannot run here, so a test module in its place (role_stand_ins/dnf.py, ch
 records what it was asked to install, and the play's last task writes the role's decisions
 (its variables, arch.toml rendered) to a file the test reads.
 
+It runs twice: with this host's installer (ansible/install.sh's bootstrap), and with the one
+install.sh makes on AL2023, whose python3 is 3.9: ansible-core 2.15 (ansible/requirements.txt
+pins it for Python < 3.10) in a Python 3.9 venv, modules run by Python 3.9. tests/run.sh makes
+that venv and names its ansible-playbook in $ARCH_TEST_AL2023_ANSIBLE_PLAYBOOK.
+
 Check mode must change nothing: every write in the chroot lands in its overlay's upper layer,
 and that layer is compared before and after (as are the host's ARCH files, byte for byte).
 """
@@ -17,6 +22,7 @@ and that layer is compared before and after (as are the host's ARCH files, byte 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -26,6 +32,8 @@ import pytest
 from harness.chroot import host_chroot
 from harness.role import ANSIBLE_PLAYBOOK, REPO, run_play
 
+from tests.conftest import unavailable
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:
@@ -34,6 +42,7 @@ else:
 pytestmark = [pytest.mark.root]
 
 STAND_INS = Path(__file__).resolve().parent / "role_stand_ins"
+AL2023_CONTROLLER_ENV = "ARCH_TEST_AL2023_ANSIBLE_PLAYBOOK"
 HOST_ARCH_CONFIG = Path("/etc/arch/arch.toml")
 # What check mode must leave byte for byte as it was on the host.
 HOST_FILES = (
@@ -168,12 +177,29 @@ def play_recap(output: str) -> dict[str, int]:
     return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", found.group(1))}
 
 
-def test_role_check_mode_with_al2023_facts(tmp_path: Path) -> None:
+def controller(which: str) -> tuple[Path, list[str]]:
+    """The ansible-playbook to run, and its options: the module interpreter for AL2023's."""
+    if which == "host":
+        return ANSIBLE_PLAYBOOK, []
+    playbook = os.environ.get(AL2023_CONTROLLER_ENV, "")
+    if not playbook or not Path(playbook).is_file():
+        unavailable(
+            f"${AL2023_CONTROLLER_ENV} names no ansible-playbook: tests/run.sh makes one (the "
+            "installer AL2023 gets: ansible/requirements.txt in a Python 3.9 venv)"
+        )
+    python = Path(playbook).parent / "python"
+    return Path(playbook), ["-e", f"ansible_python_interpreter={python}"]
+
+
+@pytest.mark.parametrize("which_controller", ["host", "al2023"])
+def test_role_check_mode_with_al2023_facts(tmp_path: Path, which_controller: str) -> None:
     if not HOST_ARCH_CONFIG.is_file():
         pytest.fail(f"{HOST_ARCH_CONFIG} missing: run ansible/install.sh first")
+    ansible_playbook, controller_options = controller(which_controller)
     runc, criu = installed_runc_and_criu()
     host_files_before = {path: path.read_bytes() for path in HOST_FILES}
-    with host_chroot(tmp_path / "chroot", needed=[REPO, ANSIBLE_PLAYBOOK.parent]) as chroot:
+    needed = [REPO, ansible_playbook.parent]
+    with host_chroot(tmp_path / "chroot", needed=needed) as chroot:
         for path in ARCH_INSTALL_PATHS + DEBIAN_PATHS_HIDDEN:
             chroot.hide(path)
         chroot.put("/usr/bin/runc", copy_of=runc)
@@ -216,11 +242,13 @@ def test_role_check_mode_with_al2023_facts(tmp_path: Path) -> None:
                 "--check",
                 "-e", f"arch_source_dir={REPO}",
                 "-e", f"arch_toml_template={REPO}/ansible/roles/arch/templates/arch.toml.j2",
+                *controller_options,
             ],
             environment={
                 "ANSIBLE_LIBRARY": str(library), "ARCH_TEST_DNF_REQUESTS": str(requests_file),
             },
             chroot=chroot,
+            ansible_playbook=ansible_playbook,
         )  # fmt: skip
         after = chroot.changes()
 

@@ -43,11 +43,12 @@ def run_play(
     options: Sequence[str] = (),
     environment: Mapping[str, str] | None = None,
     chroot: HostChroot | None = None,
+    ansible_playbook: Path = ANSIBLE_PLAYBOOK,
 ) -> str:
     """Write `play` (with the role on the roles path) to `play_file`, run it on this host (or in
-    `chroot`) with ansible-playbook `options` and extra `environment`; its output."""
-    if not ANSIBLE_PLAYBOOK.exists():
-        unavailable(f"{ANSIBLE_PLAYBOOK} not found: run ansible/install.sh first")
+    `chroot`) with `ansible_playbook` `options` and extra `environment`; its output."""
+    if not ansible_playbook.exists():
+        unavailable(f"{ansible_playbook} not found: run ansible/install.sh first")
     if chroot is not None:
         play_file = chroot.share / play_file.name
     play_file.write_text(json.dumps([play]))  # JSON is YAML
@@ -67,7 +68,7 @@ def run_play(
             PYTHONDONTWRITEBYTECODE="1",
         )
     variables.update(environment or {})
-    argv = [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", *options, str(play_file)]
+    argv = [str(ansible_playbook), "-i", "localhost,", "-c", "local", *options, str(play_file)]
     if chroot is None:
         completed = procs.run(argv, env=variables, timeout=300, check=False)
     else:
