@@ -75,3 +75,30 @@ def test_a_real_chroot_is_detected_and_starts_nothing(tmp_path: Path) -> None:
         }  # fmt: skip
         # The preflight is read-only: the chroot's filesystem is as it was.
         assert chroot.changes() == before
+
+
+def test_the_whole_role_in_a_real_chroot_installs_and_starts_nothing(tmp_path: Path) -> None:
+    """What a Packer chroot build runs: site.yml's play, for real (its writes land in the
+    chroot's overlay). No service is started or restarted, verify and selftest do not run."""
+    host_files = [Path("/etc/arch/arch.toml"), Path("/etc/containerd/config.toml")]
+    host_before = {path: path.read_bytes() for path in host_files}
+    with host_chroot(tmp_path / "chroot", needed=[REPO, ANSIBLE_PLAYBOOK.parent]) as chroot:
+        play = {
+            "hosts": "localhost",
+            "gather_facts": True,
+            "gather_subset": ["!all", "min"],  # as site.yml
+            "roles": [{"role": "arch", "vars": {"arch_source_dir": str(REPO)}}],
+        }
+        output = run_play(tmp_path / "site.yml", play, chroot=chroot)
+        recap = re.search(r"^localhost\s+:.*\bfailed=(\d+)", output, re.MULTILINE)
+        assert recap and recap.group(1) == "0", output
+        assert "archctl selftest: not run" in output, output
+        assert "archctl verify: not run (no running services here)" in output, output
+        # Nothing started: no pidfile of a directly started containerd or exit watcher.
+        run_files = sorted(
+            str(path.relative_to(chroot.run_dir)) for path in chroot.run_dir.rglob("*")
+        )
+        assert not [name for name in run_files if name.endswith(".pid")], run_files
+        for started in ("Start containerd directly", "Start the exit watcher directly"):
+            assert not re.search(rf"TASK \[arch : {started}[^\n]*\n(ok|changed)", output), output
+    assert {path: path.read_bytes() for path in host_files} == host_before

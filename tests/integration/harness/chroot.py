@@ -4,8 +4,8 @@ The chroot's root is a fresh tmpfs (so it is not this host's root directory: Ans
 sees another device and inode) holding one bind mount per top-level directory of a copy-on-write
 view of the host: an overlay whose lower layer is `/` and whose upper layer lives on a tmpfs the
 test owns. Whatever a command in the chroot writes lands in that upper layer, never on the host,
-and `changes()` lists it. /proc is a fresh proc mount, /dev and /sys the host's, /run and /tmp
-empty tmpfs mounts (a build root has no running services).
+and `changes()` lists it. /proc is a fresh proc mount, /dev and /sys the host's, /tmp an empty
+tmpfs, /run an empty directory of the test's (`run_dir`: a build root runs no services).
 
 Every command runs in its own private mount namespace (`unshare --mount`): the overlay, proc and
 bind mounts exist only there and go away with it. The one mount in the host's namespace, the
@@ -48,7 +48,8 @@ for entry in "$work/view"/*; do
         case $name in
             proc) mount -t proc proc "$work/root/proc" ;;
             dev | sys) mount --rbind "/$name" "$work/root/$name" ;;
-            run | tmp) mount -t tmpfs -o mode=1777 tmpfs "$work/root/$name" ;;
+            run) mount --bind "$work/run" "$work/root/run" ;;
+            tmp) mount -t tmpfs -o mode=1777 tmpfs "$work/root/tmp" ;;
             *) mount --bind "$work/view/$name" "$work/root/$name" ;;
         esac
     fi
@@ -72,6 +73,9 @@ class HostChroot:
         # tmpfs): its mount point is then no change to the overlay.
         self.share = work / "share"
         self.share.mkdir()
+        # The chroot's /run: empty at first (no service runs in a build root), kept for the test.
+        self.run_dir = work / "run"
+        self.run_dir.mkdir(mode=0o755)
         self._extra_binds = tuple(extra_binds)
         self._script = work / "enter.sh"
         self._script.write_text(ENTER_SCRIPT)
