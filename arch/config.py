@@ -92,6 +92,12 @@ class HostConfig:
         # The fleet's image signing key (arch.checkpoint.signing); None: images are not signed.
         self.image_key_file = image_key_file
 
+    @property
+    def binary_facts_dir(self) -> str:
+        """Where runc's and CRIU's versions and this CPU's cpuinfo image are kept between calls
+        (arch.runc.binary_facts)."""
+        return os.path.join(self.state_dir, "binary-facts")
+
 
 def config_path() -> str:
     return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH

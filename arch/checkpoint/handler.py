@@ -37,8 +37,9 @@ from arch.checkpoint.metadata import (
 from arch.checkpoint.store import ImageStaging, PublishError, cleanup_leftovers_of
 from arch.checkpoint.sweep import RESTORE_WORK_PREFIX
 from arch.checkpoint.validation import ValidImage, verify_criu_files
+from arch.runc import binary_facts
 from arch.runc.process_group import dies_with_this_process
-from arch.runc.runtime import RuncError, RuncTimeout, binary_version
+from arch.runc.runtime import RuncError, RuncTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
@@ -117,9 +118,11 @@ class CheckpointJob:
         operation: Operation,
         timeout: float | None = None,
         image_key: bytes | None = None,
+        binary_facts_dir: str | None = None,
     ) -> None:
         self.runc = runc
         self.command = command
+        self.binary_facts_dir = binary_facts_dir  # runc's/CRIU's cached facts (binary_facts)
         # With a key the image is signed (arch.checkpoint.signing).
         self.image_key = image_key
         self.location = location
@@ -253,11 +256,12 @@ class CheckpointJob:
             # image's layers, mostly stat calls) is read meanwhile too.
             dump = self._start_dump(staging.path)
             with ThreadPoolExecutor(max_workers=2) as background:
-                dumped = background.submit(self._wait_dump, dump, staging.path)
+                dumped = background.submit(self._wait_dump, dump, staging)
                 identity = background.submit(_job_identity, bundle_path, rootfs)
                 filesystem = self._capture_filesystem(rootfs, staging)
-                dump_cpuinfo(self.runc.criu, staging.path, self.operation.helper_started)
-                versions = binary_version(self.runc.binary), binary_version(self.runc.criu)
+                self._add_cpuinfo(staging)
+                versions = [binary_facts.version(binary, self.binary_facts_dir)
+                            for binary in (self.runc.binary, self.runc.criu)]  # fmt: skip
             dumped.result()  # the dump's CheckpointFailed, if any
             metadata = ImageMetadata.new(
                 namespace=self.location.namespace,
@@ -305,6 +309,19 @@ class CheckpointJob:
             ) from error
         return FilesystemInfo.overlay(digest.sha256, digest.size)
 
+    def _add_cpuinfo(self, staging: ImageStaging) -> None:
+        """Record this CPU's features in the image (cpuinfo.img) for the restoring host's
+        `criu cpuinfo check`."""
+        try:
+            image = binary_facts.cpuinfo_image(
+                self.runc.criu, self.binary_facts_dir, self.operation.helper_started
+            )
+            staging.add_file(CPUINFO_IMAGE, image)
+        except binary_facts.CpuinfoDumpFailed as error:
+            raise CheckpointFailed(str(error), "criu") from error
+        except OSError as error:
+            raise CheckpointFailed(f"cannot write {CPUINFO_IMAGE}: {error}", "storage") from error
+
     def _start_dump(self, image_path: str) -> GuardedRunc:
         args = ["checkpoint", "--image-path", image_path, "--leave-running"]
         args += criu_options.as_runc_args(self.options)
@@ -313,7 +330,8 @@ class CheckpointJob:
                 args.append(f"--{passthrough_flag}")
         return self.runc.start_guarded([*args, self.container_id], self.operation.runc_started)
 
-    def _wait_dump(self, dump: GuardedRunc, image_path: str) -> None:
+    def _wait_dump(self, dump: GuardedRunc, staging: ImageStaging) -> None:
+        image_path = staging.path
         try:
             result = dump.wait(self.timeout)
         except RuncTimeout as error:
@@ -331,6 +349,10 @@ class CheckpointJob:
                 f"dump.log (last lines):\n{tail}",
                 "criu",
             )
+        try:
+            staging.seal_dump()  # on disk while the filesystem capture may still be running
+        except OSError as error:
+            raise CheckpointFailed(f"cannot sync the dump: {error}", "storage") from error
 
 
 def storage_full_note(path: str) -> str:
@@ -599,27 +621,3 @@ class CpuCheck:
         missing = sorted(set(recorded.flags) - set(here.flags)) if recorded and here else []
         detail = f" (missing here: {' '.join(missing)})" if missing else ""
         return [f"`criu cpuinfo check` refuses this CPU{detail}: {stderr.strip()[-500:]}"]
-
-
-def dump_cpuinfo(criu: str, image_path: str, on_start: Callable[[int], None]) -> None:
-    """Record this CPU's features in the image (cpuinfo.img) for the restoring host's check.
-
-    `on_start` gets the helper's pid: its group (CRIU's own helper children included) is
-    stopped by whoever finishes this operation if arch-runc dies meanwhile."""
-    process = subprocess.Popen(
-        [criu, "cpuinfo", "dump", "-D", image_path],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=dies_with_this_process(),
-    )
-    on_start(process.pid)
-    try:
-        _, stderr = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise CheckpointFailed("criu cpuinfo dump did not finish within 60 s", "criu") from None
-    if process.returncode != 0:
-        raise CheckpointFailed(f"criu cpuinfo dump failed: {stderr.strip()[-500:]}", "criu")

@@ -51,7 +51,7 @@ from arch.checkpoint.validation import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from types import TracebackType
 
     from arch.checkpoint.metadata import ImageMetadata
@@ -100,6 +100,7 @@ class ImageStaging:
         self._parent_fd = parent_fd
         self._lock_fd = lock_fd
         self._tar_fd: int | None = None
+        self._sealed: set[str] = set()  # files already owned, 0600 and fsynced
         self._finished = False
         # While it is written, cleanup_stale on any host leaves it alone (arch.checkpoint.lease).
         self._lease = Lease(self.path).start()
@@ -138,6 +139,21 @@ class ImageStaging:
             self._tar_fd = os.open(ROOTFS_TAR, flags, FILE_MODE, dir_fd=self._lock_fd)
         return fd_path(self._tar_fd)
 
+    def add_file(self, name: str, data: bytes) -> None:
+        """Write the image file `name` (0600, fsynced) into the staging directory."""
+        _write_file(self._lock_fd, name, data)
+        self._sealed.add(name)
+
+    def seal_dump(self) -> None:
+        """Seal the files runc and CRIU dumped (see _seal_files), once the dump has ended: the
+        filesystem capture may still be running, and publication then finds them on disk."""
+        sealed = self._sealed
+        self._sealed.update(_seal_files(
+            self._lock_fd,
+            lambda name: name not in sealed and name != ROOTFS_TAR
+            and not name.startswith(LEASE_FILE),  # the lease is being refreshed meanwhile
+        ))  # fmt: skip
+
     def describe_criu_files(self, digests: bool = False) -> tuple[CriuFile, ...]:
         """The CRIU files in the staging dir: every file but the metadata and the tar; with
         `digests`, each with its sha256 (for signed images)."""
@@ -160,7 +176,8 @@ class ImageStaging:
             raise PublishError(f"{self.relative}: already published or aborted")
         self._lease.stop()  # its file is not part of the image; the age check covers the rest
         dir_fd = self._lock_fd
-        _seal_files(dir_fd)
+        sealed = self._sealed
+        _seal_files(dir_fd, lambda name: name not in sealed)
         document = metadata.to_json()
         _write_file(dir_fd, METADATA_FILE, document)
         if key is not None:
@@ -395,13 +412,15 @@ def _split(relative: str) -> tuple[str, str]:
     return "/".join(parts[:-1]), parts[-1]
 
 
-def _seal_files(dir_fd: int) -> None:
-    """Files 0600 (root-owned when running as root), contents and directory fsynced."""
+def _seal_files(dir_fd: int, wanted: Callable[[str], bool]) -> list[str]:
+    """The `wanted` files 0600 (root-owned when running as root) and their contents fsynced;
+    their names. The directory itself: 0700 (root-owned)."""
     as_root = os.geteuid() == 0
     os.fchmod(dir_fd, DIR_MODE)
     if as_root:
         os.fchown(dir_fd, 0, 0)
-    for name in regular_entries(dir_fd):
+    names = [name for name in regular_entries(dir_fd) if wanted(name)]
+    for name in names:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             if as_root:
@@ -410,6 +429,7 @@ def _seal_files(dir_fd: int) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    return names
 
 
 def _write_file(dir_fd: int, name: str, data: bytes) -> None:

@@ -294,6 +294,6 @@ def _process_tree(path: str) -> tuple[list[Process], str | None]:
 
 
 def _host_version(binary: str) -> str:
-    from arch.runc.runtime import binary_version
+    from arch.runc import binary_facts
 
-    return binary_version(binary)
+    return binary_facts.version(binary, cache_dir=None)

@@ -244,15 +244,3 @@ def detach_mount(mount_point: str) -> None:
     if libc.umount2(os.fsencode(mount_point), MNT_DETACH) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), mount_point)
-
-
-def binary_version(binary: str) -> str:
-    """The first line of `binary --version` ("runc version 1.1.5", "Version: 4.2.1")."""
-    try:
-        completed = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except OSError as error:
-        return f"unknown ({error.strerror})"
-    lines = completed.stdout.strip().splitlines()
-    return lines[0] if lines else "unknown"

@@ -361,7 +361,7 @@ def _restore_from(
     from arch.checkpoint.store import cleanup_leftovers_of, recover
     from arch.checkpoint.validation import validate_beneath
     from arch.container.interrupted import RESTORE, Operation
-    from arch.runc.runtime import binary_version
+    from arch.runc import binary_facts
 
     where = call.where
     runc = call.runc()
@@ -374,7 +374,7 @@ def _restore_from(
             image = validate_beneath(
                 root_fd,
                 location.relative,
-                binary_version(runc.criu),
+                binary_facts.version(runc.criu, call.config.binary_facts_dir),
                 checkpoint_id=location.checkpoint_id,
                 key=key,
             )
@@ -510,6 +510,7 @@ def _checkpoint(
         Operation(state, CHECKPOINT, runc.global_args),
         call.config.checkpoint_timeout,
         image_key=key,
+        binary_facts_dir=call.config.binary_facts_dir,
     )
     try:
         image = job.run()

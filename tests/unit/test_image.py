@@ -176,6 +176,27 @@ def test_published_image_is_private(image_dir: Path) -> None:
             assert (info.st_uid, info.st_gid) == (0, 0)
 
 
+def test_files_sealed_early_and_added_files_are_private_after_publication(
+    image_dir: Path,
+) -> None:
+    # As a checkpoint does: the dump sealed while the capture still runs, then cpuinfo.img.
+    with begin(image_dir) as staging:
+        for name, data in CRIU_FILES.items():
+            (staging_path(staging) / name).write_bytes(data)
+            (staging_path(staging) / name).chmod(0o644)
+        (staging_path(staging) / CRIU_DUMP_LOG).write_text(DUMP_LOG_OK)
+        staging.seal_dump()
+        assert {entry.name: stat.S_IMODE(entry.stat().st_mode)
+                for entry in staging_path(staging).iterdir()
+                if entry.name in CRIU_FILES} == dict.fromkeys(CRIU_FILES, 0o600)  # fmt: skip
+        staging.add_file("cpuinfo.img", b"cpu")
+        metadata = fill_staging(staging)
+        staging.publish(metadata)
+    assert (image_dir / "cpuinfo.img").read_bytes() == b"cpu"
+    assert {stat.S_IMODE(entry.stat().st_mode) for entry in image_dir.iterdir()} == {0o600}
+    validate(str(image_dir), criu_version="Version: 4.2")
+
+
 def test_metadata_json_round_trip(image_dir: Path) -> None:
     metadata = publish_image(image_dir)
     document = json.loads((image_dir / METADATA_FILE).read_text())
