@@ -21,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from arch.checkpoint import criu_options
-from arch.checkpoint.archive_policy import ArchivePolicy
 from arch.checkpoint.beneath import opened_root
-from arch.checkpoint.filesystem import LayerError, apply_layer, capture_layer, find_overlay_layers
 from arch.checkpoint.image_fingerprint import rootfs_fingerprint
 from arch.checkpoint.job_identity import JobIdentity
+from arch.checkpoint.layer_capture import capture_layer
+from arch.checkpoint.layer_common import LayerError
 from arch.checkpoint.lease import Lease
 from arch.checkpoint.metadata import (
     ContainerEssentials,
@@ -34,6 +34,7 @@ from arch.checkpoint.metadata import (
     InvalidImage,
     host_cpu_summary,
 )
+from arch.checkpoint.overlay_mount import find_overlay_layers
 from arch.checkpoint.store import ImageStaging, PublishError, cleanup_leftovers_of
 from arch.checkpoint.sweep import RESTORE_WORK_PREFIX
 from arch.checkpoint.validation import ValidImage, verify_criu_files
@@ -44,7 +45,7 @@ from arch.runc.runtime import RuncError, RuncTimeout
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
 
-    from arch.checkpoint.filesystem import Journal
+    from arch.checkpoint.layer_journal import Journal
     from arch.container.bundle import Bundle
     from arch.container.identity import ImageLocation
     from arch.container.interrupted import Operation
@@ -493,6 +494,10 @@ class RestoreJob:
             ) from error
 
     def _apply_filesystem(self) -> Journal | None:
+        # Imported here: a checkpoint (and its caller, waiting) needs none of it.
+        from arch.checkpoint.archive_policy import ArchivePolicy
+        from arch.checkpoint.filesystem import apply_layer
+
         filesystem = self.image.metadata.filesystem
         tar_path = self.image.tar_path
         if filesystem.mode != "overlay" or tar_path is None:

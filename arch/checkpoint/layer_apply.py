@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from arch.checkpoint.archive_policy import ArchivePolicy
-    from arch.checkpoint.filesystem import OverlayMount
+    from arch.checkpoint.overlay_mount import OverlayMount
 
 logger = logging.getLogger(__name__)
 

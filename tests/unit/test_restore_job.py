@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from arch.checkpoint import handler
+from arch.checkpoint import filesystem, handler
 from arch.checkpoint.filesystem import LayerError
 from arch.checkpoint.handler import RestoreJob, RestoreRefused, RollbackFailed
 from arch.checkpoint.metadata import ContainerEssentials, FilesystemInfo, ImageMetadata
@@ -69,7 +69,7 @@ class Create:
 def job(
     tmp_path: Path, runc: Runc, journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> RestoreJob:
-    monkeypatch.setattr(handler, "apply_layer", lambda *args, **kwargs: journal)
+    monkeypatch.setattr(filesystem, "apply_layer", lambda *args, **kwargs: journal)
     monkeypatch.setattr(handler, "job_differences", lambda *args: [])  # the same job
     monkeypatch.setattr(RestoreJob, "_verify_criu_files", lambda self, names: None)
     metadata = ImageMetadata.new(
