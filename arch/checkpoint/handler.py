@@ -11,6 +11,8 @@ rolls the filesystem back and removes what runc left, so the caller can create f
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -57,6 +59,7 @@ logger = logging.getLogger("arch")
 LOG_TAIL_LINES = 12
 LOG_READ_BYTES = 256 * 1024
 CPUINFO_IMAGE = "cpuinfo.img"
+CPUINFO_READ_LIMIT = 1 << 20  # CRIU's cpuinfo.img is a few hundred bytes
 # What runc create --pidfd-socket sends with the init's pidfd (runc 1.2+, libcontainer setupPidfd).
 PIDFD_MESSAGE = b"standard"
 PIDFD_SOCKET_TIMEOUT = 30.0
@@ -415,9 +418,11 @@ class RestoreJob:
         container_id: str,
         scratch_dir: str,
         operation: Operation,
+        binary_facts_dir: str | None = None,
     ) -> None:
         self.runc = runc
         self.create = create
+        self.binary_facts_dir = binary_facts_dir  # remembered CPU checks (binary_facts)
         self.bundle = bundle
         self.image = image
         self.container_id = container_id
@@ -450,7 +455,8 @@ class RestoreJob:
         # other CRIU files while the filesystem changes apply.
         self._verify_criu_files((CPUINFO_IMAGE,))
         # Runs while the files apply.
-        cpu_check = CpuCheck.start(self.image, self.runc.criu, self.operation.helper_started)
+        cpu_check = CpuCheck.start(self.image, self.runc.criu, self.operation.helper_started,
+                                   self.binary_facts_dir)
         os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
         work_dir = tempfile.mkdtemp(prefix=RESTORE_WORK_PREFIX, dir=self.scratch_dir)
         self.operation.begin(bundle=self.bundle.path, work_dir=work_dir)
@@ -588,16 +594,39 @@ class CpuCheck:
     `criu cpuinfo check` against the image's cpuinfo.img runs in the background from start().
     """
 
-    def __init__(self, image: ValidImage, process: subprocess.Popen[str] | None) -> None:
+    def __init__(
+        self,
+        image: ValidImage,
+        process: subprocess.Popen[str] | None,
+        remember: Callable[[], None] | None = None,
+    ) -> None:
         self.image = image
         self.process = process
+        self.remember = remember  # records CRIU's approval (binary_facts), if it approves
         self.verdict: list[str] | None = None
 
     @classmethod
     def start(
-        cls, image: ValidImage, criu: str, on_start: Callable[[int], None] | None = None
+        cls,
+        image: ValidImage,
+        criu: str,
+        on_start: Callable[[int], None] | None = None,
+        binary_facts_dir: str | None = None,
     ) -> CpuCheck:
-        if not os.path.exists(os.path.join(image.path, CPUINFO_IMAGE)):
+        """`binary_facts_dir`: where an approval of the same cpuinfo.img by this CRIU on this
+        boot is remembered; such an image is not checked again."""
+        cpuinfo_path = os.path.join(image.path, CPUINFO_IMAGE)
+        try:
+            with open(cpuinfo_path, "rb") as cpuinfo:
+                cpuinfo_sha256 = hashlib.sha256(cpuinfo.read(CPUINFO_READ_LIMIT)).hexdigest()
+        except FileNotFoundError:
+            return cls(image, None)
+        except OSError as error:
+            logger.debug("cpuinfo check: %s not read: %s", cpuinfo_path, error)
+            cpuinfo_sha256 = None
+        if cpuinfo_sha256 is not None and binary_facts.cpuinfo_accepted(
+            criu, binary_facts_dir, cpuinfo_sha256
+        ):
             return cls(image, None)
         process = subprocess.Popen(
             [criu, "cpuinfo", "check", "--cpu-cap=cpu", "-D", image.path],
@@ -609,7 +638,10 @@ class CpuCheck:
         )
         if on_start is not None:
             on_start(process.pid)
-        return cls(image, process)
+        if cpuinfo_sha256 is None:
+            return cls(image, process)
+        return cls(image, process, functools.partial(
+            binary_facts.remember_cpuinfo_accepted, criu, binary_facts_dir, cpuinfo_sha256))
 
     def problems(self) -> list[str]:
         if self.verdict is None:
@@ -621,6 +653,8 @@ class CpuCheck:
             return []
         _, stderr = self.process.communicate(timeout=60)
         if self.process.returncode == 0:
+            if self.remember is not None:
+                self.remember()
             return []
         recorded, here = self.image.metadata.cpu, host_cpu_summary()
         missing = sorted(set(recorded.flags) - set(here.flags)) if recorded and here else []

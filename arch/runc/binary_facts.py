@@ -1,12 +1,14 @@
 """What runc and CRIU say about themselves and this CPU, remembered until they or the boot change.
 
-Every checkpoint records `runc --version`, `criu --version` and `criu cpuinfo dump`'s image, and
-every restore reads `criu --version`. Each is a process, and CRIU probes the kernel on every
-start unless its kerndat cache lives on a tmpfs /run: together 30-100 ms per checkpoint, all of
-it on the path that containerd (and a Spot notice's two-minute budget) waits for. The answers
-only change with the binary or the machine, so they are kept in HostConfig.binary_facts_dir,
-keyed by the binary's inode, size, mtime and ctime and by this boot's id. A stopped-and-started
-EC2 instance boots anew, possibly on another CPU, and so dumps its cpuinfo again.
+Every checkpoint records `runc --version`, `criu --version` and `criu cpuinfo dump`'s image;
+every restore reads `criu --version` and asks `criu cpuinfo check` about the image's
+cpuinfo.img (for images taken on one kind of host, the same few bytes every time). Each is a
+process, and CRIU probes the kernel on every start unless its kerndat cache lives on a tmpfs
+/run: 30-100 ms per operation, on the path that containerd (and a Spot notice's two-minute
+budget) waits for. The answers only change with the binary or the machine, so they are kept in
+HostConfig.binary_facts_dir, keyed by the binary's inode, size, mtime and ctime and by this
+boot's id. A stopped-and-started EC2 instance boots anew, possibly on another CPU, and so asks
+again.
 
 The cache is an optimisation only: whatever goes wrong reading or writing it, the answer is
 computed as before.
@@ -35,6 +37,8 @@ CPUINFO_IMAGE = "cpuinfo.img"
 CPUINFO_TIMEOUT = 60.0
 VERSION_TIMEOUT = 30.0
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+_CPUINFO_CHECK = "cpuinfo-check-"
+_ACCEPTED = b"accepted"
 
 
 class CpuinfoDumpFailed(Exception):
@@ -93,6 +97,17 @@ def cpuinfo_image(criu: str, cache_dir: str | None, on_start: Callable[[int], No
             data = image.read()
     _store(cache_dir, "cpuinfo", criu, data)
     return data
+
+
+def cpuinfo_accepted(criu: str, cache_dir: str | None, image_sha256: str) -> bool:
+    """Whether this CRIU accepted a cpuinfo.img with this sha256 on this boot already."""
+    return _load(cache_dir, _CPUINFO_CHECK + image_sha256, criu) == _ACCEPTED
+
+
+def remember_cpuinfo_accepted(criu: str, cache_dir: str | None, image_sha256: str) -> None:
+    """Record that `criu cpuinfo check` passed for the cpuinfo.img with this sha256 (refusals
+    are never remembered: each restore asks again, and reports CRIU's own words)."""
+    _store(cache_dir, _CPUINFO_CHECK + image_sha256, criu, _ACCEPTED)
 
 
 def _identity(binary: str) -> str | None:

@@ -395,7 +395,8 @@ def _restore_from(
         return REFUSED
     scratch = os.path.join(call.config.state_dir, ".work")
     operation = Operation(state, RESTORE, runc.global_args)
-    job = RestoreJob(runc, call.command, bundle, image, call.container_id, scratch, operation)
+    job = RestoreJob(runc, call.command, bundle, image, call.container_id, scratch, operation,
+                     call.config.binary_facts_dir)
     started = time.monotonic()
     try:
         job.run()

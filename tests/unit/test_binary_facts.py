@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from arch.checkpoint.handler import CpuCheck
+from arch.checkpoint.metadata import ContainerEssentials, CpuInfo, FilesystemInfo, ImageMetadata
+from arch.checkpoint.validation import ValidImage
 from arch.runc import binary_facts
 from tests.conftest import find_executable, unavailable
 
@@ -118,3 +121,48 @@ def test_a_failing_cpuinfo_dump_raises(tmp_path: Path) -> None:
     with pytest.raises(binary_facts.CpuinfoDumpFailed, match="cannot dump cpuinfo"):
         binary_facts.cpuinfo_image(str(failing), str(tmp_path / "cache"), lambda pid: None)
     assert not (tmp_path / "cache").exists()
+
+
+def image_with_cpuinfo(tmp_path: Path, cpuinfo: bytes) -> ValidImage:
+    image_dir = tmp_path / "image"
+    image_dir.mkdir(exist_ok=True)
+    (image_dir / "cpuinfo.img").write_bytes(cpuinfo)
+    metadata = ImageMetadata.new(
+        namespace="default", container_id="c1", checkpoint_id="c1", runc_version="1",
+        criu_version="4.2", filesystem=FilesystemInfo.none(), criu_files=(),
+        container=ContainerEssentials(), cpu=CpuInfo("Test CPU", ("fpu", "sse2")),
+    )  # fmt: skip
+    return ValidImage(str(image_dir), metadata)
+
+
+def counting_criu(tmp_path: Path, status: int) -> tuple[Path, Path]:
+    counter = tmp_path / "criu-runs"
+    criu = tmp_path / "criu"
+    criu.write_text(f"#!/bin/sh\necho \"$@\" >> {counter}\necho 'cpu differs' >&2\nexit {status}\n")
+    criu.chmod(0o755)
+    return criu, counter
+
+
+def test_an_accepted_cpuinfo_is_not_checked_again(tmp_path: Path) -> None:
+    criu, counter = counting_criu(tmp_path, 0)
+    cache = str(tmp_path / "cache")
+    image = image_with_cpuinfo(tmp_path, b"cpu of kind A")
+    assert CpuCheck.start(image, str(criu), None, cache).problems() == []
+    assert CpuCheck.start(image, str(criu), None, cache).problems() == []
+    assert runs(counter) == 1
+    assert "cpuinfo check --cpu-cap=cpu -D" in counter.read_text()
+    # Another cpuinfo.img (another kind of host) is asked about again.
+    (tmp_path / "b").mkdir()
+    other = image_with_cpuinfo(tmp_path / "b", b"cpu of kind B")
+    assert CpuCheck.start(other, str(criu), None, cache).problems() == []
+    assert runs(counter) == 2
+
+
+def test_a_refused_cpuinfo_is_asked_about_every_time(tmp_path: Path) -> None:
+    criu, counter = counting_criu(tmp_path, 1)
+    cache = str(tmp_path / "cache")
+    image = image_with_cpuinfo(tmp_path, b"cpu of kind C")
+    for _ in range(2):
+        (problem,) = CpuCheck.start(image, str(criu), None, cache).problems()
+        assert "refuses this CPU" in problem and "cpu differs" in problem
+    assert runs(counter) == 2
