@@ -95,8 +95,8 @@ class HostConfig:
     @property
     def binary_facts_dir(self) -> str:
         """Where runc's and CRIU's versions and this CPU's cpuinfo image are kept between calls
-        (arch.runc.binary_facts)."""
-        return os.path.join(self.state_dir, "binary-facts")
+        (arch.runc.binary_facts). Dot-named: no containerd namespace can take the name."""
+        return os.path.join(self.state_dir, ".binary-facts")
 
 
 def config_path() -> str:
