@@ -30,8 +30,9 @@ from . import procs
 
 # Runs as root inside the private mount namespace: $1 the chroot's work directory, $2.. the
 # command. $1/share is bound at the same path (files the test hands over: plays, modules).
-# ARCH_CHROOT_EXTRA_BINDS: host directories (not on the root filesystem, so missing
-# from the overlay's lower layer) bound at the same path.
+# ARCH_CHROOT_EXTRA_BINDS: host directories the overlay's lower layer does not show (on another
+# filesystem than /) or the chroot's fresh /tmp hides (a checkout under /tmp), bound at the
+# same path.
 ENTER_SCRIPT = r"""
 set -eu
 work=$1
@@ -57,6 +58,7 @@ done
 mkdir -p "$work/root$work/share"
 mount --bind "$work/share" "$work/root$work/share"
 for path in ${ARCH_CHROOT_EXTRA_BINDS:-}; do
+    mkdir -p "$work/root$path"  # under the chroot's own /tmp, the mount point is made here
     mount --bind -o ro "$path" "$work/root$path"
 done
 exec chroot "$work/root" "$@"
@@ -158,7 +160,8 @@ def host_chroot(work: Path, needed: Sequence[Path] = ()) -> Iterator[HostChroot]
 
         unavailable("unshare and chroot (util-linux, coreutils) are needed for a chroot")
     root_device = os.stat("/").st_dev
-    extra_binds = [path for path in needed if os.stat(path).st_dev != root_device]
+    extra_binds = [path for path in needed
+                   if os.stat(path).st_dev != root_device or _under_fresh_tmp(path)]  # fmt: skip
     layers = work / "layers"
     for directory in (layers, work / "view", work / "root"):
         directory.mkdir(parents=True)
@@ -168,8 +171,15 @@ def host_chroot(work: Path, needed: Sequence[Path] = ()) -> Iterator[HostChroot]
         (layers / "work").mkdir()
         chroot = HostChroot(work, extra_binds)
         for path in extra_binds:
-            # The mount point, on the overlay (its copy in the upper layer is made here).
-            chroot._upper_path(str(path / "x"))
+            if not _under_fresh_tmp(path):
+                # The mount point, on the overlay (its copy in the upper layer is made here).
+                chroot._upper_path(str(path / "x"))
         yield chroot
     finally:
         procs.run(["umount", str(layers)])
+
+
+def _under_fresh_tmp(path: Path) -> bool:
+    """Whether `path` is below /tmp, which the chroot mounts afresh (an empty tmpfs)."""
+    resolved = path.resolve()
+    return len(resolved.parts) > 2 and resolved.parts[1] == "tmp"
