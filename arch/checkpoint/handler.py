@@ -11,7 +11,6 @@ rolls the filesystem back and removes what runc left, so the caller can create f
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -41,6 +40,7 @@ from arch.checkpoint.store import ImageStaging, PublishError, cleanup_leftovers_
 from arch.checkpoint.sweep import RESTORE_WORK_PREFIX
 from arch.checkpoint.validation import ValidImage, verify_criu_files
 from arch.runc import binary_facts
+from arch.runc.binary_facts import CPUINFO_IMAGE
 from arch.runc.process_group import dies_with_this_process
 from arch.runc.runtime import RuncError, RuncTimeout
 
@@ -58,7 +58,6 @@ logger = logging.getLogger("arch")
 
 LOG_TAIL_LINES = 12
 LOG_READ_BYTES = 256 * 1024
-CPUINFO_IMAGE = "cpuinfo.img"
 CPUINFO_READ_LIMIT = 1 << 20  # CRIU's cpuinfo.img is a few hundred bytes
 # What runc create --pidfd-socket sends with the init's pidfd (runc 1.2+, libcontainer setupPidfd).
 PIDFD_MESSAGE = b"standard"
@@ -598,11 +597,11 @@ class CpuCheck:
         self,
         image: ValidImage,
         process: subprocess.Popen[str] | None,
-        remember: Callable[[], None] | None = None,
+        approval: binary_facts.CpuinfoApproval | None = None,
     ) -> None:
         self.image = image
         self.process = process
-        self.remember = remember  # records CRIU's approval (binary_facts), if it approves
+        self.approval = approval  # remembered if CRIU approves
         self.verdict: list[str] | None = None
 
     @classmethod
@@ -616,17 +615,16 @@ class CpuCheck:
         """`binary_facts_dir`: where an approval of the same cpuinfo.img by this CRIU on this
         boot is remembered; such an image is not checked again."""
         cpuinfo_path = os.path.join(image.path, CPUINFO_IMAGE)
+        approval = None
         try:
             with open(cpuinfo_path, "rb") as cpuinfo:
                 cpuinfo_sha256 = hashlib.sha256(cpuinfo.read(CPUINFO_READ_LIMIT)).hexdigest()
+            approval = binary_facts.CpuinfoApproval(criu, binary_facts_dir, cpuinfo_sha256)
         except FileNotFoundError:
             return cls(image, None)
         except OSError as error:
             logger.debug("cpuinfo check: %s not read: %s", cpuinfo_path, error)
-            cpuinfo_sha256 = None
-        if cpuinfo_sha256 is not None and binary_facts.cpuinfo_accepted(
-            criu, binary_facts_dir, cpuinfo_sha256
-        ):
+        if approval is not None and approval.given():
             return cls(image, None)
         process = subprocess.Popen(
             [criu, "cpuinfo", "check", "--cpu-cap=cpu", "-D", image.path],
@@ -638,10 +636,7 @@ class CpuCheck:
         )
         if on_start is not None:
             on_start(process.pid)
-        if cpuinfo_sha256 is None:
-            return cls(image, process)
-        return cls(image, process, functools.partial(
-            binary_facts.remember_cpuinfo_accepted, criu, binary_facts_dir, cpuinfo_sha256))
+        return cls(image, process, approval)
 
     def problems(self) -> list[str]:
         if self.verdict is None:
@@ -653,8 +648,8 @@ class CpuCheck:
             return []
         _, stderr = self.process.communicate(timeout=60)
         if self.process.returncode == 0:
-            if self.remember is not None:
-                self.remember()
+            if self.approval is not None:
+                self.approval.remember()
             return []
         recorded, here = self.image.metadata.cpu, host_cpu_summary()
         missing = sorted(set(recorded.flags) - set(here.flags)) if recorded and here else []

@@ -37,8 +37,7 @@ CPUINFO_IMAGE = "cpuinfo.img"
 CPUINFO_TIMEOUT = 60.0
 VERSION_TIMEOUT = 30.0
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-_CPUINFO_CHECK = "cpuinfo-check-"
-_ACCEPTED = b"accepted"
+_APPROVED = b"accepted"
 
 
 class CpuinfoDumpFailed(Exception):
@@ -47,7 +46,8 @@ class CpuinfoDumpFailed(Exception):
 
 def version(binary: str, cache_dir: str | None) -> str:
     """The first line of `binary --version` ("runc version 1.1.5", "Version: 4.2.1")."""
-    cached = _load(cache_dir, "version", binary)
+    entry = _Entry(cache_dir, "version", binary)
+    cached = entry.load()
     if cached is not None:
         return cached.decode("utf-8", "replace")
     try:
@@ -60,7 +60,7 @@ def version(binary: str, cache_dir: str | None) -> str:
     lines = completed.stdout.strip().splitlines()
     if completed.returncode != 0 or not lines:
         return lines[0] if lines else "unknown"
-    _store(cache_dir, "version", binary, lines[0].encode())
+    entry.store(lines[0].encode())
     return lines[0]
 
 
@@ -70,7 +70,8 @@ def cpuinfo_image(criu: str, cache_dir: str | None, on_start: Callable[[int], No
     `on_start` gets the pid of a CRIU started for it: its group is stopped by whoever finishes
     the operation if this arch-runc dies meanwhile. Raises CpuinfoDumpFailed.
     """
-    cached = _load(cache_dir, "cpuinfo", criu)
+    entry = _Entry(cache_dir, "cpuinfo", criu)
+    cached = entry.load()
     if cached is not None:
         return cached
     with tempfile.TemporaryDirectory(prefix="arch-cpuinfo-") as work_dir:
@@ -95,19 +96,72 @@ def cpuinfo_image(criu: str, cache_dir: str | None, on_start: Callable[[int], No
             raise CpuinfoDumpFailed(f"criu cpuinfo dump failed: {stderr.strip()[-500:]}")
         with open(os.path.join(work_dir, CPUINFO_IMAGE), "rb") as image:
             data = image.read()
-    _store(cache_dir, "cpuinfo", criu, data)
+    entry.store(data)
     return data
 
 
-def cpuinfo_accepted(criu: str, cache_dir: str | None, image_sha256: str) -> bool:
-    """Whether this CRIU accepted a cpuinfo.img with this sha256 on this boot already."""
-    return _load(cache_dir, _CPUINFO_CHECK + image_sha256, criu) == _ACCEPTED
+class CpuinfoApproval:
+    """`criu cpuinfo check`'s approval of the cpuinfo.img with `image_sha256` by `criu` on this
+    boot. Refusals are never remembered: each restore asks again, and reports CRIU's own words."""
+
+    def __init__(self, criu: str, cache_dir: str | None, image_sha256: str) -> None:
+        self._entry = _Entry(cache_dir, "cpuinfo-check-" + image_sha256, criu)
+
+    def given(self) -> bool:
+        """Whether CRIU approved this cpuinfo.img already."""
+        return self._entry.load() == _APPROVED
+
+    def remember(self) -> None:
+        """Record that `criu cpuinfo check` passed."""
+        self._entry.store(_APPROVED)
 
 
-def remember_cpuinfo_accepted(criu: str, cache_dir: str | None, image_sha256: str) -> None:
-    """Record that `criu cpuinfo check` passed for the cpuinfo.img with this sha256 (refusals
-    are never remembered: each restore asks again, and reports CRIU's own words)."""
-    _store(cache_dir, _CPUINFO_CHECK + image_sha256, criu, _ACCEPTED)
+class _Entry:
+    """One cached answer about `binary`: its file in the cache dir, and the identity of the
+    binary (and boot) it holds for, taken before the answer is computed, so that a binary
+    replaced meanwhile does not get the old one's answer."""
+
+    def __init__(self, cache_dir: str | None, kind: str, binary: str) -> None:
+        self.kind = kind
+        self.binary = binary
+        self.cache_dir = cache_dir
+        name = hashlib.sha256(f"{kind}\0{binary}".encode()).hexdigest()[:32]
+        self.path = None if cache_dir is None else os.path.join(cache_dir, f"{kind}-{name}.json")
+        self.identity = None if cache_dir is None else _identity(binary)
+
+    def load(self) -> bytes | None:
+        if self.identity is None or self.path is None:
+            return None
+        try:
+            with open(self.path, "rb") as entry_file:
+                entry = json.loads(entry_file.read())
+            if not isinstance(entry, dict) or entry.get("identity") != self.identity:
+                return None
+            return base64.b64decode(entry["value"], validate=True)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.debug("binary facts: %s of %s not read from the cache: %s", self.kind,
+                         self.binary, error)  # fmt: skip
+            return None
+
+    def store(self, value: bytes) -> None:
+        if self.identity is None or self.cache_dir is None or self.path is None:
+            return
+        document = json.dumps({"identity": self.identity,
+                               "value": base64.b64encode(value).decode()})  # fmt: skip
+        try:
+            os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "w", encoding="ascii") as entry_file:
+                    entry_file.write(document)
+                os.replace(temporary, self.path)
+            except BaseException:
+                os.unlink(temporary)
+                raise
+        except OSError as error:
+            logger.debug("binary facts: %s of %s not cached: %s", self.kind, self.binary, error)
 
 
 def _identity(binary: str) -> str | None:
@@ -126,48 +180,3 @@ def _identity(binary: str) -> str | None:
         for part in (os.path.realpath(path), found.st_dev, found.st_ino, found.st_size,
                      found.st_mtime_ns, found.st_ctime_ns, boot_id)
     )  # fmt: skip
-
-
-def _entry_path(cache_dir: str, kind: str, binary: str) -> str:
-    name = hashlib.sha256(f"{kind}\0{binary}".encode()).hexdigest()[:32]
-    return os.path.join(cache_dir, f"{kind}-{name}.json")
-
-
-def _load(cache_dir: str | None, kind: str, binary: str) -> bytes | None:
-    if cache_dir is None:
-        return None
-    identity = _identity(binary)
-    if identity is None:
-        return None
-    try:
-        with open(_entry_path(cache_dir, kind, binary), "rb") as entry_file:
-            entry = json.loads(entry_file.read())
-        if not isinstance(entry, dict) or entry.get("identity") != identity:
-            return None
-        return base64.b64decode(entry["value"], validate=True)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        logger.debug("binary facts: %s of %s not read from the cache: %s", kind, binary, error)
-        return None
-
-
-def _store(cache_dir: str | None, kind: str, binary: str, value: bytes) -> None:
-    if cache_dir is None:
-        return
-    identity = _identity(binary)
-    if identity is None:
-        return
-    entry = json.dumps({"identity": identity, "value": base64.b64encode(value).decode()})
-    try:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as entry_file:
-                entry_file.write(entry)
-            os.replace(temporary, _entry_path(cache_dir, kind, binary))
-        except BaseException:
-            os.unlink(temporary)
-            raise
-    except OSError as error:
-        logger.debug("binary facts: %s of %s not cached: %s", kind, binary, error)
