@@ -147,10 +147,9 @@ class ImageStaging:
     def seal_dump(self) -> None:
         """Seal the files runc and CRIU dumped (see _seal_files), once the dump has ended: the
         filesystem capture may still be running, and publication then finds them on disk."""
-        sealed = self._sealed
         self._sealed.update(_seal_files(
             self._lock_fd,
-            lambda name: name not in sealed and name != ROOTFS_TAR
+            lambda name: name not in self._sealed and name != ROOTFS_TAR
             and not name.startswith(LEASE_FILE),  # the lease is being refreshed meanwhile
         ))  # fmt: skip
 
@@ -176,8 +175,7 @@ class ImageStaging:
             raise PublishError(f"{self.relative}: already published or aborted")
         self._lease.stop()  # its file is not part of the image; the age check covers the rest
         dir_fd = self._lock_fd
-        sealed = self._sealed
-        _seal_files(dir_fd, lambda name: name not in sealed)
+        _seal_files(dir_fd, lambda name: name not in self._sealed)
         document = metadata.to_json()
         _write_file(dir_fd, METADATA_FILE, document)
         if key is not None:
