@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
-from arch.runc.process_group import POLL_SECONDS, ProcessIdentity, kill_pid, stop_group
+from arch.runc.process_group import ProcessIdentity, kill_until_gone, stop_group
 
 if TYPE_CHECKING:
     from arch.container.state import ContainerState
@@ -43,7 +42,6 @@ OPERATION_FLAG = "operation"
 CHECKPOINT = "checkpoint"
 RESTORE = "restore"
 CHECKPOINT_GRACE_SECONDS = 10.0
-KILL_WAIT_SECONDS = 10.0
 
 logger = logging.getLogger("arch")
 
@@ -95,19 +93,15 @@ def kill_cgroup(cgroups_path: str) -> list[int]:
     """SIGKILL every process in the container's cgroup (thawed first: a frozen task cannot
     die), until it is empty. Returns the pids killed."""
     directories = cgroup_dirs(cgroups_path)
-    killed: set[int] = set()
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while time.monotonic() < deadline:
-        pids = {pid for directory in directories for pid in _cgroup_pids(directory)}
-        if not pids:
-            break
+
+    def thaw_all() -> None:
         for directory in directories:
             _thaw(directory)
-        for pid in pids:
-            kill_pid(pid)
-        killed |= pids
-        time.sleep(POLL_SECONDS)
-    return sorted(killed)
+
+    killed, _ = kill_until_gone(
+        lambda: {pid for directory in directories for pid in _cgroup_pids(directory)}, thaw_all
+    )
+    return killed
 
 
 def _cgroup_pids(directory: str) -> list[int]:
@@ -285,15 +279,9 @@ def _stop_users_of(work_dir: object) -> list[int]:
     longer in runc's process group, so stopping that group misses it."""
     if not isinstance(work_dir, str) or not os.path.isabs(work_dir):
         return []
-    killed = users = _processes_using(work_dir)
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while users and time.monotonic() < deadline:
-        for pid in users:
-            kill_pid(pid)
-        time.sleep(POLL_SECONDS)
-        users = _processes_using(work_dir)
-    if users:
-        logger.error("processes %s still use %s after SIGKILL", users, work_dir)
+    killed, survivors = kill_until_gone(lambda: _processes_using(work_dir))
+    if survivors:
+        logger.error("processes %s still use %s after SIGKILL", survivors, work_dir)
     return killed
 
 

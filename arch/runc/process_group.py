@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection
 
 KILL_WAIT_SECONDS = 10.0
 POLL_SECONDS = 0.02
@@ -132,16 +132,30 @@ def stop_group(leader: ProcessIdentity, grace: float = 0.0) -> list[int]:
     while members and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
         members = group_members(leader)
-    killed = list(members)
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while members and time.monotonic() < deadline:
-        for pid in members:
-            kill_pid(pid)
-        time.sleep(POLL_SECONDS)
-        members = group_members(leader)
-    if members:
-        logger.error("runc/CRIU processes %s survive SIGKILL", members)
+    killed, survivors = kill_until_gone(lambda: group_members(leader))
+    if survivors:
+        logger.error("runc/CRIU processes %s survive SIGKILL", survivors)
     return killed
+
+
+def kill_until_gone(
+    listed: Callable[[], Collection[int]], before_each_round: Callable[[], None] | None = None
+) -> tuple[list[int], list[int]]:
+    """SIGKILL the pids `listed()` names, round after round (`before_each_round` runs first in
+    each), until it names none or KILL_WAIT_SECONDS have passed. Returns (every pid killed,
+    the pids still listed at the end)."""
+    killed: set[int] = set()
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    pids = listed()
+    while pids and time.monotonic() < deadline:
+        if before_each_round is not None:
+            before_each_round()
+        for pid in pids:
+            kill_pid(pid)
+        killed.update(pids)
+        time.sleep(POLL_SECONDS)
+        pids = listed()
+    return sorted(killed), sorted(pids)
 
 
 def kill_pid(pid: int) -> None:
