@@ -79,6 +79,19 @@ ECS_REGISTER_TASK_DEFINITION: Schema = {
             },
         },
         "volumes": {"type": "array", "items": _VOLUME},
+        # TaskDefinitionPlacementConstraint: type memberOf, a cluster query language expression
+        # (at most 10 constraints per task).
+        "placementConstraints": {
+            "type": "array",
+            "maxItems": 10,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["memberOf"]},
+                    "expression": {"type": "string", "maxLength": 2000},
+                },
+            },
+        },
         "tags": {
             "type": "array",
             "maxItems": 50,

@@ -20,6 +20,7 @@ from arch.delivery.aws_shapes import (
     Schema,
     shape_problems,
 )
+from arch.delivery.ecs_admission import PLACEMENT_EXPRESSION
 from arch.delivery.render import render_template
 
 if TYPE_CHECKING:
@@ -246,6 +247,7 @@ def definition_context(kind: DefinitionKind, given: Mapping[str, str]) -> dict[s
         if not context[name]:
             context[name] = context[source]
     context["rendered_by"] = f"archctl {__version__}"
+    context["arch_placement_expression"] = PLACEMENT_EXPRESSION
     return context
 
 

@@ -115,15 +115,13 @@ class UserdataOptions:
         """The role's variables known when rendering; the script adds the instance's own.
 
         arch_ecs gives the ECS agent the Spot settings ARCH relies on (instance draining, a
-        two-minute stop timeout: the role's arch_ecs_spot_settings); the cluster is ours to add.
+        two-minute stop timeout: the role's arch_ecs_spot_settings). ECS_CLUSTER is not the
+        role's: the script writes it after `archctl verify` passed (fail closed).
         """
         variables: dict[str, Any] = {
             "arch_docker_default_runtime": True,
             "arch_checkpoint_root": self.checkpoint_root,
             "arch_ecs": self.configure_ecs_agent,
-            "arch_ecs_agent_settings": {"ECS_CLUSTER": self.ecs_cluster}
-            if self.ecs_cluster
-            else {},
             "arch_spot_watch_enabled": self.spot_watch,
         }
         variables.update(self.role_variables)

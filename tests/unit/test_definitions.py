@@ -62,6 +62,23 @@ def test_ecs_task_has_a_fixed_checkpoint_id() -> None:
     assert environment(container) == {"ARCH_ENABLE": "1", "ARCH_CHECKPOINT_ID": "nightly-etl"}
 
 
+@pytest.mark.parametrize(
+    ("kind", "given"),
+    [
+        ("ecs-service", {"family": "web", "image": "nginx:1"}),
+        ("ecs-task", {"family": "nightly", "image": "etl:7", "checkpoint_id": "n"}),
+    ],
+)
+def test_ecs_definitions_place_tasks_only_on_admitted_arch_hosts(
+    kind: str, given: dict[str, str]
+) -> None:
+    # The attribute the userdata writes into ecs.config only after `archctl verify` passed.
+    document = render_definition(kind, given)
+    assert document["placementConstraints"] == [
+        {"type": "memberOf", "expression": "attribute:arch.version exists"}
+    ]
+
+
 def test_batch_job_retries_only_when_the_host_went_away() -> None:
     document = render_definition(
         "batch-job",

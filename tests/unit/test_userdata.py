@@ -73,16 +73,20 @@ def test_options_reach_the_script() -> None:
     role_vars = embedded_role_vars(script)
     assert role_vars["arch_docker_default_runtime"] is True
     assert role_vars["arch_ecs"] is True  # the role's Spot settings for the agent
-    assert role_vars["arch_ecs_agent_settings"] == {"ECS_CLUSTER": "prod"}
+    # ECS_CLUSTER is written by the script after `archctl verify` passed, never by the role.
+    assert "arch_ecs_agent_settings" not in role_vars
+    assert "readonly ecs_cluster=prod\n" in script
+    assert "readonly ecs_admission=true\n" in script
     assert role_vars["arch_spot_watch_enabled"] is True
 
 
 def test_batch_instances_get_no_cluster_and_role_vars_pass_through() -> None:
     batch = embedded_role_vars(render_userdata(VARIANTS["url, local storage, batch"]))
-    assert batch["arch_ecs"] is True and batch["arch_ecs_agent_settings"] == {}
+    assert batch["arch_ecs"] is True and "arch_ecs_agent_settings" not in batch
     assert batch["arch_spot_watch_enabled"] is False
     pushed = UserdataOptions(PackageSource.parse(f"/tmp/{WHEEL}"), configure_ecs_agent=False)
     assert embedded_role_vars(render_userdata(pushed))["arch_ecs"] is False
+    assert "readonly ecs_admission=false\n" in render_userdata(pushed)
     custom = embedded_role_vars(render_userdata(VARIANTS["file, efs in another region, key file"]))
     assert custom["arch_log_level"] == "debug"
     assert custom["arch_checkpoint_root"] == "/mnt/checkpoints"

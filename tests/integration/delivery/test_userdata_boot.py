@@ -80,6 +80,8 @@ def test_it_fails_loudly_with_the_line(arch_wheel: Path, tmp_path: Path) -> None
     result = boot(missing, timeout=300)
     assert result.returncode == 1
     assert f"error: package /nonexistent/{arch_wheel.name} not found" in result.stdout
+    # Fail closed: said in the log (and on the console), nothing admitted.
+    assert "the ECS agent stays out of its cluster" in result.stdout
     corrupt = tmp_path / "corrupt" / arch_wheel.name
     corrupt.parent.mkdir()
     corrupt.write_bytes(b"not a zip archive")
@@ -106,6 +108,12 @@ def test_userdata_installs_this_host_from_the_wheel(
     wheel_sum = hashlib.sha256(arch_wheel.read_bytes()).hexdigest()
     installed = Path("/opt/arch/venv/.arch-source.sha256").read_text().strip()
     assert installed == f"wheel:{wheel_sum}"
-    assert "ECS_CONTAINER_STOP_TIMEOUT=2m" in ECS_CONFIG.read_text().splitlines()
+    ecs_config = ECS_CONFIG.read_text().splitlines()
+    assert "ECS_CONTAINER_STOP_TIMEOUT=2m" in ecs_config
+    # Admitted only after `archctl verify` passed: ARCH's attribute for placement constraints.
+    assert any(
+        line.startswith("ECS_INSTANCE_ATTRIBUTES=") and '"arch.version"' in line
+        for line in ecs_config
+    ), ecs_config
     verify = subprocess.run(["/usr/local/bin/archctl", "verify"], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
