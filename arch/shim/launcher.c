@@ -265,7 +265,8 @@ static int scan_key_line(const char *line, struct host_config *config, unsigned 
 		const char *digits = p;
 		while (*p >= '0' && *p <= '9')
 			p++;
-		if (p == digits || p - digits > 9)
+		/* TOML forbids leading zeros (`0600` is malformed there): Python decides those. */
+		if (p == digits || p - digits > 9 || (*digits == '0' && p - digits > 1))
 			return 0;
 		break;
 	}
