@@ -178,13 +178,17 @@ class Operation:
 
 
 def _read(state: ContainerState) -> dict[str, Any] | None:
-    import json
+    from arch.bounded_json import loads
+    from arch.container.state import StateError
 
-    text = state.get(OPERATION_FLAG)
+    try:
+        text = state.get(OPERATION_FLAG)
+    except (StateError, ValueError):
+        return {}
     if text is None:
         return None
     try:
-        record = json.loads(text)
+        record = loads(text)
     except ValueError:
         return {}
     return record if isinstance(record, dict) else {}

@@ -49,6 +49,8 @@ COMPONENT_MAX = 128
 # Flag names cannot contain "." so they never collide with record.json, .lock or temp files.
 FLAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 FLAG_MAX = 64
+# ARCH writes records and flags of a few KiB; anything larger was not written by it.
+STATE_FILE_MAX_BYTES = 1 << 20
 
 
 class StateError(ValueError):
@@ -205,10 +207,10 @@ class ContainerState:
         return os.path.join(self.path, validate_flag(flag))
 
     def _decode_record(self, data: bytes) -> dict[str, Any]:
-        import json
+        from arch.bounded_json import loads
 
         try:
-            record = json.loads(data)
+            record = loads(data)
         except ValueError as error:
             raise StateError(f"{self.path}/{RECORD_FILE}: not JSON: {error}") from error
         if not isinstance(record, dict):
@@ -305,10 +307,14 @@ def _read_optional(path: str) -> bytes | None:
         return None
     try:
         chunks: list[bytes] = []
+        length = 0
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:
                 return b"".join(chunks)
+            length += len(chunk)
+            if length > STATE_FILE_MAX_BYTES:
+                raise StateError(f"{path} is larger than {STATE_FILE_MAX_BYTES} bytes")
             chunks.append(chunk)
     finally:
         os.close(fd)

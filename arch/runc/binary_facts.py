@@ -38,6 +38,8 @@ CPUINFO_TIMEOUT = 60.0
 VERSION_TIMEOUT = 30.0
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 _APPROVED = b"accepted"
+# An entry holds a version line or a cpuinfo.img of a few hundred bytes.
+ENTRY_MAX_BYTES = 1 << 20
 
 
 class CpuinfoDumpFailed(Exception):
@@ -134,13 +136,14 @@ class _Entry:
             return None
         try:
             with open(self.path, "rb") as entry_file:
-                entry = json.loads(entry_file.read())
+                entry = json.loads(entry_file.read(ENTRY_MAX_BYTES))
             if not isinstance(entry, dict) or entry.get("identity") != self.identity:
                 return None
             return base64.b64decode(entry["value"], validate=True)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        # (arch.runc imports only itself: json itself, on a bounded read; too deep: RecursionError)
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
             logger.debug("binary facts: %s of %s not read from the cache: %s", self.kind,
                          self.binary, error)  # fmt: skip
             return None

@@ -53,11 +53,11 @@ def write_marker(state_dir: str, document: dict[str, Any]) -> None:
 
 def read_marker(state_dir: str) -> dict[str, Any] | None:
     """The marker's document; None without a marker, {} when it cannot be read as one."""
-    import json
+    from arch.bounded_json import loads
 
     try:
         with open(marker_path(state_dir), "rb") as handle:
-            document = json.loads(handle.read(1 << 20))
+            document = loads(handle.read(1 << 20))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
