@@ -22,7 +22,6 @@ replica on another host cannot claim one while it is being removed.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, NamedTuple
 
+from arch import bounded_json
 from arch.checkpoint import pool
 from arch.checkpoint.beneath import opened_root
 from arch.checkpoint.metadata import ImageMetadata, InvalidImage
@@ -149,11 +149,14 @@ def plan(
         for namespace_dir in _subdirectories(root):
             sweep.append(namespace_dir)
             for path in _subdirectories(namespace_dir):
-                if pool.is_pool_dir(path):
-                    sweep.append(path)
-                    _plan_pool(path, uses, older_than, now, actions, kept)
-                else:
-                    _plan_image(path, uses, docker, older_than, now, actions, kept)
+                try:
+                    if pool.is_pool_dir(path):
+                        sweep.append(path)
+                        _plan_pool(path, uses, older_than, now, actions, kept)
+                    else:
+                        _plan_image(path, uses, docker, older_than, now, actions, kept)
+                except Exception as error:  # whatever the storage holds, gc goes on: reported
+                    kept.append(Kept(path, f"not examined: {_error_text(error)}"))
     return Plan(actions, kept, sweep)
 
 
@@ -165,8 +168,8 @@ def execute(actions: Iterable[Action]) -> list[Outcome]:
         except GcSkipped as skipped:
             outcomes.append(Outcome(action, False, None, str(skipped)))
             continue
-        except (OSError, pool.PoolError) as error:
-            outcomes.append(Outcome(action, False, str(error)))
+        except Exception as error:  # one failed action does not stop the others: reported
+            outcomes.append(Outcome(action, False, _error_text(error)))
             continue
         outcomes.append(Outcome(action, done, None, None if done else "gone or taken meanwhile"))
     return outcomes
@@ -190,8 +193,9 @@ def sweep_leftovers(directories: Iterable[str], dry_run: bool, now: float) -> li
             markers = stale_markers(directory, now)
             for marker in markers:
                 os.unlink(marker)
-        except OSError as error:
-            outcomes.append(Outcome(Action(directory, LEFTOVER, REMOVE, ""), False, str(error)))
+        except Exception as error:  # the next directory is still swept: reported
+            outcomes.append(Outcome(Action(directory, LEFTOVER, REMOVE, ""), False,
+                                    _error_text(error)))  # fmt: skip
             continue
         outcomes += [
             Outcome(Action(os.path.join(directory, item.name), LEFTOVER, REMOVE, "stale"), True)
@@ -250,7 +254,7 @@ class DockerExits:
         try:
             completed = subprocess.run(
                 [self.docker, "--host", f"unix://{self.socket}", "inspect", "--type",
-                 "container", "--format", "{{json .State}}", container_id],
+                 "container", "--format", "{{json .State}}", "--", container_id],
                 capture_output=True, text=True, timeout=DOCKER_TIMEOUT, check=False,
             )  # fmt: skip
         except (OSError, subprocess.TimeoutExpired):
@@ -258,7 +262,7 @@ class DockerExits:
         if completed.returncode != 0:
             return None
         try:
-            state = json.loads(completed.stdout)
+            state = bounded_json.loads(completed.stdout)
             if state.get("Status") != "exited" or not isinstance(state.get("ExitCode"), int):
                 return None
             return state["ExitCode"], _rfc3339_seconds(str(state.get("FinishedAt", "")))
@@ -320,28 +324,44 @@ def _plan_pool(
     here = pool.host_label()
     for name in sorted(os.listdir(pool_dir)):
         path = os.path.join(pool_dir, name)
-        claimed = pool.parse_claimed(name)
-        if claimed is not None:
-            users = uses.get(os.path.normpath(path), [])
-            age = now - (_mtime(path) or now)
-            if claimed.host == here and not users and age > LEFTOVER_GRACE:
-                detail = "claimed here by a container that no longer exists"
-                actions.append(Action(path, ORPHANED_CLAIM, RELEASE, detail))
-            else:
-                kept.append(Kept(path, f"claimed by {claimed.host}"))
-        elif name.startswith(pool.INVALID_PREFIX):
-            age = now - (_mtime(path) or now)
-            if age > LEFTOVER_GRACE:
-                actions.append(Action(path, INVALID, REMOVE, "failed validation when claimed"))
-            else:
-                kept.append(Kept(path, "moved aside recently"))
-        elif pool.is_entry(name):
-            created = _entry_created(path)
-            if older_than is not None and created is not None and now - created > older_than:
-                actions.append(Action(path, OLDER_THAN, REMOVE,
-                                      f"made {_age_text(now - created)} ago"))  # fmt: skip
-            else:
-                kept.append(Kept(path, "unclaimed, not expired"))
+        try:
+            _plan_pool_entry(path, name, here, uses, older_than, now, actions, kept)
+        except Exception as error:  # whatever the storage holds, gc goes on: reported
+            kept.append(Kept(path, f"not examined: {_error_text(error)}"))
+
+
+def _plan_pool_entry(
+    path: str,
+    name: str,
+    here: str,
+    uses: dict[str, list[ContainerUse]],
+    older_than: float | None,
+    now: float,
+    actions: list[Action],
+    kept: list[Kept],
+) -> None:
+    claimed = pool.parse_claimed(name)
+    if claimed is not None:
+        users = uses.get(os.path.normpath(path), [])
+        age = now - (_mtime(path) or now)
+        if claimed.host == here and not users and age > LEFTOVER_GRACE:
+            detail = "claimed here by a container that no longer exists"
+            actions.append(Action(path, ORPHANED_CLAIM, RELEASE, detail))
+        else:
+            kept.append(Kept(path, f"claimed by {claimed.host}"))
+    elif name.startswith(pool.INVALID_PREFIX):
+        age = now - (_mtime(path) or now)
+        if age > LEFTOVER_GRACE:
+            actions.append(Action(path, INVALID, REMOVE, "failed validation when claimed"))
+        else:
+            kept.append(Kept(path, "moved aside recently"))
+    elif pool.is_entry(name):
+        created = _entry_created(path)
+        if older_than is not None and created is not None and now - created > older_than:
+            actions.append(Action(path, OLDER_THAN, REMOVE,
+                                  f"made {_age_text(now - created)} ago"))  # fmt: skip
+        else:
+            kept.append(Kept(path, "unclaimed, not expired"))
 
 
 def _apply(action: Action) -> bool:
@@ -439,6 +459,10 @@ def _leftover_names(directory: str) -> list[str]:
         return sorted(n for n in os.listdir(directory) if n.startswith(LEFTOVER_PREFIXES))
     except OSError:
         return []
+
+
+def _error_text(error: Exception) -> str:
+    return str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
 
 
 def _age_text(seconds: float) -> str:

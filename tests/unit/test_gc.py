@@ -249,13 +249,15 @@ def test_default_roots_follow_this_hosts_containers(config: HostConfig, tmp_path
 
 
 FAKE_DOCKER = """#!/bin/sh
-# A stand-in for `docker --host unix://S inspect --type container --format F ID`.
-case "$8" in
+# A stand-in for `docker --host unix://S inspect --type container --format F -- ID`: an id
+# from (unsigned) metadata must never be read as an option.
+[ "$8" = "--" ] || { echo "no -- before the id: $8" >&2; exit 3; }
+case "$9" in
   done-c) echo '{"Status":"exited","ExitCode":0,"FinishedAt":"2099-01-01T00:00:00.123456789Z"}';;
   failed-c) echo '{"Status":"exited","ExitCode":2,"FinishedAt":"2099-01-01T00:00:00Z"}';;
   early-c) echo '{"Status":"exited","ExitCode":0,"FinishedAt":"2001-01-01T00:00:00Z"}';;
   running-c) echo '{"Status":"running","ExitCode":0,"FinishedAt":"0001-01-01T00:00:00Z"}';;
-  *) echo "Error: No such container: $8" >&2; exit 1;;
+  *) echo "Error: No such container: $9" >&2; exit 1;;
 esac
 """
 
@@ -275,11 +277,12 @@ def test_docker_containers_that_exited_0_after_their_image(
     moby = tmp_path / "root" / "moby"
     for container in ("done-c", "failed-c", "early-c", "running-c", "unknown-c"):
         publish_image(moby / f"job-{container}", container_id=container)
+    publish_image(moby / "job-option", container_id="--host=unix:///elsewhere.sock")
     plan = gc.plan([config.checkpoint_root], config, docker_socket=str(socket))
     assert [(os.path.basename(a.path), a.rule, a.detail) for a in plan.actions] == [
         ("job-done-c", "finished", "Docker container done-c exited 0")
     ]
-    assert len(plan.kept) == 4
+    assert len(plan.kept) == 5
     without_docker = gc.plan([config.checkpoint_root], config, docker_socket=str(tmp_path / "x"))
     assert without_docker.actions == []
 
