@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -28,6 +29,7 @@ from arch.operator.inventory import (
     ArchContainer,
     discover,
     image_published,
+    opened_image,
     recorded_location,
 )
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from arch.config import HostConfig
+    from arch.container.identity import ImageLocation
     from arch.operator.containerd import Containerd
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -194,21 +197,22 @@ class CheckpointRun:
             self.client.checkpoint(target.namespace, target.container_id, scratch)
         except ContainerdError as error:
             status, reason = FAILED, str(error)
-            if _published_since(location.image_dir, target.container_id, wall_start):
+            if _published_since(location, target.container_id, wall_start):
                 # A concurrent stop (the Spot notice turns it into a checkpoint) did it first.
                 status, reason = OK, "checkpointed by a concurrent stop"
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if location.pool_dir is not None:  # published into the pool under a name of its own
             image_dir = location.pool_dir if status == OK else None
-            return self._outcome(target, status, reason, started, image_dir, measure=False)
-        if status == OK and not image_published(location.image_dir):
+            return self._outcome(target, status, reason, started, image_dir)
+        if status == OK and not image_published(location):
             status, reason = (
                 FAILED,
                 f"containerd reported success but no ARCH image is at {location.image_dir}",
             )
-        image_dir = location.image_dir if status == OK else None
-        return self._outcome(target, status, reason, started, image_dir)
+        published = location if status == OK else None
+        return self._outcome(target, status, reason, started,
+                             location.image_dir if published else None, published)
 
     @staticmethod
     def _outcome(
@@ -217,42 +221,54 @@ class CheckpointRun:
         reason: str,
         started: float,
         image_dir: str | None,
-        measure: bool = True,
+        measured: ImageLocation | None = None,
     ) -> Outcome:
-        size = directory_bytes(image_dir) if image_dir and measure else None
+        size = directory_bytes(measured) if measured is not None else None
         seconds = time.monotonic() - started
         return Outcome(
             target.namespace, target.container_id, status, reason, seconds, image_dir, size
         )
 
 
-def _published_since(image_dir: str, container_id: str, since: float) -> bool:
-    """Whether the image there was taken of this container at or after `since` (epoch)."""
+def _published_since(location: ImageLocation, container_id: str, since: float) -> bool:
+    """Whether the image at the location was taken of this container at or after `since`
+    (epoch). Its metadata.json is read beneath the root, bounded (arch.bounded_json)."""
     import calendar
-    import json
 
-    try:
-        with open(os.path.join(image_dir, METADATA_FILE), encoding="utf-8") as handle:
-            metadata = json.load(handle)
-        created = calendar.timegm(time.strptime(str(metadata["created"]), "%Y-%m-%dT%H:%M:%SZ"))
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    from arch.bounded_json import read_at
+    from arch.checkpoint.validation import METADATA_MAX_BYTES
+
+    with opened_image(location) as dir_fd:
+        if dir_fd is None:
+            return False
+        try:
+            metadata = read_at(dir_fd, METADATA_FILE, METADATA_MAX_BYTES)
+            created = calendar.timegm(
+                time.strptime(str(metadata["created"]), "%Y-%m-%dT%H:%M:%SZ")
+            )
+        except (OSError, ValueError, KeyError, TypeError, OverflowError):
+            return False
     return bool(metadata.get("container_id") == container_id and created >= int(since))
 
 
-def directory_bytes(path: str) -> int:
-    """The total size of the regular files directly in `path` (an image is flat)."""
+def directory_bytes(location: ImageLocation) -> int:
+    """The total size of the regular files directly in the location's image (an image is
+    flat), looked at beneath its root."""
     total = 0
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return 0
-    for entry in entries:
+    with opened_image(location) as dir_fd:
+        if dir_fd is None:
+            return 0
         try:
-            if entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
+            names = os.listdir(dir_fd)
         except OSError:
-            continue
+            return 0
+        for name in names:
+            try:
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
     return total
 
 

@@ -11,7 +11,9 @@ Two sources, joined per namespace with containerd's containers and tasks:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -20,6 +22,8 @@ from arch.container.state import ContainerState, StateError
 from arch.operator.containerd import ContainerdError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from arch.config import HostConfig
     from arch.operator.containerd import Containerd, Task
 
@@ -56,18 +60,43 @@ class ArchContainer(NamedTuple):
     def image_present(self) -> bool:
         """A published image at its location (a pool member: the image it claimed)."""
         location = self.location
-        return (
-            location is not None
-            and bool(location.image_dir)
-            and image_published(location.image_dir)
-        )
+        return location is not None and image_published(location)
 
 
-def image_published(image_dir: str) -> bool:
-    """Whether a complete image is published there (metadata.json is written last).
+def image_published(location: ImageLocation) -> bool:
+    """Whether a complete image is published at the location (metadata.json is written last),
+    looked at beneath its root following no symlink.
 
     A pool member without a claimed image has no image_dir ("")."""
-    return bool(image_dir) and os.path.isfile(os.path.join(image_dir, METADATA_FILE))
+    with opened_image(location) as dir_fd:
+        if dir_fd is None:
+            return False
+        try:
+            info = os.stat(METADATA_FILE, dir_fd=dir_fd, follow_symlinks=False)
+            return stat.S_ISREG(info.st_mode)
+        except OSError:
+            return False
+
+
+@contextlib.contextmanager
+def opened_image(location: ImageLocation) -> Iterator[int | None]:
+    """The location's image directory, opened beneath its root following no symlink (the
+    storage is writable by others); None when there is none or it does not resolve there."""
+    from arch.checkpoint.beneath import open_beneath, opened_root
+
+    if not location.image_dir or not location.relative:
+        yield None
+        return
+    try:
+        with opened_root(location.root) as root_fd:
+            dir_fd = open_beneath(root_fd, location.relative)
+    except (OSError, ValueError):
+        yield None
+        return
+    try:
+        yield dir_fd
+    finally:
+        os.close(dir_fd)
 
 
 def recorded_location(
