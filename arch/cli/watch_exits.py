@@ -13,7 +13,7 @@ from typing import Any
 
 from arch.checkpoint.sweep import SWEEP_INTERVAL_SECONDS, sweep_host
 from arch.config import ConfigError, load_config
-from arch.container.exit_watch import ExitWatcher, StopRequest, find_ctr
+from arch.container.exit_watch import ExitWatcher, StopRequest, WatcherPresence, find_ctr
 from arch.log import setup_logging
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -66,10 +66,19 @@ def run(args: argparse.Namespace) -> int:
             for line in sweep_host(config, runc):
                 logger.info("clean-up: %s", line)
 
+    # Deletes wait for an exit status only while a watcher has announced itself here.
+    presence = WatcherPresence(config.state_dir, args.address)
+    try:
+        for stale in presence.announce():
+            logger.info("removed %s of an exit watcher that is gone", stale)
+    except OSError as error:
+        logger.warning("cannot announce the watcher in %s (deletes will not wait for exit "
+                       "statuses): %s", config.state_dir, error)  # fmt: skip
     try:
         ExitWatcher(ctr, args.address, config.state_dir, logger, stop, sweep,
                     args.sweep_interval).run()  # fmt: skip
     finally:
+        presence.withdraw()
         for number, handler in previous_handlers.items():
             signal.signal(number, handler)
         stop.close()

@@ -6,6 +6,10 @@ for every process that exits; `archctl watch-exits` follows `ctr events` (which 
 namespace, whatever its -n) and records the init process's status in the container's state
 (flag EXIT_STATUS). arch-runc's delete reads it with `wait_for_exit_status`.
 
+A running watcher announces itself in the state dir (`.exit-watcher-<pid>`: its pid, start time,
+boot and containerd address; see WatcherPresence). Without a live announcement no exit status
+can arrive, so a delete does not wait for one, and `archctl verify` says the watcher is missing.
+
 `ctr events` (containerd 1.6) prints one line per event:
     <Go time.String() timestamp> <namespace> <topic> <event as JSON>
 e.g.
@@ -20,10 +24,11 @@ machinery (subprocess, selectors, signal, json) is imported where it is used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arch.container.state import EXIT_STATUS, ContainerState, StateError
 
@@ -31,7 +36,6 @@ if TYPE_CHECKING:
     import logging
     import subprocess
     from collections.abc import Callable
-    from typing import Any
 
 TASK_EXIT_TOPIC = "/tasks/exit"
 CTR_NAME = "ctr"
@@ -50,6 +54,9 @@ _EVENT_LINE = re.compile(
 
 DEFAULT_WAIT_TIMEOUT = 2.0
 WAIT_INTERVAL = 0.01
+# `<state_dir>/.exit-watcher-<pid>`: dot-named, so never a namespace of the state dir.
+PRESENCE_PREFIX = ".exit-watcher-"
+PRESENCE_MAX_BYTES = 4096
 
 RETRY_DELAY_FIRST = 0.5
 RETRY_DELAY_MAX = 30.0
@@ -240,22 +247,145 @@ def wait_for_exit_status(
     """The recorded exit status of the container's init, polling up to `timeout` seconds.
 
     containerd publishes the exit event around the time it asks for delete, so the status can
-    arrive a little after the delete call. None when it stays unknown (no watcher, an event
-    missed while the watcher reconnected, a malformed value) or the state is gone.
+    arrive a little after the delete call. None when it stays unknown (an event missed while
+    the watcher reconnected, a malformed value) or the state is gone; at once when no watcher
+    runs for this state dir (nothing could record it).
     """
     deadline = time.monotonic() + timeout
+    value = state.get(EXIT_STATUS)
+    if value is None and not running_watchers(state.state_dir):
+        return None
     while True:
-        value = state.get(EXIT_STATUS)
         if value is not None:
             return _exit_status_value(value)
         if time.monotonic() >= deadline or not state.exists():
             return None
         time.sleep(WAIT_INTERVAL)
+        value = state.get(EXIT_STATUS)
 
 
 def _exit_status_value(text: str) -> int | None:
     stripped = text.strip()
     return int(stripped) if stripped.isdigit() else None
+
+
+# -- the watcher's presence -------------------------------------------------------------------
+
+
+class WatcherPresence:
+    """A watcher's announcement in the state dir: `.exit-watcher-<pid>` holding
+    {"pid", "start" (clock ticks after boot), "boot" (boot id), "address"}, written at start
+    and removed at stop. A file whose process is gone (a killed watcher) counts for nothing and
+    is removed by the next watcher's announce()."""
+
+    def __init__(self, state_dir: str, address: str) -> None:
+        from arch.runc.process_group import ProcessIdentity
+
+        self.state_dir = state_dir
+        self.address = address
+        self.identity = ProcessIdentity.own()
+        self.path = os.path.join(state_dir, f"{PRESENCE_PREFIX}{self.identity.pid}")
+
+    def announce(self) -> list[str]:
+        """Write this watcher's file; returns the stale files of dead watchers it removed."""
+        import json
+
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        removed = _remove_dead_presences(self.state_dir)
+        document = {
+            "pid": self.identity.pid,
+            "start": self.identity.start,
+            "boot": _boot_id(),
+            "address": self.address,
+        }
+        temp = f"{self.path}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, 0o600)
+        try:
+            os.write(fd, json.dumps(document).encode("utf-8"))
+        finally:
+            os.close(fd)
+        os.replace(temp, self.path)
+        return removed
+
+    def withdraw(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return
+
+
+def running_watchers(state_dir: str) -> list[dict[str, Any]]:
+    """The announcements of watchers that run now for `state_dir` (pid + start time + boot)."""
+    return [document for document, alive in _presences(state_dir) if alive]
+
+
+def _presences(state_dir: str) -> list[tuple[dict[str, Any], bool]]:
+    """(announcement, whether its process runs) of every presence file in the state dir."""
+    try:
+        names = [name for name in os.listdir(state_dir) if _is_presence_name(name)]
+    except OSError:
+        return []
+    found = []
+    for name in sorted(names):
+        document = _read_presence(os.path.join(state_dir, name))
+        if document is not None:
+            document["file"] = name
+            found.append((document, _presence_alive(document)))
+    return found
+
+
+def _is_presence_name(name: str) -> bool:
+    return name.startswith(PRESENCE_PREFIX) and name[len(PRESENCE_PREFIX) :].isdigit()
+
+
+def _read_presence(path: str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, PRESENCE_MAX_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _presence_alive(document: dict[str, Any]) -> bool:
+    from arch.runc.process_group import ProcessIdentity
+
+    pid, start = document.get("pid"), document.get("start")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    if isinstance(start, bool) or not isinstance(start, int):
+        return False
+    return document.get("boot") == _boot_id() and ProcessIdentity(pid, start).alive()
+
+
+def _remove_dead_presences(state_dir: str) -> list[str]:
+    removed = []
+    for document, alive in _presences(state_dir):
+        if not alive:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(state_dir, document["file"]))
+            removed.append(str(document["file"]))
+    return removed
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            return boot.read().strip()
+    except OSError:
+        return ""
 
 
 # -- the watcher ------------------------------------------------------------------------------

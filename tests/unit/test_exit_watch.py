@@ -3,6 +3,7 @@ delete path's wait, and the watcher loop driven by a fake `ctr` (no containerd n
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -12,7 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +25,16 @@ from arch.container.exit_watch import (
     ExitWatcher,
     StopRequest,
     TaskExit,
+    WatcherPresence,
     find_ctr,
     parse_event_line,
     record_exit,
+    running_watchers,
     task_exit_from_line,
     wait_for_exit_status,
 )
 from arch.container.state import EXIT_STATUS, ContainerState
+from arch.runc.process_group import ProcessIdentity
 
 # Captured verbatim from `ctr --address <private node> events` (containerd 1.6.20, Debian 12).
 EXIT_0 = (
@@ -280,10 +284,81 @@ def test_an_exit_of_another_pid_is_not_this_instance(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> ContainerState:
+def state(tmp_path: Path) -> Iterator[ContainerState]:
+    """A container's state in a state dir where a watcher (this test process) announced itself."""
     container = ContainerState(str(tmp_path), "default", "c1")
     container.write_record({})
-    return container
+    presence = WatcherPresence(str(tmp_path), "/x.sock")
+    presence.announce()
+    yield container
+    presence.withdraw()
+
+
+def no_sleeping(*_args: object) -> None:
+    raise AssertionError("waited for an exit status although no watcher could record one")
+
+
+def test_without_a_watcher_delete_does_not_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container = ContainerState(str(tmp_path), "default", "c1")
+    container.write_record({})
+    monkeypatch.setattr(exit_watch.time, "sleep", no_sleeping)
+    assert running_watchers(str(tmp_path)) == []
+    assert wait_for_exit_status(container, timeout=600) is None
+
+
+def test_without_a_watcher_a_recorded_status_is_still_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container = ContainerState(str(tmp_path), "default", "c1")
+    container.set(EXIT_STATUS, "3")
+    monkeypatch.setattr(exit_watch.time, "sleep", no_sleeping)
+    assert wait_for_exit_status(container, timeout=600) == 3
+
+
+def dead_process_presence(state_dir: Path) -> Path:
+    """The presence file of a watcher that was SIGKILLed (it could not withdraw it)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    identity = ProcessIdentity.of(process.pid)
+    assert identity is not None
+    process.kill()
+    process.wait()
+    path = state_dir / f"{exit_watch.PRESENCE_PREFIX}{process.pid}"
+    document = {"pid": identity.pid, "start": identity.start, "boot": exit_watch._boot_id(),
+                "address": "/x.sock"}  # fmt: skip
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_the_presence_of_a_dead_watcher_counts_for_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale = dead_process_presence(tmp_path)
+    container = ContainerState(str(tmp_path), "default", "c1")
+    container.write_record({})
+    monkeypatch.setattr(exit_watch.time, "sleep", no_sleeping)
+    assert running_watchers(str(tmp_path)) == []
+    assert wait_for_exit_status(container, timeout=600) is None
+    presence = WatcherPresence(str(tmp_path), "/y.sock")
+    assert presence.announce() == [stale.name]
+    assert not stale.exists()
+    announced = running_watchers(str(tmp_path))
+    assert [(w["pid"], w["address"]) for w in announced] == [(os.getpid(), "/y.sock")]
+    presence.withdraw()
+    assert running_watchers(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not json", b"[1]", b'{"pid": true, "start": 1, "boot": "x"}',
+     b'{"pid": 1, "start": "1"}'],
+)  # fmt: skip
+def test_unreadable_presence_files_count_for_nothing(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / f"{exit_watch.PRESENCE_PREFIX}1").write_bytes(content)
+    (tmp_path / f"{exit_watch.PRESENCE_PREFIX}x").write_bytes(content)
+    assert running_watchers(str(tmp_path)) == []
 
 
 def test_wait_returns_a_recorded_status_at_once(state: ContainerState) -> None:
@@ -539,6 +614,8 @@ def test_archctl_watch_exits_runs_until_sigterm(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         assert wait_for(lambda: recorded.get(EXIT_STATUS) == "137"), watcher.poll()
+        announced = running_watchers(str(state_dir))
+        assert [(w["pid"], w["address"]) for w in announced] == [(watcher.pid, "/x.sock")]
         watcher.send_signal(signal.SIGTERM)
         output, _ = watcher.communicate(timeout=10)
     finally:
@@ -552,6 +629,8 @@ def test_archctl_watch_exits_runs_until_sigterm(tmp_path: Path) -> None:
     log = log_file.read_text()
     assert "recorded exit status 137 of default/killed" in log
     assert "exit watcher stopped" in log
+    assert running_watchers(str(state_dir)) == []
+    assert not [p for p in os.listdir(state_dir) if p.startswith(exit_watch.PRESENCE_PREFIX)]
 
 
 def test_archctl_watch_exits_fails_on_a_bad_config(tmp_path: Path) -> None:
