@@ -171,19 +171,38 @@ def check_containerd_service(target: VerifyTarget) -> CheckResult:
 
 
 def check_exit_watcher(target: VerifyTarget) -> CheckResult:
-    """A running `archctl watch-exits` on this containerd: without it no exit status is recorded
-    and delete keeps every image."""
-    watchers = exit_watchers()
-    # A watcher started without --address follows $CONTAINERD_ADDRESS or the default socket:
-    # taken as this host's.
-    pids = [pid for pid, address in watchers if address in (None, target.containerd_address)]
+    """A running `archctl watch-exits` on this containerd that records into this host's state
+    dir: without it no exit status is recorded, delete keeps every image, and deletes do not
+    wait for a status (arch.container.exit_watch.WatcherPresence)."""
+    from arch.container.exit_watch import running_watchers
+
+    state_dir = target.config.state_dir
+    announced = running_watchers(state_dir)
+    pids = [w["pid"] for w in announced if w.get("address") == target.containerd_address]
     if pids:
         pid_list = ", ".join(map(str, pids))
         return CheckResult("exit watcher", OK, f"archctl watch-exits running (pid {pid_list})")
     detail = EXIT_WATCHER_MISSING
-    others = sorted({address for _, address in watchers if address is not None})
+    scanned = exit_watchers()
+    others = sorted(
+        {str(w.get("address")) for w in announced}
+        | {address for _, address in scanned if address is not None}
+        - {target.containerd_address}
+    )
     if others:
         detail += f"; watchers run only for other containerd sockets: {', '.join(others)}"
+    # A watcher started without --address follows $CONTAINERD_ADDRESS or the default socket.
+    unannounced = [
+        pid
+        for pid, address in scanned
+        if address in (None, target.containerd_address)
+        and pid not in {w["pid"] for w in announced}
+    ]
+    if unannounced:
+        detail += (
+            f"; archctl watch-exits (pid {', '.join(map(str, unannounced))}) does not record into "
+            f"{state_dir}: another arch.toml, or an older ARCH (restart arch-exit-watch)"
+        )
     return CheckResult("exit watcher", FAIL, detail)
 
 

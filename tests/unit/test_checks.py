@@ -163,10 +163,24 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=10)
 
 
+def announce(state_dir: Path, process: subprocess.Popen[bytes], address: str) -> None:
+    """Write the presence file `archctl watch-exits` writes, for the fake watcher `process`."""
+    from arch.container import exit_watch
+    from arch.runc.process_group import ProcessIdentity
+
+    identity = ProcessIdentity.of(process.pid)
+    assert identity is not None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    document = {"pid": identity.pid, "start": identity.start, "boot": exit_watch._boot_id(),
+                "address": address}  # fmt: skip
+    (state_dir / f"{exit_watch.PRESENCE_PREFIX}{process.pid}").write_text(json.dumps(document))
+
+
 def test_exit_watcher_running_for_this_containerd_is_ok(tmp_path: Path) -> None:
     verify_target = target(tmp_path, None)
     watcher = start_fake_watcher("--address", verify_target.containerd_address, "watch-exits")
     try:
+        announce(tmp_path / "state", watcher, verify_target.containerd_address)
         result = checks.check_exit_watcher(verify_target)
         assert result.status == checks.OK
         assert str(watcher.pid) in result.detail
@@ -174,10 +188,35 @@ def test_exit_watcher_running_for_this_containerd_is_ok(tmp_path: Path) -> None:
         stop_process(watcher)
 
 
+def test_exit_watcher_that_records_elsewhere_fails(tmp_path: Path) -> None:
+    """A watcher of this containerd that does not announce itself in this host's state dir
+    (another arch.toml, an older ARCH): deletes here would not wait for it."""
+    verify_target = target(tmp_path, None)
+    watcher = start_fake_watcher("--address", verify_target.containerd_address, "watch-exits")
+    try:
+        announce(tmp_path / "other-state", watcher, verify_target.containerd_address)
+        result = checks.check_exit_watcher(verify_target)
+        assert result.status == checks.FAIL
+        assert f"(pid {watcher.pid}) does not record into {tmp_path / 'state'}" in result.detail
+    finally:
+        stop_process(watcher)
+
+
+def test_announcement_of_a_dead_watcher_counts_for_nothing(tmp_path: Path) -> None:
+    verify_target = target(tmp_path, None)
+    watcher = start_fake_watcher("--address", verify_target.containerd_address, "watch-exits")
+    announce(tmp_path / "state", watcher, verify_target.containerd_address)
+    stop_process(watcher)
+    result = checks.check_exit_watcher(verify_target)
+    assert result.status == checks.FAIL
+    assert result.detail.startswith(checks.EXIT_WATCHER_MISSING)
+
+
 def test_exit_watcher_for_another_containerd_fails(tmp_path: Path) -> None:
     other_socket = str(tmp_path / "other.sock")
     watcher = start_fake_watcher(f"--address={other_socket}", "watch-exits")
     try:
+        announce(tmp_path / "state", watcher, other_socket)
         assert (watcher.pid, other_socket) in checks.exit_watchers()
         result = checks.check_exit_watcher(target(tmp_path, None))
         assert result.status == checks.FAIL
