@@ -248,7 +248,7 @@ def criu_seconds(image: Path) -> float | None:
 
 def python_start_seconds(rounds: int = 10) -> float:
     """The interpreter plus the imports of arch-runc's checkpoint path."""
-    code = "import arch.shim.main, arch.shim.lifecycle, arch.checkpoint.handler"
+    code = "import arch.shim.main, arch.shim.lifecycle, arch.checkpoint.checkpoint_job"
     samples = []
     for _ in range(rounds):
         began = time.monotonic()

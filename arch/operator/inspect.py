@@ -250,7 +250,7 @@ def _checksum_check(image: Any) -> Check:
 
 
 def _cpu_check(image: Any, config: HostConfig) -> Check:
-    from arch.checkpoint.handler import CpuCheck
+    from arch.checkpoint.cpu_check import CpuCheck
     from arch.runc.binary_facts import CPUINFO_IMAGE
 
     if not os.path.exists(os.path.join(image.path, CPUINFO_IMAGE)):

@@ -210,7 +210,7 @@ def handle_create(call: Call) -> int:
     state.remove_all()
     instance = new_instance(call.command.get("pid-file"))
     _write_record(state, location, bundle, instance)
-    from arch.checkpoint.handler import RollbackFailed
+    from arch.checkpoint.restore_job import RollbackFailed
 
     try:
         if location.pool_dir is not None:
@@ -355,8 +355,8 @@ def _restore_from(
     call: Call, bundle: Bundle, location: ImageLocation, state: ContainerState
 ) -> str:
     from arch.checkpoint.beneath import opened_root
-    from arch.checkpoint.handler import RestoreJob, RestoreRefused, RollbackFailed
     from arch.checkpoint.metadata import ImageMissing, InvalidImage
+    from arch.checkpoint.restore_job import RestoreJob, RestoreRefused, RollbackFailed
     from arch.checkpoint.signing import ImageKeyError
     from arch.checkpoint.store import cleanup_leftovers_of, recover
     from arch.checkpoint.validation import validate_beneath
@@ -453,7 +453,7 @@ def image_key(config: HostConfig) -> bytes | None:
 
 
 def handle_checkpoint(call: Call) -> int:
-    from arch.checkpoint.handler import CheckpointFailed
+    from arch.checkpoint.checkpoint_job import CheckpointFailed
 
     state = call.state()
     location = location_of(state)
@@ -486,7 +486,7 @@ def _checkpoint(
 ) -> str:
     """Checkpoint and stop the container; where its image is published. CheckpointFailed
     leaves it running. The caller holds the container's checkpoint lock."""
-    from arch.checkpoint.handler import CheckpointFailed, CheckpointJob
+    from arch.checkpoint.checkpoint_job import CheckpointFailed, CheckpointJob
     from arch.checkpoint.signing import ImageKeyError
     from arch.container.interrupted import CHECKPOINT, Operation
 
@@ -535,7 +535,7 @@ def handle_kill(call: Call) -> int:
     caller's stop timeout starts after it. If the checkpoint fails, the signal is delivered as
     asked: the stop must still stop the container.
     """
-    from arch.checkpoint.handler import CheckpointFailed
+    from arch.checkpoint.checkpoint_job import CheckpointFailed
     from arch.runc.parser import parse
     from arch.spot.notice import notice_active
 

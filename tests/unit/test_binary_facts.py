@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from arch.checkpoint.handler import CpuCheck
+from arch.checkpoint.cpu_check import CpuCheck
 from arch.checkpoint.metadata import ContainerEssentials, CpuInfo, FilesystemInfo, ImageMetadata
 from arch.checkpoint.validation import ValidImage
 from arch.runc import binary_facts

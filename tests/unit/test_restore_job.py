@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from arch.checkpoint import filesystem, handler
+from arch.checkpoint import filesystem, restore_job
 from arch.checkpoint.filesystem import LayerError
-from arch.checkpoint.handler import RestoreJob, RestoreRefused, RollbackFailed
 from arch.checkpoint.metadata import ContainerEssentials, FilesystemInfo, ImageMetadata
+from arch.checkpoint.restore_job import RestoreJob, RestoreRefused, RollbackFailed
 from arch.checkpoint.validation import ValidImage
 from arch.container.bundle import Bundle
 from arch.container.interrupted import OPERATION_FLAG, Operation
@@ -70,7 +70,7 @@ def job(
     tmp_path: Path, runc: Runc, journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> RestoreJob:
     monkeypatch.setattr(filesystem, "apply_layer", lambda *args, **kwargs: journal)
-    monkeypatch.setattr(handler, "job_differences", lambda *args: [])  # the same job
+    monkeypatch.setattr(restore_job, "job_differences", lambda *args: [])  # the same job
     monkeypatch.setattr(RestoreJob, "_verify_criu_files", lambda self, names: None)
     metadata = ImageMetadata.new(
         namespace="default", container_id="c1", checkpoint_id="c1", runc_version="1",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from arch.checkpoint import handler
+from arch.checkpoint import checkpoint_job
 
 
 class FakeStatvfs:
@@ -19,7 +19,7 @@ class FakeStatvfs:
 def test_full_storage_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(os, "statvfs", lambda path: FakeStatvfs(free_blocks=3))
 
-    note = handler.storage_full_note(str(tmp_path))
+    note = checkpoint_job.storage_full_note(str(tmp_path))
 
     assert "No space left on device" in note
     assert "12 KiB free" in note
@@ -28,8 +28,8 @@ def test_full_storage_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_storage_with_room_adds_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(os, "statvfs", lambda path: FakeStatvfs(free_blocks=1 << 20))
 
-    assert handler.storage_full_note(str(tmp_path)) == ""
+    assert checkpoint_job.storage_full_note(str(tmp_path)) == ""
 
 
 def test_unreadable_storage_adds_nothing(tmp_path: Path) -> None:
-    assert handler.storage_full_note(str(tmp_path / "gone")) == ""
+    assert checkpoint_job.storage_full_note(str(tmp_path / "gone")) == ""

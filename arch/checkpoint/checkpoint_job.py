@@ -1,33 +1,24 @@
-"""Checkpoint and restore of one opted-in container.
+"""Checkpoint of one opted-in container.
 
-Checkpoint: with the container's processes frozen (paused by the caller, or by ARCH), capture
-its filesystem changes, let runc/CRIU dump and stop it, and publish the image atomically. Any
+With the container's processes frozen (paused by the caller, or by ARCH), capture its
+filesystem changes, let runc/CRIU dump and stop it, and publish the image atomically. Any
 failure discards the staging directory and leaves the container running.
-
-Restore: validate the image and what this host would break, apply the filesystem changes to the
-new container's rootfs, then `runc restore --detach` with create's own options. Any failure
-rolls the filesystem back and removes what runc left, so the caller can create fresh.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from arch.checkpoint import criu_options
 from arch.checkpoint.beneath import opened_root
+from arch.checkpoint.criu_log import log_tail
 from arch.checkpoint.image_fingerprint import rootfs_fingerprint
 from arch.checkpoint.job_identity import JobIdentity
 from arch.checkpoint.layer_capture import capture_layer
 from arch.checkpoint.layer_common import LayerError
-from arch.checkpoint.lease import Lease
 from arch.checkpoint.metadata import (
     ContainerEssentials,
     FilesystemInfo,
@@ -37,18 +28,13 @@ from arch.checkpoint.metadata import (
 )
 from arch.checkpoint.overlay_mount import find_overlay_layers
 from arch.checkpoint.store import ImageStaging, PublishError, cleanup_leftovers_of
-from arch.checkpoint.sweep import RESTORE_WORK_PREFIX
-from arch.checkpoint.validation import ValidImage, verify_criu_files
+from arch.checkpoint.validation import ValidImage
 from arch.runc import binary_facts
 from arch.runc.binary_facts import CPUINFO_IMAGE
-from arch.runc.process_group import dies_with_this_process
 from arch.runc.runtime import RuncError, RuncTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection
 
-    from arch.checkpoint.layer_journal import Journal
-    from arch.container.bundle import Bundle
     from arch.container.identity import ImageLocation
     from arch.container.interrupted import Operation
     from arch.runc.parser import RuncCommand
@@ -56,12 +42,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("arch")
 
-LOG_TAIL_LINES = 12
-LOG_READ_BYTES = 256 * 1024
-CPUINFO_READ_LIMIT = 1 << 20  # CRIU's cpuinfo.img is a few hundred bytes
-# What runc create --pidfd-socket sends with the init's pidfd (runc 1.2+, libcontainer setupPidfd).
-PIDFD_MESSAGE = b"standard"
-PIDFD_SOCKET_TIMEOUT = 30.0
 # Less free space than this where a dump failed: the storage filled up.
 STORAGE_FULL_BYTES = 1024 * 1024
 
@@ -75,37 +55,6 @@ class CheckpointFailed(Exception):
     def __init__(self, message: str, reason: str = "other") -> None:
         super().__init__(message)
         self.reason = reason
-
-
-class RestoreRefused(Exception):
-    """The image cannot be restored here; the container is to be created fresh.
-
-    `reason` is one of arch.metrics.REASONS (what the refusal is counted as).
-    """
-
-    def __init__(self, message: str, reason: str = "other") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class RollbackFailed(Exception):
-    """A restore failed and its filesystem changes could not be undone: a fresh create on
-    that rootfs would start the job on a mix of two filesystems, so the create fails."""
-
-
-def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
-    """A CRIU log's first error lines (the cause) and its last lines, for error messages."""
-    try:
-        with open(path, "rb") as log_file:
-            log_file.seek(0, os.SEEK_END)
-            log_file.seek(max(0, log_file.tell() - LOG_READ_BYTES))
-            text = log_file.read().decode("utf-8", "replace")
-    except OSError:
-        return f"({path} unreadable)"
-    all_lines = text.splitlines()
-    errors = [line for line in all_lines if "Error (" in line][:3]
-    tail = [line for line in all_lines[-lines:] if line not in errors]
-    return "\n".join([*errors, "...", *tail] if errors else tail)
 
 
 class CheckpointJob:
@@ -389,269 +338,3 @@ def _job_identity(bundle_path: str, rootfs: str) -> JobIdentity:
         return JobIdentity.of(Bundle.load(bundle_path).spec, rootfs_fingerprint(rootfs))
     except (BundleError, OSError, LayerError) as error:
         raise CheckpointFailed(f"cannot record the job's identity: {error}") from error
-
-
-def job_differences(image: ValidImage, bundle: Bundle) -> list[str]:
-    """The identity fields in which the container being created differs from the image's job."""
-    identity = image.metadata.identity
-    if identity is None:  # parsing refuses such images; kept for a clear message regardless
-        return ["identity (not recorded)"]
-    try:
-        fingerprint = rootfs_fingerprint(bundle.rootfs)
-    except (OSError, LayerError) as error:
-        raise RestoreRefused(
-            f"cannot fingerprint the container image: {error}", "filesystem"
-        ) from error
-    return identity.differences(bundle.spec, fingerprint)
-
-
-class RestoreJob:
-    """Turn one `runc create` into `runc restore --detach` from a validated image."""
-
-    def __init__(
-        self,
-        runc: Runc,
-        create: RuncCommand,
-        bundle: Bundle,
-        image: ValidImage,
-        container_id: str,
-        scratch_dir: str,
-        operation: Operation,
-        binary_facts_dir: str | None = None,
-    ) -> None:
-        self.runc = runc
-        self.create = create
-        self.binary_facts_dir = binary_facts_dir  # remembered CPU checks (binary_facts)
-        self.bundle = bundle
-        self.image = image
-        self.container_id = container_id
-        self.scratch_dir = scratch_dir
-        self.operation = operation  # what a later call needs if this arch-runc is killed
-        self.restored = False  # runc restore succeeded: the container exists in runc
-
-    def run(self) -> None:
-        """Restore the container, or raise RestoreRefused with everything rolled back
-        (RollbackFailed when the filesystem could not be put back)."""
-        preserved = self.create.get("preserve-fds")
-        if preserved not in (None, "0"):
-            # runc restore has no --preserve-fds: the restored process gets the descriptors of
-            # its checkpoint, never the ones this create passes.
-            raise RestoreRefused(
-                f"create passes extra file descriptors (--preserve-fds={preserved}), which a "
-                "restored process cannot receive",
-                "host_mismatch",
-            )
-        differing = job_differences(self.image, self.bundle)
-        if differing:
-            raise RestoreRefused(
-                "the image was taken from another job: it differs in " + ", ".join(differing),
-                "job_mismatch",
-            )
-        problems = missing_bind_sources(self.bundle) + missing_mounts(self.image, self.bundle)
-        if problems:
-            raise RestoreRefused("; ".join(problems), "host_mismatch")
-        # Files with a recorded sha256 are checked before they are read: cpuinfo.img now, the
-        # other CRIU files while the filesystem changes apply.
-        self._verify_criu_files((CPUINFO_IMAGE,))
-        # Runs while the files apply.
-        cpu_check = CpuCheck.start(self.image, self.runc.criu, self.operation.helper_started,
-                                   self.binary_facts_dir)
-        os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
-        work_dir = tempfile.mkdtemp(prefix=RESTORE_WORK_PREFIX, dir=self.scratch_dir)
-        self.operation.begin(bundle=self.bundle.path, work_dir=work_dir)
-        lease = Lease(work_dir).start()  # the sweep removes work dirs of dead restores only
-        others = [f.name for f in self.image.metadata.criu_files if f.name != CPUINFO_IMAGE]
-        try:
-            with ThreadPoolExecutor(max_workers=1) as background:
-                digests = background.submit(self._verify_criu_files, others)
-                journal = self._apply_filesystem()
-                try:
-                    digests.result()
-                    problems = cpu_check.problems()
-                    if problems:
-                        raise RestoreRefused("; ".join(problems), "host_mismatch")
-                    self._restore_processes(work_dir)
-                except BaseException as failure:
-                    if journal is not None:
-                        try:
-                            journal.rollback()
-                        except (OSError, LayerError) as error:
-                            cause = str(failure).splitlines()[0] if str(failure) else "failed"
-                            raise RollbackFailed(f"{cause}; {error}") from error
-                    raise
-                if journal is not None:
-                    try:
-                        journal.commit()
-                    except (OSError, LayerError) as error:
-                        logger.warning("restore %s: dropping the rollback record: %s",
-                                       self.container_id, error)  # fmt: skip
-        finally:
-            cpu_check.problems()  # reaped in every case
-            lease.stop()
-            shutil.rmtree(work_dir, ignore_errors=True)
-
-    def _verify_criu_files(self, names: Collection[str]) -> None:
-        try:
-            verify_criu_files(self.image, names)
-        except (InvalidImage, OSError) as error:
-            raise RestoreRefused(
-                f"image file check failed: {error}", "invalid_image"
-            ) from error
-
-    def _apply_filesystem(self) -> Journal | None:
-        # Imported here: a checkpoint (and its caller, waiting) needs none of it.
-        from arch.checkpoint.archive_policy import ArchivePolicy
-        from arch.checkpoint.filesystem import apply_layer
-
-        filesystem = self.image.metadata.filesystem
-        tar_path = self.image.tar_path
-        if filesystem.mode != "overlay" or tar_path is None:
-            return None
-        assert filesystem.sha256 is not None and filesystem.size is not None
-        try:
-            return apply_layer(
-                tar_path,
-                self.bundle.rootfs,
-                filesystem.sha256,
-                filesystem.size,
-                policy=ArchivePolicy.from_spec(self.bundle.spec),
-            )
-        except (OSError, LayerError) as error:
-            raise RestoreRefused(
-                f"filesystem changes not applied: {error}", "filesystem"
-            ) from error
-
-    def _restore_processes(self, work_dir: str) -> None:
-        restore = (
-            self.create.with_subcommand("restore", drop_unsupported=True)
-            .with_option("detach")
-            .with_option("image-path", self.image.path)
-            .with_option("work-path", work_dir)
-        )
-        for option in self.image.metadata.criu_options:
-            name, _, value = option.lstrip("-").partition("=")
-            restore = restore.with_option(name, value or None)
-        args = self.runc.subcommand_args(restore)
-        status = self.runc.run_guarded(args, self.operation.runc_started, capture=False).status
-        self.restored = status == 0
-        if status != 0:
-            tail = log_tail(os.path.join(work_dir, "restore.log"))
-            leftover = self.runc.delete_force(self.container_id)
-            if leftover.status == 0:
-                logger.info("restore %s: removed runc's partial container", self.container_id)
-            raise RestoreRefused(
-                f"runc restore exited {status}\nrestore.log (last lines):\n{tail}", "criu"
-            )
-        pidfd_socket = self.create.get("pidfd-socket")
-        if pidfd_socket is not None:
-            # runc restore has no --pidfd-socket: send the restored init's pidfd as create would.
-            try:
-                send_pidfd(pidfd_socket, int(self.runc.state(self.container_id)["pid"]))
-            except (OSError, RuncError, KeyError, TypeError, ValueError) as error:
-                self.runc.delete_force(self.container_id)
-                raise RestoreRefused(
-                    f"the restored container's pidfd could not be sent to {pidfd_socket}: {error}",
-                    "other",
-                ) from error
-
-
-def send_pidfd(socket_path: str, pid: int) -> None:
-    """What runc create --pidfd-socket does: connect to the caller's unix socket and send a
-    pidfd of the container's init (SCM_RIGHTS)."""
-    pidfd = os.pidfd_open(pid)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.settimeout(PIDFD_SOCKET_TIMEOUT)
-            connection.connect(socket_path)
-            socket.send_fds(connection, [PIDFD_MESSAGE], [pidfd])
-    finally:
-        os.close(pidfd)
-
-
-def missing_bind_sources(bundle: Bundle) -> list[str]:
-    return [
-        f"bind mount source {mount.get('source')} (for {mount.get('destination')}) does not exist"
-        for mount in bundle.mounts
-        if mount.get("type") == "bind" or "bind" in (mount.get("options") or [])
-        if not os.path.exists(str(mount.get("source", "")))
-    ]
-
-
-def missing_mounts(image: ValidImage, bundle: Bundle) -> list[str]:
-    """Mounts the checkpointed container had that the new one lacks (CRIU cannot restore)."""
-    present = {os.path.normpath(str(m.get("destination", ""))) for m in bundle.mounts}
-    return [
-        f"the image's container had a mount at {mount.destination} that the new one lacks"
-        for mount in image.metadata.container.mounts
-        if os.path.normpath(mount.destination) not in present
-    ]
-
-
-class CpuCheck:
-    """CRIU's verdict on whether this CPU has the features the image's processes may use.
-
-    `criu cpuinfo check` against the image's cpuinfo.img runs in the background from start().
-    """
-
-    def __init__(
-        self,
-        image: ValidImage,
-        process: subprocess.Popen[str] | None,
-        approval: binary_facts.CpuinfoApproval | None = None,
-    ) -> None:
-        self.image = image
-        self.process = process
-        self.approval = approval  # remembered if CRIU approves
-        self.verdict: list[str] | None = None
-
-    @classmethod
-    def start(
-        cls,
-        image: ValidImage,
-        criu: str,
-        on_start: Callable[[int], None] | None = None,
-        binary_facts_dir: str | None = None,
-    ) -> CpuCheck:
-        """`binary_facts_dir`: where an approval of the same cpuinfo.img by this CRIU on this
-        boot is remembered; such an image is not checked again."""
-        cpuinfo_path = os.path.join(image.path, CPUINFO_IMAGE)
-        approval = None
-        try:
-            with open(cpuinfo_path, "rb") as cpuinfo:
-                cpuinfo_sha256 = hashlib.sha256(cpuinfo.read(CPUINFO_READ_LIMIT)).hexdigest()
-            approval = binary_facts.CpuinfoApproval(criu, binary_facts_dir, cpuinfo_sha256)
-        except FileNotFoundError:
-            return cls(image, None)
-        except OSError as error:
-            logger.debug("cpuinfo check: %s not read: %s", cpuinfo_path, error)
-        if approval is not None and approval.given():
-            return cls(image, None)
-        process = subprocess.Popen(
-            [criu, "cpuinfo", "check", "--cpu-cap=cpu", "-D", image.path],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=dies_with_this_process(),
-        )
-        if on_start is not None:
-            on_start(process.pid)
-        return cls(image, process, approval)
-
-    def problems(self) -> list[str]:
-        if self.verdict is None:
-            self.verdict = self._wait()
-        return self.verdict
-
-    def _wait(self) -> list[str]:
-        if self.process is None:
-            return []
-        _, stderr = self.process.communicate(timeout=60)
-        if self.process.returncode == 0:
-            if self.approval is not None:
-                self.approval.remember()
-            return []
-        recorded, here = self.image.metadata.cpu, host_cpu_summary()
-        missing = sorted(set(recorded.flags) - set(here.flags)) if recorded and here else []
-        detail = f" (missing here: {' '.join(missing)})" if missing else ""
-        return [f"`criu cpuinfo check` refuses this CPU{detail}: {stderr.strip()[-500:]}"]

@@ -1,0 +1,254 @@
+"""Restore of one opted-in container.
+
+Validate the image and what this host would break, apply the filesystem changes to the
+new container's rootfs, then `runc restore --detach` with create's own options. Any failure
+rolls the filesystem back and removes what runc left, so the caller can create fresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from arch.checkpoint.cpu_check import CpuCheck
+from arch.checkpoint.criu_log import log_tail
+from arch.checkpoint.image_fingerprint import rootfs_fingerprint
+from arch.checkpoint.layer_common import LayerError
+from arch.checkpoint.lease import Lease
+from arch.checkpoint.metadata import InvalidImage
+from arch.checkpoint.sweep import RESTORE_WORK_PREFIX
+from arch.checkpoint.validation import ValidImage, verify_criu_files
+from arch.runc.binary_facts import CPUINFO_IMAGE
+from arch.runc.runtime import RuncError
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    from arch.checkpoint.layer_journal import Journal
+    from arch.container.bundle import Bundle
+    from arch.container.interrupted import Operation
+    from arch.runc.parser import RuncCommand
+    from arch.runc.runtime import Runc
+
+logger = logging.getLogger("arch")
+
+# What runc create --pidfd-socket sends with the init's pidfd (runc 1.2+, libcontainer setupPidfd).
+PIDFD_MESSAGE = b"standard"
+PIDFD_SOCKET_TIMEOUT = 30.0
+
+
+class RestoreRefused(Exception):
+    """The image cannot be restored here; the container is to be created fresh.
+
+    `reason` is one of arch.metrics.REASONS (what the refusal is counted as).
+    """
+
+    def __init__(self, message: str, reason: str = "other") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RollbackFailed(Exception):
+    """A restore failed and its filesystem changes could not be undone: a fresh create on
+    that rootfs would start the job on a mix of two filesystems, so the create fails."""
+
+
+def job_differences(image: ValidImage, bundle: Bundle) -> list[str]:
+    """The identity fields in which the container being created differs from the image's job."""
+    identity = image.metadata.identity
+    if identity is None:  # parsing refuses such images; kept for a clear message regardless
+        return ["identity (not recorded)"]
+    try:
+        fingerprint = rootfs_fingerprint(bundle.rootfs)
+    except (OSError, LayerError) as error:
+        raise RestoreRefused(
+            f"cannot fingerprint the container image: {error}", "filesystem"
+        ) from error
+    return identity.differences(bundle.spec, fingerprint)
+
+
+class RestoreJob:
+    """Turn one `runc create` into `runc restore --detach` from a validated image."""
+
+    def __init__(
+        self,
+        runc: Runc,
+        create: RuncCommand,
+        bundle: Bundle,
+        image: ValidImage,
+        container_id: str,
+        scratch_dir: str,
+        operation: Operation,
+        binary_facts_dir: str | None = None,
+    ) -> None:
+        self.runc = runc
+        self.create = create
+        self.binary_facts_dir = binary_facts_dir  # remembered CPU checks (binary_facts)
+        self.bundle = bundle
+        self.image = image
+        self.container_id = container_id
+        self.scratch_dir = scratch_dir
+        self.operation = operation  # what a later call needs if this arch-runc is killed
+        self.restored = False  # runc restore succeeded: the container exists in runc
+
+    def run(self) -> None:
+        """Restore the container, or raise RestoreRefused with everything rolled back
+        (RollbackFailed when the filesystem could not be put back)."""
+        preserved = self.create.get("preserve-fds")
+        if preserved not in (None, "0"):
+            # runc restore has no --preserve-fds: the restored process gets the descriptors of
+            # its checkpoint, never the ones this create passes.
+            raise RestoreRefused(
+                f"create passes extra file descriptors (--preserve-fds={preserved}), which a "
+                "restored process cannot receive",
+                "host_mismatch",
+            )
+        differing = job_differences(self.image, self.bundle)
+        if differing:
+            raise RestoreRefused(
+                "the image was taken from another job: it differs in " + ", ".join(differing),
+                "job_mismatch",
+            )
+        problems = missing_bind_sources(self.bundle) + missing_mounts(self.image, self.bundle)
+        if problems:
+            raise RestoreRefused("; ".join(problems), "host_mismatch")
+        # Files with a recorded sha256 are checked before they are read: cpuinfo.img now, the
+        # other CRIU files while the filesystem changes apply.
+        self._verify_criu_files((CPUINFO_IMAGE,))
+        # Runs while the files apply.
+        cpu_check = CpuCheck.start(self.image, self.runc.criu, self.operation.helper_started,
+                                   self.binary_facts_dir)
+        os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
+        work_dir = tempfile.mkdtemp(prefix=RESTORE_WORK_PREFIX, dir=self.scratch_dir)
+        self.operation.begin(bundle=self.bundle.path, work_dir=work_dir)
+        lease = Lease(work_dir).start()  # the sweep removes work dirs of dead restores only
+        others = [f.name for f in self.image.metadata.criu_files if f.name != CPUINFO_IMAGE]
+        try:
+            with ThreadPoolExecutor(max_workers=1) as background:
+                digests = background.submit(self._verify_criu_files, others)
+                journal = self._apply_filesystem()
+                try:
+                    digests.result()
+                    problems = cpu_check.problems()
+                    if problems:
+                        raise RestoreRefused("; ".join(problems), "host_mismatch")
+                    self._restore_processes(work_dir)
+                except BaseException as failure:
+                    if journal is not None:
+                        try:
+                            journal.rollback()
+                        except (OSError, LayerError) as error:
+                            cause = str(failure).splitlines()[0] if str(failure) else "failed"
+                            raise RollbackFailed(f"{cause}; {error}") from error
+                    raise
+                if journal is not None:
+                    try:
+                        journal.commit()
+                    except (OSError, LayerError) as error:
+                        logger.warning("restore %s: dropping the rollback record: %s",
+                                       self.container_id, error)  # fmt: skip
+        finally:
+            cpu_check.problems()  # reaped in every case
+            lease.stop()
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _verify_criu_files(self, names: Collection[str]) -> None:
+        try:
+            verify_criu_files(self.image, names)
+        except (InvalidImage, OSError) as error:
+            raise RestoreRefused(
+                f"image file check failed: {error}", "invalid_image"
+            ) from error
+
+    def _apply_filesystem(self) -> Journal | None:
+        # Imported here: a checkpoint (and its caller, waiting) needs none of it.
+        from arch.checkpoint.archive_policy import ArchivePolicy
+        from arch.checkpoint.filesystem import apply_layer
+
+        filesystem = self.image.metadata.filesystem
+        tar_path = self.image.tar_path
+        if filesystem.mode != "overlay" or tar_path is None:
+            return None
+        assert filesystem.sha256 is not None and filesystem.size is not None
+        try:
+            return apply_layer(
+                tar_path,
+                self.bundle.rootfs,
+                filesystem.sha256,
+                filesystem.size,
+                policy=ArchivePolicy.from_spec(self.bundle.spec),
+            )
+        except (OSError, LayerError) as error:
+            raise RestoreRefused(
+                f"filesystem changes not applied: {error}", "filesystem"
+            ) from error
+
+    def _restore_processes(self, work_dir: str) -> None:
+        restore = (
+            self.create.with_subcommand("restore", drop_unsupported=True)
+            .with_option("detach")
+            .with_option("image-path", self.image.path)
+            .with_option("work-path", work_dir)
+        )
+        for option in self.image.metadata.criu_options:
+            name, _, value = option.lstrip("-").partition("=")
+            restore = restore.with_option(name, value or None)
+        args = self.runc.subcommand_args(restore)
+        status = self.runc.run_guarded(args, self.operation.runc_started, capture=False).status
+        self.restored = status == 0
+        if status != 0:
+            tail = log_tail(os.path.join(work_dir, "restore.log"))
+            leftover = self.runc.delete_force(self.container_id)
+            if leftover.status == 0:
+                logger.info("restore %s: removed runc's partial container", self.container_id)
+            raise RestoreRefused(
+                f"runc restore exited {status}\nrestore.log (last lines):\n{tail}", "criu"
+            )
+        pidfd_socket = self.create.get("pidfd-socket")
+        if pidfd_socket is not None:
+            # runc restore has no --pidfd-socket: send the restored init's pidfd as create would.
+            try:
+                send_pidfd(pidfd_socket, int(self.runc.state(self.container_id)["pid"]))
+            except (OSError, RuncError, KeyError, TypeError, ValueError) as error:
+                self.runc.delete_force(self.container_id)
+                raise RestoreRefused(
+                    f"the restored container's pidfd could not be sent to {pidfd_socket}: {error}",
+                    "other",
+                ) from error
+
+
+def send_pidfd(socket_path: str, pid: int) -> None:
+    """What runc create --pidfd-socket does: connect to the caller's unix socket and send a
+    pidfd of the container's init (SCM_RIGHTS)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(PIDFD_SOCKET_TIMEOUT)
+            connection.connect(socket_path)
+            socket.send_fds(connection, [PIDFD_MESSAGE], [pidfd])
+    finally:
+        os.close(pidfd)
+
+
+def missing_bind_sources(bundle: Bundle) -> list[str]:
+    return [
+        f"bind mount source {mount.get('source')} (for {mount.get('destination')}) does not exist"
+        for mount in bundle.mounts
+        if mount.get("type") == "bind" or "bind" in (mount.get("options") or [])
+        if not os.path.exists(str(mount.get("source", "")))
+    ]
+
+
+def missing_mounts(image: ValidImage, bundle: Bundle) -> list[str]:
+    """Mounts the checkpointed container had that the new one lacks (CRIU cannot restore)."""
+    present = {os.path.normpath(str(m.get("destination", ""))) for m in bundle.mounts}
+    return [
+        f"the image's container had a mount at {mount.destination} that the new one lacks"
+        for mount in image.metadata.container.mounts
+        if os.path.normpath(mount.destination) not in present
+    ]
