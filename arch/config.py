@@ -89,7 +89,7 @@ class HostConfig:
         self.criu_options = criu_options
         # Prometheus textfile-collector output of arch.metrics; "" turns metrics off.
         self.metrics_file = metrics_file
-        # The fleet's image signing key (arch.checkpoint.signing); None: images are not signed.
+        # The fleet's image signing key (checkpoint/image/signing.py); None: images are unsigned.
         self.image_key_file = image_key_file
 
     @property

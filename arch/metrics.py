@@ -44,7 +44,7 @@ REASONS = (
     "storage",  # the image could not be written, published or read
     "invalid_image",  # the image failed validation
     "host_mismatch",  # CPU features, mounts or versions this host lacks
-    "job_mismatch",  # the image was taken from another job (arch.checkpoint.job_identity)
+    "job_mismatch",  # the image was taken from another job (arch.checkpoint.image.job_identity)
     "timeout",
     "other",
 )

@@ -333,7 +333,7 @@ def _private_directory_problems(directory: str) -> list[str]:
 def check_signing(target: VerifyTarget, mountinfo: str | None = None) -> CheckResult:
     """Whether images are signed; a warning when unsigned images live on shared storage."""
     from arch.appliance.mounts import MOUNTINFO, filesystem_type, is_network_filesystem
-    from arch.checkpoint.signing import ImageKeyError, load_key
+    from arch.checkpoint.image.signing import ImageKeyError, load_key
 
     config = target.config
     if config.image_key_file is not None:

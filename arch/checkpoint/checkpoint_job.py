@@ -15,20 +15,20 @@ from typing import TYPE_CHECKING
 from arch.checkpoint import criu_options
 from arch.checkpoint.beneath import opened_root
 from arch.checkpoint.criu_log import log_tail
-from arch.checkpoint.image_fingerprint import rootfs_fingerprint
-from arch.checkpoint.job_identity import JobIdentity
-from arch.checkpoint.layer_capture import capture_layer
-from arch.checkpoint.layer_common import LayerError
-from arch.checkpoint.metadata import (
+from arch.checkpoint.image.fingerprint import rootfs_fingerprint
+from arch.checkpoint.image.job_identity import JobIdentity
+from arch.checkpoint.image.metadata import (
     ContainerEssentials,
     FilesystemInfo,
     ImageMetadata,
     InvalidImage,
     host_cpu_summary,
 )
+from arch.checkpoint.image.validation import ValidImage
+from arch.checkpoint.layer_capture import capture_layer
+from arch.checkpoint.layer_common import LayerError
 from arch.checkpoint.overlay_mount import find_overlay_layers
 from arch.checkpoint.store import ImageStaging, PublishError, cleanup_leftovers_of
-from arch.checkpoint.validation import ValidImage
 from arch.runc import binary_facts
 from arch.runc.binary_facts import CPUINFO_IMAGE
 from arch.runc.runtime import RuncError, RuncTimeout
@@ -75,7 +75,7 @@ class CheckpointJob:
         self.runc = runc
         self.command = command
         self.binary_facts_dir = binary_facts_dir  # runc's/CRIU's cached facts (binary_facts)
-        # With a key the image is signed (arch.checkpoint.signing).
+        # With a key the image is signed (arch.checkpoint.image.signing).
         self.image_key = image_key
         self.location = location
         self.container_id = container_id

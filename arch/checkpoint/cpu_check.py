@@ -11,8 +11,8 @@ import os
 import subprocess
 from typing import TYPE_CHECKING
 
-from arch.checkpoint.metadata import host_cpu_summary
-from arch.checkpoint.validation import ValidImage
+from arch.checkpoint.image.metadata import host_cpu_summary
+from arch.checkpoint.image.validation import ValidImage
 from arch.runc import binary_facts
 from arch.runc.binary_facts import CPUINFO_IMAGE
 from arch.runc.process_group import dies_with_this_process

@@ -104,7 +104,7 @@ def parse_claimed(name: str) -> ClaimedName | None:
 
 def is_pool_dir(path: str) -> bool:
     """Whether `path` is a pool directory: no image itself, and it holds pool entries."""
-    from arch.checkpoint.metadata import METADATA_FILE
+    from arch.checkpoint.image.metadata import METADATA_FILE
 
     if os.path.lexists(os.path.join(path, METADATA_FILE)):
         return False

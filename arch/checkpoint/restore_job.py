@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 from arch.checkpoint.cpu_check import CpuCheck
 from arch.checkpoint.criu_log import log_tail
-from arch.checkpoint.image_fingerprint import rootfs_fingerprint
+from arch.checkpoint.image.fingerprint import rootfs_fingerprint
+from arch.checkpoint.image.metadata import InvalidImage
+from arch.checkpoint.image.validation import ValidImage, verify_criu_files
 from arch.checkpoint.layer_common import LayerError
 from arch.checkpoint.lease import Lease
-from arch.checkpoint.metadata import InvalidImage
 from arch.checkpoint.sweep import RESTORE_WORK_PREFIX
-from arch.checkpoint.validation import ValidImage, verify_criu_files
 from arch.runc.binary_facts import CPUINFO_IMAGE
 from arch.runc.runtime import RuncError
 

@@ -33,28 +33,28 @@ from arch.checkpoint.beneath import (
     open_beneath,
     same_file,
 )
-from arch.checkpoint.lease import LEASE_FILE, Lease, is_held, lease_of
-from arch.checkpoint.metadata import (
+from arch.checkpoint.image.metadata import (
     METADATA_FILE,
     ROOTFS_TAR,
     SIGNATURE_FILE,
     CriuFile,
     InvalidImage,
 )
-from arch.checkpoint.signing import file_sha256, signature
-from arch.checkpoint.validation import (
+from arch.checkpoint.image.signing import file_sha256, signature
+from arch.checkpoint.image.validation import (
     OPEN_DIR,
     read_metadata_at,
     regular_entries,
     validate_contents,
     validate_entry,
 )
+from arch.checkpoint.lease import LEASE_FILE, Lease, is_held, lease_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from types import TracebackType
 
-    from arch.checkpoint.metadata import ImageMetadata
+    from arch.checkpoint.image.metadata import ImageMetadata
 
 STAGING_PREFIX = ".staging-"
 OLD_PREFIX = ".old-"

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from arch import bounded_json
 from arch.checkpoint import pool
 from arch.checkpoint.beneath import opened_root
-from arch.checkpoint.metadata import ImageMetadata, InvalidImage
+from arch.checkpoint.image.metadata import ImageMetadata, InvalidImage
+from arch.checkpoint.image.validation import read_metadata, validate
 from arch.checkpoint.readers import readers_of, stale_markers
 from arch.checkpoint.store import (
     LEFTOVER_PREFIXES,
@@ -41,7 +42,6 @@ from arch.checkpoint.store import (
     cleanup_stale,
     remove,
 )
-from arch.checkpoint.validation import read_metadata, validate
 from arch.container.identity import ImageLocation
 from arch.container.state import EXIT_STATUS, ContainerState, StateError, list_containers
 from arch.shim.lifecycle import CHECKPOINTED

@@ -13,15 +13,15 @@ import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arch.checkpoint import pool
-from arch.checkpoint.criu_images import CriuImageError, Process, read_process_tree
-from arch.checkpoint.metadata import (
+from arch.checkpoint.image.criu_images import CriuImageError, Process, read_process_tree
+from arch.checkpoint.image.metadata import (
     METADATA_FILE,
     SIGNATURE_FILE,
     ImageMetadata,
     ImageMissing,
     InvalidImage,
 )
-from arch.checkpoint.validation import read_metadata, validate, verify_tar_checksum
+from arch.checkpoint.image.validation import read_metadata, validate, verify_tar_checksum
 from arch.container.identity import ImagePathError, validate_checkpoint_id, validate_namespace
 from arch.operator.inventory import recorded_location, spec_env, spec_location
 
@@ -267,8 +267,8 @@ def _cpu_check(image: Any, config: HostConfig) -> Check:
 def _signature_check(path: str, config: HostConfig) -> Check:
     """With image_key_file, what a restore here verifies: metadata.sig over metadata.json, and
     every CRIU file against the sha256 the signed metadata records (the tar: see checksum)."""
-    from arch.checkpoint.signing import ImageKeyError, load_key
-    from arch.checkpoint.validation import verify_criu_files
+    from arch.checkpoint.image.signing import ImageKeyError, load_key
+    from arch.checkpoint.image.validation import verify_criu_files
 
     if not config.image_key_file:
         return Check("signature", SKIPPED, "no image_key_file configured: images are not verified")

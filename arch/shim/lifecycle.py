@@ -355,11 +355,11 @@ def _restore_from(
     call: Call, bundle: Bundle, location: ImageLocation, state: ContainerState
 ) -> str:
     from arch.checkpoint.beneath import opened_root
-    from arch.checkpoint.metadata import ImageMissing, InvalidImage
+    from arch.checkpoint.image.metadata import ImageMissing, InvalidImage
+    from arch.checkpoint.image.signing import ImageKeyError
+    from arch.checkpoint.image.validation import validate_beneath
     from arch.checkpoint.restore_job import RestoreJob, RestoreRefused, RollbackFailed
-    from arch.checkpoint.signing import ImageKeyError
     from arch.checkpoint.store import cleanup_leftovers_of, recover
-    from arch.checkpoint.validation import validate_beneath
     from arch.container.interrupted import RESTORE, Operation
     from arch.runc import binary_facts
 
@@ -447,7 +447,7 @@ def _skip_once(call: Call, flag: str) -> int:
 
 def image_key(config: HostConfig) -> bytes | None:
     """The image signing key of arch.toml's image_key_file; None when images are unsigned."""
-    from arch.checkpoint.signing import load_key
+    from arch.checkpoint.image.signing import load_key
 
     return None if config.image_key_file is None else load_key(config.image_key_file)
 
@@ -487,7 +487,7 @@ def _checkpoint(
     """Checkpoint and stop the container; where its image is published. CheckpointFailed
     leaves it running. The caller holds the container's checkpoint lock."""
     from arch.checkpoint.checkpoint_job import CheckpointFailed, CheckpointJob
-    from arch.checkpoint.signing import ImageKeyError
+    from arch.checkpoint.image.signing import ImageKeyError
     from arch.container.interrupted import CHECKPOINT, Operation
 
     started = time.monotonic()

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 
 from arch.checkpoint.cpu_check import CpuCheck
-from arch.checkpoint.metadata import ContainerEssentials, CpuInfo, FilesystemInfo, ImageMetadata
-from arch.checkpoint.validation import ValidImage
+from arch.checkpoint.image.metadata import (
+    ContainerEssentials,
+    CpuInfo,
+    FilesystemInfo,
+    ImageMetadata,
+)
+from arch.checkpoint.image.validation import ValidImage
 from arch.runc import binary_facts
 from tests.conftest import find_executable, unavailable
 

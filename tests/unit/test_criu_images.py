@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from arch.checkpoint.criu_images import (
+from arch.checkpoint.image.criu_images import (
     IMG_COMMON_MAGIC,
     PSTREE_MAGIC,
     CriuImageError,

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from arch.checkpoint import store, validation
+from arch.checkpoint import store
 from arch.checkpoint.beneath import NotBeneath, opened_root
-from arch.checkpoint.job_identity import JobIdentity
-from arch.checkpoint.metadata import (
+from arch.checkpoint.image import validation
+from arch.checkpoint.image.job_identity import JobIdentity
+from arch.checkpoint.image.metadata import (
     CRIU_DUMP_LOG,
     METADATA_FILE,
     ROOTFS_TAR,
@@ -27,6 +28,7 @@ from arch.checkpoint.metadata import (
     host_cpu_summary,
     parse_criu_version,
 )
+from arch.checkpoint.image.validation import read_metadata, validate, verify_tar_checksum
 from arch.checkpoint.store import (
     ImageStaging,
     LeftoverAction,
@@ -35,7 +37,6 @@ from arch.checkpoint.store import (
     recover,
     remove,
 )
-from arch.checkpoint.validation import read_metadata, validate, verify_tar_checksum
 from arch.container import oci_spec
 
 if TYPE_CHECKING:

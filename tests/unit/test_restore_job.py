@@ -13,9 +13,9 @@ import pytest
 
 from arch.checkpoint import filesystem, restore_job
 from arch.checkpoint.filesystem import LayerError
-from arch.checkpoint.metadata import ContainerEssentials, FilesystemInfo, ImageMetadata
+from arch.checkpoint.image.metadata import ContainerEssentials, FilesystemInfo, ImageMetadata
+from arch.checkpoint.image.validation import ValidImage
 from arch.checkpoint.restore_job import RestoreJob, RestoreRefused, RollbackFailed
-from arch.checkpoint.validation import ValidImage
 from arch.container.bundle import Bundle
 from arch.container.interrupted import OPERATION_FLAG, Operation
 from arch.container.state import ContainerState

@@ -1,7 +1,7 @@
 """What identifies a job, recorded in its image and compared before a create becomes a restore.
 
 An image restores only into the job it was taken from: the same command (process.args), working
-directory, user (uid, gid, additional gids), container image (arch.checkpoint.image_fingerprint)
+directory, user (uid, gid, additional gids), container image (arch.checkpoint.image.fingerprint)
 and environment, except the variables the platform sets per task or attempt and ARCH's own
 (PER_TASK_VARIABLES, ARCH_PREFIX; the README lists why each is there). Everything is read from
 config.json as runc reads it (arch.container.oci_spec), after ARCH's own shared-filesystem
@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from arch.checkpoint.metadata import InvalidImage
+from arch.checkpoint.image.metadata import InvalidImage
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from arch.checkpoint.job_identity import JobIdentity
+    from arch.checkpoint.image.job_identity import JobIdentity
 
-# 2: the job's identity is recorded and must match at restore (arch.checkpoint.job_identity).
+# 2: the job's identity is recorded and must match at restore (arch.checkpoint.image.job_identity).
 # Format 1 images lack it and are refused: an ARCH that knew only format 1 would restore a
 # format 2 image without comparing the identity, so the version had to change.
 FORMAT_VERSION = 2
 SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
 PRE_IDENTITY_FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
-# The MAC of metadata.json when images are signed (arch.checkpoint.signing).
+# The MAC of metadata.json when images are signed (arch.checkpoint.image.signing).
 SIGNATURE_FILE = "metadata.sig"
 ROOTFS_TAR = "rootfs-diff.tar"
 CRIU_INVENTORY = "inventory.img"
@@ -61,7 +61,7 @@ class ImageMissing(InvalidImage):
 class CriuFile:
     name: str
     size: int
-    # Recorded when images are signed (arch.checkpoint.signing), else None.
+    # Recorded when images are signed (arch.checkpoint.image.signing), else None.
     sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,7 +154,7 @@ class ImageMetadata:
     format_version: int = FORMAT_VERSION
     # CRIU options the dump used that the restore must repeat (arch.checkpoint.criu_options).
     criu_options: tuple[str, ...] = ()
-    # What identifies the job (arch.checkpoint.job_identity); always present in format 2.
+    # What identifies the job (arch.checkpoint.image.job_identity); always present in format 2.
     identity: JobIdentity | None = None
 
     @classmethod
@@ -281,7 +281,7 @@ class ImageMetadata:
         filesystem = _filesystem_from(_required(top, "filesystem", "metadata"))
         criu_files = _criu_files_from(_required(top, "process", "metadata"), filesystem)
         criu_options = _criu_options_from(top["process"])
-        from arch.checkpoint.job_identity import JobIdentity
+        from arch.checkpoint.image.job_identity import JobIdentity
 
         identity = JobIdentity.from_dict(_required(top, "identity", "metadata"))
         return cls(

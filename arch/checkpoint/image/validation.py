@@ -14,9 +14,9 @@ import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from arch.checkpoint import signing
 from arch.checkpoint.beneath import fd_path, open_beneath
-from arch.checkpoint.metadata import (
+from arch.checkpoint.image import signing
+from arch.checkpoint.image.metadata import (
     CRIU_DUMP_LOG,
     METADATA_FILE,
     SIGNATURE_FILE,
@@ -156,7 +156,7 @@ def validate_contents(dir_fd: int, key: bytes | None = None) -> ImageMetadata:
     """Everything `validate` checks about the files, against the metadata on disk.
 
     With a `key`, the signature is verified over the metadata's bytes before they are parsed,
-    and every file must have a recorded sha256 (arch.checkpoint.signing).
+    and every file must have a recorded sha256 (arch.checkpoint.image.signing).
     """
     entries = regular_entries(dir_fd)
     if METADATA_FILE not in entries:
