@@ -25,9 +25,9 @@ from arch.checkpoint.image.metadata import (
     host_cpu_summary,
 )
 from arch.checkpoint.image.validation import ValidImage
-from arch.checkpoint.layer_capture import capture_layer
-from arch.checkpoint.layer_common import LayerError
-from arch.checkpoint.overlay_mount import find_overlay_layers
+from arch.checkpoint.layer.capture import capture_layer
+from arch.checkpoint.layer.common import LayerError
+from arch.checkpoint.layer.overlay_mount import find_overlay_layers
 from arch.checkpoint.store import ImageStaging, PublishError, cleanup_leftovers_of
 from arch.runc import binary_facts
 from arch.runc.binary_facts import CPUINFO_IMAGE

@@ -20,7 +20,7 @@ from arch.checkpoint.criu_log import log_tail
 from arch.checkpoint.image.fingerprint import rootfs_fingerprint
 from arch.checkpoint.image.metadata import InvalidImage
 from arch.checkpoint.image.validation import ValidImage, verify_criu_files
-from arch.checkpoint.layer_common import LayerError
+from arch.checkpoint.layer.common import LayerError
 from arch.checkpoint.lease import Lease
 from arch.checkpoint.sweep import RESTORE_WORK_PREFIX
 from arch.runc.binary_facts import CPUINFO_IMAGE
@@ -29,7 +29,7 @@ from arch.runc.runtime import RuncError
 if TYPE_CHECKING:
     from collections.abc import Collection
 
-    from arch.checkpoint.layer_journal import Journal
+    from arch.checkpoint.layer.journal import Journal
     from arch.container.bundle import Bundle
     from arch.container.interrupted import Operation
     from arch.runc.parser import RuncCommand
@@ -167,8 +167,8 @@ class RestoreJob:
 
     def _apply_filesystem(self) -> Journal | None:
         # Imported here: a checkpoint (and its caller, waiting) needs none of it.
-        from arch.checkpoint.archive_policy import ArchivePolicy
-        from arch.checkpoint.filesystem import apply_layer
+        from arch.checkpoint.layer.filesystem import apply_layer
+        from arch.checkpoint.layer.policy import ArchivePolicy
 
         filesystem = self.image.metadata.filesystem
         tar_path = self.image.tar_path

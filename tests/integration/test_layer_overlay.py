@@ -21,15 +21,15 @@ from typing import Any
 
 import pytest
 
-from arch.checkpoint import layer_apply
-from arch.checkpoint.filesystem import (
+from arch.checkpoint.layer import apply
+from arch.checkpoint.layer.common import copy_range
+from arch.checkpoint.layer.filesystem import (
     ArchiveLimits,
     LayerError,
     apply_layer,
     capture_layer,
     find_overlay_layers,
 )
-from arch.checkpoint.layer_common import copy_range
 
 pytestmark = pytest.mark.root
 
@@ -511,7 +511,7 @@ def test_io_error_at_a_late_member_rolls_back(
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         copy_range(source_fd, offset, target_fd, count)
 
-    monkeypatch.setattr(layer_apply, "copy_range", failing_copy)
+    monkeypatch.setattr(apply, "copy_range", failing_copy)
 
     with pytest.raises(LayerError, match="Input/output error"):
         apply_layer(str(scenario.tar), str(target.merged), scenario.sha256, scenario.size)
@@ -647,7 +647,7 @@ def test_damaged_archive_is_refused_and_changes_nothing(
     target, _outside = image_target
     tar = tmp_path / "layer.tar"
     entries = [Entry("a", data=b"a" * 5000), Entry("b", data=b"b" * 5000)]
-    limits = layer_apply.DEFAULT_LIMITS
+    limits = apply.DEFAULT_LIMITS
     if damage == "oversized header":
         entries.append(Entry("c", pax=(("SCHILY.xattr.user.big", "v" * 4096),)))
         limits = ArchiveLimits(max_extended_header=2048)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from arch.checkpoint.archive_policy import ArchivePolicy, ArchiveRefused
-from arch.checkpoint.filesystem import apply_layer
+from arch.checkpoint.layer.filesystem import apply_layer
+from arch.checkpoint.layer.policy import ArchivePolicy, ArchiveRefused
 from arch.container.oci_spec import decode
 
 if TYPE_CHECKING:

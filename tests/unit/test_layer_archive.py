@@ -15,20 +15,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from arch.checkpoint.filesystem import (
+from arch.checkpoint.layer.common import (
+    escape_component,
+    format_pax_time,
+    parse_pax_time,
+    unescape_component,
+)
+from arch.checkpoint.layer.filesystem import (
     ArchiveLimits,
     LayerError,
     apply_layer,
     capture_layer,
     read_members,
 )
-from arch.checkpoint.layer_common import (
-    escape_component,
-    format_pax_time,
-    parse_pax_time,
-    unescape_component,
-)
-from arch.checkpoint.layer_members import Kind
+from arch.checkpoint.layer.members import Kind
 
 MTIME_NS = 1_700_000_000_987_654_321
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from arch.checkpoint.filesystem import (
+from arch.checkpoint.layer.filesystem import (
     LayerError,
     find_overlay_layers,
     parse_mountinfo_line,

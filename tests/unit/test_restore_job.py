@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from arch.checkpoint import filesystem, restore_job
-from arch.checkpoint.filesystem import LayerError
+from arch.checkpoint import restore_job
 from arch.checkpoint.image.metadata import ContainerEssentials, FilesystemInfo, ImageMetadata
 from arch.checkpoint.image.validation import ValidImage
+from arch.checkpoint.layer import filesystem
+from arch.checkpoint.layer.filesystem import LayerError
 from arch.checkpoint.restore_job import RestoreJob, RestoreRefused, RollbackFailed
 from arch.container.bundle import Bundle
 from arch.container.interrupted import OPERATION_FLAG, Operation

@@ -31,7 +31,7 @@ _DOCKER_INIT_SUFFIX = "-init"
 def rootfs_fingerprint(rootfs: str) -> str | None:
     """The fingerprint of the image under an overlay rootfs; None for another kind of rootfs
     (OSError or LayerError when its layers cannot be read)."""
-    from arch.checkpoint.overlay_mount import find_overlay_layers
+    from arch.checkpoint.layer.overlay_mount import find_overlay_layers
 
     overlay = find_overlay_layers(rootfs) if rootfs else None
     return None if overlay is None else image_fingerprint(overlay.lowerdirs)

@@ -10,7 +10,7 @@ Every change apply_layer makes in the target tree is recorded *before* it happen
 Saving a node copies no file contents, and nothing goes to RAM-backed storage:
 - on an overlay rootfs, a node the upper layer does not hold comes unchanged from the lower
   layers, which are read-only: only "it came from below" is recorded, and rollback copies it
-  back from the lower layers (layer_lower's view of them);
+  back from the lower layers (lower.py's view of them);
 - a regular file the upper layer holds (a kept writable layer, or a plain rootfs) is hard-linked
   into a backup directory next to the upper layer, on its filesystem; rollback copies it back
   and the link goes with the backup directory.
@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Union
 
-from arch.checkpoint.layer_common import (
+from arch.checkpoint.layer.common import (
     DIR_OPEN_FLAGS,
     INCOMPLETE_NODE_XATTRS,
     NEW_FILE_FLAGS,
@@ -55,7 +55,7 @@ from arch.checkpoint.layer_common import (
     set_special_metadata,
     write_xattrs,
 )
-from arch.checkpoint.layer_lower import TreeCopier
+from arch.checkpoint.layer.lower import TreeCopier
 
 logger = logging.getLogger(__name__)
 

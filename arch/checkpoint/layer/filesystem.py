@@ -7,23 +7,23 @@ layer as an OCI layer tar, and apply such a tar to a new container's rootfs.
     journal.commit()   # or journal.rollback()
 
 apply_layer finds the overlay mounted at the new rootfs itself: a fresh one (empty upper layer)
-or one whose upper layer was kept from an earlier run of the same container (layer_reset), and
-keeps its rollback material next to the upper layer, never in RAM (layer_journal).
+or one whose upper layer was kept from an earlier run of the same container (reset.py), and
+keeps its rollback material next to the upper layer, never in RAM (journal.py).
 
-The overlay's discovery lives in overlay_mount; the archive's two directions in layer_capture
-and layer_apply.
+The overlay's discovery lives in overlay_mount.py; the archive's two directions in capture.py
+and apply.py.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from arch.checkpoint import layer_apply
-from arch.checkpoint.layer_apply import DEFAULT_LIMITS, ArchiveLimits, read_members
-from arch.checkpoint.layer_capture import LayerDigest, capture_layer
-from arch.checkpoint.layer_common import LayerError
-from arch.checkpoint.layer_journal import Journal
-from arch.checkpoint.overlay_mount import (
+from arch.checkpoint.layer import apply
+from arch.checkpoint.layer.apply import DEFAULT_LIMITS, ArchiveLimits, read_members
+from arch.checkpoint.layer.capture import LayerDigest, capture_layer
+from arch.checkpoint.layer.common import LayerError
+from arch.checkpoint.layer.journal import Journal
+from arch.checkpoint.layer.overlay_mount import (
     OverlayMount,
     find_overlay_layers,
     parse_mountinfo_line,
@@ -33,7 +33,7 @@ from arch.checkpoint.overlay_mount import (
 )
 
 if TYPE_CHECKING:
-    from arch.checkpoint.archive_policy import ArchivePolicy
+    from arch.checkpoint.layer.policy import ArchivePolicy
 
 __all__ = [
     "ArchiveLimits",
@@ -55,8 +55,8 @@ __all__ = [
 def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size: int, *,
                 limits: ArchiveLimits = DEFAULT_LIMITS, policy: ArchivePolicy | None = None
                 ) -> Journal:
-    """layer_apply.apply_layer onto whatever is mounted at `rootfs` (an overlay, or a plain
+    """apply.apply_layer onto whatever is mounted at `rootfs` (an overlay, or a plain
     directory tree), under the archive `policy` when given."""
-    return layer_apply.apply_layer(tar_path, rootfs, expected_sha256, expected_size,
+    return apply.apply_layer(tar_path, rootfs, expected_sha256, expected_size,
                                    overlay=find_overlay_layers(rootfs), limits=limits,
                                    policy=policy)

@@ -6,7 +6,7 @@ Conversions from overlay's on-disk form to OCI layer conventions:
 - an opaque directory (`<prefix>opaque=y`) is followed by `<dir>/.wh..wh..opq`;
 - overlay's own xattrs (`trusted.overlay.*`, `user.overlay.*`) are dropped;
 - real files and directories with whiteout-like names are archived under escaped names
-  (layer_common: `.wh.x` -> `.arch..wh.x`, PAX record `ARCH.escaped=1`).
+  (common.py: `.wh.x` -> `.arch..wh.x`, PAX record `ARCH.escaped=1`).
 An upperdir that does not hold the whole changed state — a directory renamed with
 `redirect_dir` (its contents stay in a lower layer) or a `metacopy` file (its data stays in a
 lower layer) — is refused: capturing it alone would silently lose data.
@@ -25,7 +25,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from arch.checkpoint.layer_common import (
+from arch.checkpoint.layer.common import (
     COPY_CHUNK_SIZE,
     DEFAULT_OPAQUE_XATTR_NAMES,
     DIR_OPEN_FLAGS,

@@ -6,7 +6,7 @@ The archive comes from shared storage, so nothing in it is trusted:
    no `..`, no NUL, bounded), types (file, dir, symlink, hard link, FIFO, devices), whiteout
    names, hard-link targets (an earlier member of the same archive), xattr names, and that no
    member lies below a symlink or file created by the archive itself; escaped whiteout-like
-   names (layer_common) are unescaped, so such a member is a file, never a deletion;
+   names (common.py) are unescaped, so such a member is a file, never a deletion;
 3. it is applied through the rootfs mount (for overlay: the merged view): deletions first
    (whiteouts and opaque markers only hide what existed before this layer), then the other
    members in archive order, then directory times. Every path is reached through directory
@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
-from arch.checkpoint.layer_common import (
+from arch.checkpoint.layer.common import (
     COPY_CHUNK_SIZE,
     DIR_OPEN_FLAGS,
     NANOSECONDS,
@@ -61,10 +61,10 @@ from arch.checkpoint.layer_common import (
     unescape_component,
     write_xattrs,
 )
-from arch.checkpoint.layer_journal import BACKUP_DIR_PREFIX, Journal, RollbackSources
-from arch.checkpoint.layer_lower import open_lower_view
-from arch.checkpoint.layer_members import DELETIONS, Kind, Member
-from arch.checkpoint.layer_reset import (
+from arch.checkpoint.layer.journal import BACKUP_DIR_PREFIX, Journal, RollbackSources
+from arch.checkpoint.layer.lower import open_lower_view
+from arch.checkpoint.layer.members import DELETIONS, Kind, Member
+from arch.checkpoint.layer.reset import (
     Coverage,
     ResetStep,
     check_rollback_space,
@@ -77,8 +77,8 @@ from arch.checkpoint.layer_reset import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from arch.checkpoint.archive_policy import ArchivePolicy
-    from arch.checkpoint.overlay_mount import OverlayMount
+    from arch.checkpoint.layer.overlay_mount import OverlayMount
+    from arch.checkpoint.layer.policy import ArchivePolicy
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import os
 import stat
 from collections.abc import Sequence
 
-from arch.checkpoint.layer_common import (
+from arch.checkpoint.layer.common import (
     DIR_OPEN_FLAGS,
     NEW_FILE_FLAGS,
     PRIVATE_DIR_MODE,

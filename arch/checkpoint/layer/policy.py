@@ -37,13 +37,13 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from arch.checkpoint.layer_common import DIR_OPEN_FLAGS, LayerError, display_name
-from arch.checkpoint.layer_members import Kind
+from arch.checkpoint.layer.common import DIR_OPEN_FLAGS, LayerError, display_name
+from arch.checkpoint.layer.members import Kind
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from arch.checkpoint.layer_members import Member
+    from arch.checkpoint.layer.members import Member
 
 FILE_CAPABILITY_XATTR = "security.capability"
 # Labelled by the kernel when the job creates a file, and judged by SELinux's own policy, not by

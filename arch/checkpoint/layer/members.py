@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from arch.checkpoint.layer_common import NodeMetadata
+from arch.checkpoint.layer.common import NodeMetadata
 
 
 class Kind(enum.Enum):

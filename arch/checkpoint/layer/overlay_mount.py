@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from arch.checkpoint.layer_common import TRUSTED_OVERLAY_PREFIX, USER_OVERLAY_PREFIX, LayerError
+from arch.checkpoint.layer.common import TRUSTED_OVERLAY_PREFIX, USER_OVERLAY_PREFIX, LayerError
 
 MOUNTINFO = "/proc/self/mountinfo"
 OVERLAY_FSTYPE = "overlay"

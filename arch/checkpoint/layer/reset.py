@@ -26,7 +26,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from arch.checkpoint.layer_common import (
+from arch.checkpoint.layer.common import (
     DIR_OPEN_FLAGS,
     INCOMPLETE_NODE_XATTRS,
     OPAQUE,
@@ -37,9 +37,9 @@ from arch.checkpoint.layer_common import (
     node_metadata,
     read_xattrs,
 )
-from arch.checkpoint.layer_journal import Journal, replace_xattrs
-from arch.checkpoint.layer_lower import TreeCopier, lower_stat
-from arch.checkpoint.layer_members import Kind, Member
+from arch.checkpoint.layer.journal import Journal, replace_xattrs
+from arch.checkpoint.layer.lower import TreeCopier, lower_stat
+from arch.checkpoint.layer.members import Kind, Member
 
 SPACE_ROUNDING = 4096
 SPACE_MARGIN = 1 << 20  # directories, symlinks and metadata written back besides file data
