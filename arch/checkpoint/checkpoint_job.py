@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from arch.checkpoint import criu_options
-from arch.checkpoint.beneath import opened_root
 from arch.checkpoint.criu_log import log_tail
 from arch.checkpoint.image.fingerprint import rootfs_fingerprint
 from arch.checkpoint.image.job_identity import JobIdentity
@@ -28,7 +27,8 @@ from arch.checkpoint.image.validation import ValidImage
 from arch.checkpoint.layer.capture import capture_layer
 from arch.checkpoint.layer.common import LayerError
 from arch.checkpoint.layer.overlay_mount import find_overlay_layers
-from arch.checkpoint.store import ImageStaging, PublishError, cleanup_leftovers_of
+from arch.checkpoint.storage.beneath import opened_root
+from arch.checkpoint.storage.store import ImageStaging, PublishError, cleanup_leftovers_of
 from arch.runc import binary_facts
 from arch.runc.binary_facts import CPUINFO_IMAGE
 from arch.runc.runtime import RuncError, RuncTimeout

@@ -21,8 +21,8 @@ from arch.checkpoint.image.fingerprint import rootfs_fingerprint
 from arch.checkpoint.image.metadata import InvalidImage
 from arch.checkpoint.image.validation import ValidImage, verify_criu_files
 from arch.checkpoint.layer.common import LayerError
-from arch.checkpoint.lease import Lease
-from arch.checkpoint.sweep import RESTORE_WORK_PREFIX
+from arch.checkpoint.storage.lease import Lease
+from arch.checkpoint.storage.sweep import RESTORE_WORK_PREFIX
 from arch.runc.binary_facts import CPUINFO_IMAGE
 from arch.runc.runtime import RuncError
 

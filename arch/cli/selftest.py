@@ -564,8 +564,8 @@ class Selftest:
             removed.append(f"images {' '.join(ours)}")
 
     def _remove_image_dir(self, removed: list[str], problems: list[str]) -> None:
-        from arch.checkpoint.beneath import opened_root
-        from arch.checkpoint.store import remove
+        from arch.checkpoint.storage.beneath import opened_root
+        from arch.checkpoint.storage.store import remove
 
         if not self.config.path:  # the configuration never loaded: ARCH never ran
             return

@@ -11,7 +11,7 @@ import signal
 import sys
 from typing import Any
 
-from arch.checkpoint.sweep import SWEEP_INTERVAL_SECONDS, sweep_host
+from arch.checkpoint.storage.sweep import SWEEP_INTERVAL_SECONDS, sweep_host
 from arch.config import ConfigError, load_config
 from arch.container.exit_watch import ExitWatcher, StopRequest, WatcherPresence, find_ctr
 from arch.log import setup_logging

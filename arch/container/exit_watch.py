@@ -447,7 +447,7 @@ class ExitWatcher:
     """Follows `ctr --address A events` and records exits; restarts ctr with backoff.
 
     With `sweep`, also runs it at start and then every `sweep_interval` seconds (the host's
-    clean-up of what killed operations left: arch.checkpoint.sweep).
+    clean-up of what killed operations left: arch.checkpoint.storage.sweep).
     """
 
     def __init__(

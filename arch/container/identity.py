@@ -48,7 +48,7 @@ class ImageLocation:
 
     Both lie beneath `root`, the allowed root (or the checkpoint root) that holds them, at the
     paths `relative` and `workdir_relative`; ARCH resolves those beneath a descriptor of the root
-    each time it uses them (arch.checkpoint.beneath). `image_dir` and `sharedfs_workdir` are the
+    each time it uses them (storage/beneath.py). `image_dir` and `sharedfs_workdir` are the
     same places as absolute paths, for logs and for the container's bind mount. A record written
     before roots were recorded counts as lying beneath "/": no symlink anywhere on the path.
 
@@ -244,7 +244,7 @@ def image_location(
         )
     if pool is None:
         return location
-    # A pool member holds no image until it claims one (arch.checkpoint.pool).
+    # A pool member holds no image until it claims one (arch.checkpoint.storage.pool).
     pool_location = location.with_image_dir("")
     pool_location.pool_dir = location.image_dir
     return pool_location
@@ -332,7 +332,7 @@ def _beneath_allowed_root(variable: str, path: str, config: HostConfig) -> tuple
     inside one of the allowed roots (both resolved; the relative path holds no symlink now).
 
     Resolving covers the part of the path that exists now; a later symlink swap is refused where
-    the path is used (arch.checkpoint.beneath resolves it beneath the root again, each time).
+    the path is used (storage/beneath.py resolves it beneath the root again, each time).
     """
     resolved = os.path.realpath(path)
     for root in config.allowed_roots:

@@ -13,7 +13,7 @@ Rules, each reported with the image it applies to:
   store's stale sweep removes those untouched for an hour and not locked by their writer.
 
 Never touched: an image a container on this host still uses (its ARCH state names it and it has
-not exited 0), an image a restore is reading here or on another host (arch.checkpoint.readers),
+not exited 0), an image a restore is reading here or on another host (storage/readers.py),
 pool images claimed by any host (a container runs from it or is restoring it), and staging
 directories in use. Pool entries are claimed (renamed) before removal, so a
 replica on another host cannot claim one while it is being removed.
@@ -30,12 +30,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, NamedTuple
 
 from arch import bounded_json
-from arch.checkpoint import pool
-from arch.checkpoint.beneath import opened_root
 from arch.checkpoint.image.metadata import ImageMetadata, InvalidImage
 from arch.checkpoint.image.validation import read_metadata, validate
-from arch.checkpoint.readers import readers_of, stale_markers
-from arch.checkpoint.store import (
+from arch.checkpoint.storage import pool
+from arch.checkpoint.storage.beneath import opened_root
+from arch.checkpoint.storage.readers import readers_of, stale_markers
+from arch.checkpoint.storage.store import (
     LEFTOVER_PREFIXES,
     REMOVING_PREFIX,
     STALE_AFTER_SECONDS,

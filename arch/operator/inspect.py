@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from arch.checkpoint import pool
 from arch.checkpoint.image.criu_images import CriuImageError, Process, read_process_tree
 from arch.checkpoint.image.metadata import (
     METADATA_FILE,
@@ -22,6 +21,7 @@ from arch.checkpoint.image.metadata import (
     InvalidImage,
 )
 from arch.checkpoint.image.validation import read_metadata, validate, verify_tar_checksum
+from arch.checkpoint.storage import pool
 from arch.container.identity import ImagePathError, validate_checkpoint_id, validate_namespace
 from arch.operator.inventory import recorded_location, spec_env, spec_location
 

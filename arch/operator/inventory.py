@@ -82,7 +82,7 @@ def image_published(location: ImageLocation) -> bool:
 def opened_image(location: ImageLocation) -> Iterator[int | None]:
     """The location's image directory, opened beneath its root following no symlink (the
     storage is writable by others); None when there is none or it does not resolve there."""
-    from arch.checkpoint.beneath import open_beneath, opened_root
+    from arch.checkpoint.storage.beneath import open_beneath, opened_root
 
     if not location.image_dir or not location.relative:
         yield None

@@ -230,8 +230,8 @@ def _write_record(
 ) -> None:
     """The container's record: where its image lives, which image was there at create (the
     one its delete may remove), and this instance (arch.container.exit_watch)."""
-    from arch.checkpoint.beneath import opened_root
-    from arch.checkpoint.store import identity
+    from arch.checkpoint.storage.beneath import opened_root
+    from arch.checkpoint.storage.store import identity
 
     image_identity = None
     if location.image_dir:
@@ -263,7 +263,7 @@ def _restore_from_pool(
     An image refused by validation is moved aside (it would fail for every member); one that
     this host cannot restore (CPU, mounts, runc) goes back to the pool for another host.
     """
-    from arch.checkpoint import pool
+    from arch.checkpoint.storage import pool
 
     assert location.pool_dir is not None
     where = call.where
@@ -297,7 +297,7 @@ def _with_sharedfs_workdir(
     The directory is made (0700, owned by the container's user) beneath its root, following no
     symlink: the shared filesystem is writable by other containers.
     """
-    from arch.checkpoint.beneath import NotBeneath, make_dirs_beneath, opened_root
+    from arch.checkpoint.storage.beneath import NotBeneath, make_dirs_beneath, opened_root
     from arch.container.identity import ImagePathError
 
     host_dir = str(location.sharedfs_workdir)
@@ -321,7 +321,7 @@ def _with_sharedfs_workdir(
 def _make_owned_dir(parent_fd: int, name: str, owner: tuple[int, int]) -> None:
     """Create `name` in the directory for the container's user, unless it exists (a directory
     that is not a symlink: NotBeneath otherwise)."""
-    from arch.checkpoint.beneath import open_beneath
+    from arch.checkpoint.storage.beneath import open_beneath
 
     try:
         os.mkdir(name, 0o700, dir_fd=parent_fd)
@@ -342,7 +342,7 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation, state: Contain
     is unusable anywhere) or REFUSED (this host cannot restore it). RollbackFailed: neither is
     possible. A reader marker keeps `archctl gc` off the image meanwhile.
     """
-    from arch.checkpoint.readers import reading, remove_stale_markers
+    from arch.checkpoint.storage.readers import reading, remove_stale_markers
 
     for marker in remove_stale_markers(os.path.dirname(location.image_dir)):
         logger.info("create %s: removed the reader marker of a dead restore %s", call.where,
@@ -354,12 +354,12 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation, state: Contain
 def _restore_from(
     call: Call, bundle: Bundle, location: ImageLocation, state: ContainerState
 ) -> str:
-    from arch.checkpoint.beneath import opened_root
     from arch.checkpoint.image.metadata import ImageMissing, InvalidImage
     from arch.checkpoint.image.signing import ImageKeyError
     from arch.checkpoint.image.validation import validate_beneath
     from arch.checkpoint.restore_job import RestoreJob, RestoreRefused, RollbackFailed
-    from arch.checkpoint.store import cleanup_leftovers_of, recover
+    from arch.checkpoint.storage.beneath import opened_root
+    from arch.checkpoint.storage.store import cleanup_leftovers_of, recover
     from arch.container.interrupted import RESTORE, Operation
     from arch.runc import binary_facts
 
@@ -498,7 +498,7 @@ def _checkpoint(
         raise CheckpointFailed(str(error)) from error
     target = location
     if location.pool_dir is not None:
-        from arch.checkpoint import pool
+        from arch.checkpoint.storage import pool
 
         target = location.with_image_dir(pool.publication_path(location.pool_dir))
     runc = call.runc()
@@ -595,7 +595,7 @@ def _exclusive_checkpoint(state: ContainerState) -> Iterator[None]:
 def _hand_to_pool(call: Call, location: ImageLocation, claimed_path: str) -> str:
     """After a pool member's checkpoint (it is stopped now): offer its new image to the pool
     and drop the image it was restored from, which the new one supersedes."""
-    from arch.checkpoint import pool
+    from arch.checkpoint.storage import pool
 
     try:
         published = pool.release(claimed_path, location.root) or claimed_path
@@ -655,8 +655,8 @@ def handle_delete(call: Call) -> int:
 def _remove_image(location: ImageLocation) -> bool:
     """Remove the location's image, resolved beneath its root (NotBeneath, an OSError, when it
     no longer resolves there: nothing is removed); False when there is none."""
-    from arch.checkpoint.beneath import opened_root
-    from arch.checkpoint.store import remove
+    from arch.checkpoint.storage.beneath import opened_root
+    from arch.checkpoint.storage.store import remove
 
     with opened_root(location.root) as root_fd:
         return remove(root_fd, location.relative)
@@ -666,8 +666,8 @@ def _remove_own_image(where: str, state: ContainerState, location: ImageLocation
     """After exit 0: remove the image this instance was created against, not one another
     container (a replica with the same checkpoint id, another host) published there since. The
     image is resolved beneath its root (NotBeneath, an OSError, when it no longer resolves)."""
-    from arch.checkpoint.beneath import opened_root
-    from arch.checkpoint.store import remove
+    from arch.checkpoint.storage.beneath import opened_root
+    from arch.checkpoint.storage.store import remove
 
     record = state.read_record() or {}
     expected = record.get("image_identity")
@@ -685,7 +685,7 @@ def _remove_own_image(where: str, state: ContainerState, location: ImageLocation
 
 
 def _release_claim(where: str, location: ImageLocation, exit_status: int | None) -> None:
-    from arch.checkpoint import pool
+    from arch.checkpoint.storage import pool
 
     claimed_path = location.image_dir
     try:

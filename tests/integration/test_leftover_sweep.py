@@ -19,7 +19,7 @@ from harness import checkpointing as cr
 from harness import procs
 from harness.containerd import ContainerdNode
 
-from arch.checkpoint.lease import LEASE_FILE
+from arch.checkpoint.storage.lease import LEASE_FILE
 from arch.container.interrupted import OPERATION_FLAG
 from arch.container.state import ContainerState
 from arch.runc.process_group import ProcessIdentity, dies_with_this_process

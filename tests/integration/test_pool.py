@@ -18,7 +18,7 @@ from harness import checkpointing as cr
 from harness.containerd import ContainerdNode
 
 from arch import metrics
-from arch.checkpoint import pool
+from arch.checkpoint.storage import pool
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
 

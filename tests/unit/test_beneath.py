@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from arch.checkpoint import beneath
-from arch.checkpoint.beneath import (
+from arch.checkpoint.storage import beneath
+from arch.checkpoint.storage.beneath import (
     NotBeneath,
     components,
     fd_path,

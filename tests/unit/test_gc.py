@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from arch.checkpoint import pool
+from arch.checkpoint.storage import pool
 from arch.cli.main import main
 from arch.config import HostConfig
 from arch.container.identity import ImageLocation
@@ -190,7 +190,7 @@ def test_inspect_resolves_targets_and_lists_pools(config: HostConfig, tmp_path: 
 
 
 def test_images_being_restored_are_left_alone(config: HostConfig, tmp_path: Path) -> None:
-    from arch.checkpoint import readers
+    from arch.checkpoint.storage import readers
 
     now = time.time()  # gc's removal judges markers and ages by the real clock
 
@@ -288,7 +288,7 @@ def test_docker_containers_that_exited_0_after_their_image(
 
 
 def test_reader_marker_is_made_beneath_the_root_only(tmp_path: Path) -> None:
-    from arch.checkpoint import readers
+    from arch.checkpoint.storage import readers
 
     (tmp_path / "real").mkdir()
     (tmp_path / "root").mkdir()

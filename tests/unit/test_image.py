@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from arch.checkpoint import store
-from arch.checkpoint.beneath import NotBeneath, opened_root
 from arch.checkpoint.image import validation
 from arch.checkpoint.image.job_identity import JobIdentity
 from arch.checkpoint.image.metadata import (
@@ -29,7 +27,9 @@ from arch.checkpoint.image.metadata import (
     parse_criu_version,
 )
 from arch.checkpoint.image.validation import read_metadata, validate, verify_tar_checksum
-from arch.checkpoint.store import (
+from arch.checkpoint.storage import store
+from arch.checkpoint.storage.beneath import NotBeneath, opened_root
+from arch.checkpoint.storage.store import (
     ImageStaging,
     LeftoverAction,
     PublishError,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from arch.checkpoint import lease, store
-from arch.checkpoint.beneath import opened_root
-from arch.checkpoint.lease import LEASE_FILE, Lease, is_held, lease_of
-from arch.checkpoint.sweep import remove_dead_work_dirs
+from arch.checkpoint.storage import lease, store
+from arch.checkpoint.storage.beneath import opened_root
+from arch.checkpoint.storage.lease import LEASE_FILE, Lease, is_held, lease_of
+from arch.checkpoint.storage.sweep import remove_dead_work_dirs
 from arch.runc.process_group import ProcessIdentity
 from tests.conftest import finished_process
 

@@ -1,4 +1,4 @@
-"""Unit tests of pool claiming (arch.checkpoint.pool) on a local directory."""
+"""Unit tests of pool claiming (arch.checkpoint.storage.pool) on a local directory."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from arch.checkpoint import pool
+from arch.checkpoint.storage import pool
 
 if TYPE_CHECKING:
     from pathlib import Path

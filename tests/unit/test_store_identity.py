@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from arch.checkpoint import store
-from arch.checkpoint.beneath import opened_root
+from arch.checkpoint.storage import store
+from arch.checkpoint.storage.beneath import opened_root
 
 
 def identity(path: str) -> str | None:

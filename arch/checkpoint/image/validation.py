@@ -14,7 +14,6 @@ import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from arch.checkpoint.beneath import fd_path, open_beneath
 from arch.checkpoint.image import signing
 from arch.checkpoint.image.metadata import (
     CRIU_DUMP_LOG,
@@ -25,6 +24,7 @@ from arch.checkpoint.image.metadata import (
     InvalidImage,
     parse_criu_version,
 )
+from arch.checkpoint.storage.beneath import fd_path, open_beneath
 
 if TYPE_CHECKING:
     from collections.abc import Collection

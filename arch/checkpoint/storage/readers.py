@@ -37,8 +37,8 @@ def reading(root: str, relative: str) -> Iterator[None]:
     """Mark the image `relative` beneath `root` as being read while the block runs. Its parent
     is opened beneath the root following no symlink. Best effort: without a parent directory
     there is no image to read either, and a marker that cannot be made protects nothing."""
-    from arch.checkpoint.beneath import open_beneath, opened_root
-    from arch.checkpoint.pool import host_label
+    from arch.checkpoint.storage.beneath import open_beneath, opened_root
+    from arch.checkpoint.storage.pool import host_label
 
     parent, name = os.path.split(relative)
     marker = SEPARATOR.join(
@@ -65,7 +65,7 @@ def reading(root: str, relative: str) -> Iterator[None]:
 
 def readers_of(image_dir: str, now: float | None = None) -> list[Reader]:
     """The live readers of `image_dir` (see the module's rule)."""
-    from arch.checkpoint.pool import host_label
+    from arch.checkpoint.storage.pool import host_label
 
     now = time.time() if now is None else now
     here = host_label()
@@ -82,7 +82,7 @@ def readers_of(image_dir: str, now: float | None = None) -> list[Reader]:
 
 def stale_markers(parent: str, now: float | None = None) -> list[str]:
     """Paths of markers in `parent` that no longer protect anything."""
-    from arch.checkpoint.pool import host_label
+    from arch.checkpoint.storage.pool import host_label
 
     now = time.time() if now is None else now
     here = host_label()

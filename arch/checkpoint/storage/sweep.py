@@ -4,7 +4,7 @@ operation on the same container or location:
 - checkpoints and restores whose arch-runc died (arch.container.interrupted),
 - restore work directories under `<state_dir>/.work` whose lease is not held,
 - leftovers beside images (`.staging-`, `.old-`, `.removing-`: store.cleanup_stale, lease-aware;
-  reader markers of dead restores: arch.checkpoint.readers)
+  reader markers of dead restores: arch.checkpoint.storage.readers)
   in every namespace directory of the checkpoint root and the allowed roots, and in the
   directories of the images this host's containers use (shared-filesystem and pool layouts).
 """
@@ -16,10 +16,10 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-from arch.checkpoint.beneath import opened_root
-from arch.checkpoint.lease import is_held, lease_of
-from arch.checkpoint.readers import remove_stale_markers
-from arch.checkpoint.store import cleanup_stale
+from arch.checkpoint.storage.beneath import opened_root
+from arch.checkpoint.storage.lease import is_held, lease_of
+from arch.checkpoint.storage.readers import remove_stale_markers
+from arch.checkpoint.storage.store import cleanup_stale
 
 if TYPE_CHECKING:
     from arch.config import HostConfig

@@ -12,7 +12,7 @@ window. Leftovers (`.staging-`, `.old-`, `.removing-`) are removed by `cleanup_s
 
 Every operation takes a descriptor of the root that holds the image and the image's path
 relative to it, and resolves that path beneath the root at the moment of use, following no
-symlink (arch.checkpoint.beneath). Which root holds an image is the caller's decision.
+symlink (arch.checkpoint.storage.beneath). Which root holds an image is the caller's decision.
 """
 
 from __future__ import annotations
@@ -25,14 +25,6 @@ import stat
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from arch.checkpoint.beneath import (
-    NotBeneath,
-    components,
-    fd_path,
-    make_dirs_beneath,
-    open_beneath,
-    same_file,
-)
 from arch.checkpoint.image.metadata import (
     METADATA_FILE,
     ROOTFS_TAR,
@@ -48,7 +40,15 @@ from arch.checkpoint.image.validation import (
     validate_contents,
     validate_entry,
 )
-from arch.checkpoint.lease import LEASE_FILE, Lease, is_held, lease_of
+from arch.checkpoint.storage.beneath import (
+    NotBeneath,
+    components,
+    fd_path,
+    make_dirs_beneath,
+    open_beneath,
+    same_file,
+)
+from arch.checkpoint.storage.lease import LEASE_FILE, Lease, is_held, lease_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -84,7 +84,7 @@ class LeftoverAction(NamedTuple):
 class ImageStaging:
     """An image being assembled next to its final path; use as a context manager.
 
-    The final path is `relative` beneath the root `root_fd` (see arch.checkpoint.beneath);
+    The final path is `relative` beneath the root `root_fd` (see arch.checkpoint.storage.beneath);
     `path` names the staging directory through its descriptor (for runc and CRIU), so writes
     land in the directory created here whatever happens to the path meanwhile. Leaving the
     `with` block without `publish()` having succeeded removes the staging dir.
@@ -102,7 +102,7 @@ class ImageStaging:
         self._tar_fd: int | None = None
         self._sealed: set[str] = set()  # files already owned, 0600 and fsynced
         self._finished = False
-        # While it is written, cleanup_stale on any host leaves it alone (arch.checkpoint.lease).
+        # While it is written, cleanup_stale on any host leaves it alone (storage/lease.py).
         self._lease = Lease(self.path).start()
 
     @classmethod
@@ -362,7 +362,7 @@ def cleanup_stale(
 
     A leftover is removed when its name has a leftover prefix, it is not held (a staging dir's
     lease names a live writer on this host, or one on another host that has not expired; see
-    arch.checkpoint.lease), and it is not itself an image whose metadata names it (a
+    arch.checkpoint.storage.lease), and it is not itself an image whose metadata names it (a
     checkpoint id may begin with ".staging-"). One without a lease (`.old-`, `.removing-`,
     staging dirs of older versions) must also be unchanged for `min_age` seconds and unlocked.
     A complete swapped-out old image whose image path is empty is left for `recover`. Never

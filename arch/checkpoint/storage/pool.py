@@ -18,8 +18,8 @@ A member's checkpoint is published under a claimed name of its own and renamed t
 entry only once the container is stopped, so no other container can restore it while the
 checkpointed processes might still run.
 
-The pool directory is opened beneath the root that holds it (`root`, see
-arch.checkpoint.beneath), following no symlink: the members' containers may write the storage.
+The pool directory is opened beneath the root that holds it (`root`, see storage/beneath.py),
+following no symlink: the members' containers may write the storage.
 The default root "/" means no symlink anywhere on the pool's path.
 """
 
@@ -31,7 +31,7 @@ import re
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
-from arch.checkpoint.store import RANDOM_HEX_CHARS, lexists, random_hex
+from arch.checkpoint.storage.store import RANDOM_HEX_CHARS, lexists, random_hex
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -228,7 +228,7 @@ def _rename(parent_fd: int, name: str, target: str) -> bool:
 
 def _open_pool(pool_dir: str, root: str) -> int | None:
     """The pool directory, resolved beneath `root` following no symlink; None when absent."""
-    from arch.checkpoint.beneath import open_beneath, opened_root
+    from arch.checkpoint.storage.beneath import open_beneath, opened_root
 
     prefix = root.rstrip("/") + "/"
     if not pool_dir.startswith(prefix):
