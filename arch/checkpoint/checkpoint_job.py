@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 from arch.checkpoint import criu_options
 from arch.checkpoint.criu_log import log_tail
+from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.fingerprint import rootfs_fingerprint
 from arch.checkpoint.image.job_identity import JobIdentity
 from arch.checkpoint.image.metadata import (
     ContainerEssentials,
     FilesystemInfo,
     ImageMetadata,
-    InvalidImage,
     host_cpu_summary,
 )
 from arch.checkpoint.image.validation import ValidImage

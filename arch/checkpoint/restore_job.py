@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from arch.checkpoint.cpu_check import CpuCheck
 from arch.checkpoint.criu_log import log_tail
+from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.fingerprint import rootfs_fingerprint
-from arch.checkpoint.image.metadata import InvalidImage
 from arch.checkpoint.image.validation import ValidImage, verify_criu_files
 from arch.checkpoint.layer.common import LayerError
 from arch.checkpoint.storage.lease import Lease

@@ -30,7 +30,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, NamedTuple
 
 from arch import bounded_json
-from arch.checkpoint.image.metadata import ImageMetadata, InvalidImage
+from arch.checkpoint.image.errors import InvalidImage
+from arch.checkpoint.image.metadata import ImageMetadata
 from arch.checkpoint.image.validation import read_metadata, validate
 from arch.checkpoint.storage import pool
 from arch.checkpoint.storage.beneath import opened_root

@@ -13,13 +13,8 @@ import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arch.checkpoint.image.criu_images import CriuImageError, Process, read_process_tree
-from arch.checkpoint.image.metadata import (
-    METADATA_FILE,
-    SIGNATURE_FILE,
-    ImageMetadata,
-    ImageMissing,
-    InvalidImage,
-)
+from arch.checkpoint.image.errors import ImageMissing, InvalidImage
+from arch.checkpoint.image.metadata import METADATA_FILE, SIGNATURE_FILE, ImageMetadata
 from arch.checkpoint.image.validation import read_metadata, validate, verify_tar_checksum
 from arch.checkpoint.storage import pool
 from arch.container.identity import ImagePathError, validate_checkpoint_id, validate_namespace

@@ -354,7 +354,7 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation, state: Contain
 def _restore_from(
     call: Call, bundle: Bundle, location: ImageLocation, state: ContainerState
 ) -> str:
-    from arch.checkpoint.image.metadata import ImageMissing, InvalidImage
+    from arch.checkpoint.image.errors import ImageMissing, InvalidImage
     from arch.checkpoint.image.signing import ImageKeyError
     from arch.checkpoint.image.validation import validate_beneath
     from arch.checkpoint.restore_job import RestoreJob, RestoreRefused, RollbackFailed

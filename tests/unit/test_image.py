@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from arch.checkpoint.image import validation
+from arch.checkpoint.image.errors import ImageMissing, InvalidImage
 from arch.checkpoint.image.job_identity import JobIdentity
 from arch.checkpoint.image.metadata import (
     CRIU_DUMP_LOG,
@@ -20,8 +21,6 @@ from arch.checkpoint.image.metadata import (
     CpuInfo,
     FilesystemInfo,
     ImageMetadata,
-    ImageMissing,
-    InvalidImage,
     MountInfo,
     host_cpu_summary,
     parse_criu_version,

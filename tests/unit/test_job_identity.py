@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.fingerprint import image_fingerprint
 from arch.checkpoint.image.job_identity import JobIdentity
-from arch.checkpoint.image.metadata import InvalidImage
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from arch.checkpoint.image.metadata import METADATA_FILE, ROOTFS_TAR, SIGNATURE_FILE, InvalidImage
+from arch.checkpoint.image.errors import InvalidImage
+from arch.checkpoint.image.metadata import METADATA_FILE, ROOTFS_TAR, SIGNATURE_FILE
 from arch.checkpoint.image.signing import ImageKeyError, load_key, signature
 from arch.checkpoint.image.validation import validate, verify_criu_files, verify_tar_checksum
 from tests.unit.test_image import begin, fill_staging

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from arch.checkpoint.image.metadata import InvalidImage
+from arch.checkpoint.image.errors import InvalidImage
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from arch.checkpoint.image.errors import InvalidImage
+from arch.checkpoint.image.job_identity import JobIdentity
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
-
-    from arch.checkpoint.image.job_identity import JobIdentity
 
 # 2: the job's identity is recorded and must match at restore (arch.checkpoint.image.job_identity).
 # Format 1 images lack it and are refused: an ARCH that knew only format 1 would restore a
@@ -43,18 +44,6 @@ _FILE_NAME_CHARS = frozenset(
 _SAFE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
-
-
-class InvalidImage(Exception):
-    """The image cannot be restored; `reason` says why (meant for the log and archctl)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class ImageMissing(InvalidImage):
-    """There is no image at the path (the normal case for a first start)."""
 
 
 @dataclass(frozen=True)
@@ -281,7 +270,6 @@ class ImageMetadata:
         filesystem = _filesystem_from(_required(top, "filesystem", "metadata"))
         criu_files = _criu_files_from(_required(top, "process", "metadata"), filesystem)
         criu_options = _criu_options_from(top["process"])
-        from arch.checkpoint.image.job_identity import JobIdentity
 
         identity = JobIdentity.from_dict(_required(top, "identity", "metadata"))
         return cls(

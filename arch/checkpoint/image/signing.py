@@ -22,7 +22,7 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from arch.checkpoint.image.metadata import InvalidImage
+from arch.checkpoint.image.errors import InvalidImage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from arch.checkpoint.image import signing
+from arch.checkpoint.image.errors import ImageMissing, InvalidImage
 from arch.checkpoint.image.metadata import (
     CRIU_DUMP_LOG,
     METADATA_FILE,
     SIGNATURE_FILE,
     ImageMetadata,
-    ImageMissing,
-    InvalidImage,
     parse_criu_version,
 )
 from arch.checkpoint.storage.beneath import fd_path, open_beneath

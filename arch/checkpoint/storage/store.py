@@ -25,13 +25,8 @@ import stat
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from arch.checkpoint.image.metadata import (
-    METADATA_FILE,
-    ROOTFS_TAR,
-    SIGNATURE_FILE,
-    CriuFile,
-    InvalidImage,
-)
+from arch.checkpoint.image.errors import InvalidImage
+from arch.checkpoint.image.metadata import METADATA_FILE, ROOTFS_TAR, SIGNATURE_FILE, CriuFile
 from arch.checkpoint.image.signing import file_sha256, signature
 from arch.checkpoint.image.validation import (
     OPEN_DIR,
