@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 SKIP_START = "skip_start"
 SKIP_RESUME = "skip_resume"
 EXIT_STATUS = "exit_status"
+# The container was checkpointed: its exit is the checkpoint's, and its image stays.
+CHECKPOINTED = "checkpointed"
 
 RECORD_FILE = "record.json"
 LOCK_FILE = ".lock"

@@ -44,8 +44,13 @@ from arch.checkpoint.storage.store import (
     remove,
 )
 from arch.container.identity import ImageLocation
-from arch.container.state import EXIT_STATUS, ContainerState, StateError, list_containers
-from arch.shim.lifecycle import CHECKPOINTED
+from arch.container.state import (
+    CHECKPOINTED,
+    EXIT_STATUS,
+    ContainerState,
+    StateError,
+    list_containers,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator

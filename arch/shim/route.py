@@ -2,8 +2,8 @@
 
 The native front (launcher.c) makes this decision without Python for the calls it fully
 understands and hands the rest to Python; `decide` is Python's answer for the same call, used
-to prove that the two agree (tests/unit/test_route_agreement.py). It follows arch.shim.main
-and the handlers in arch.shim.lifecycle and has no side effects (no log, no state change).
+to prove that the two agree (tests/unit/test_route_agreement.py). It follows arch.shim.main and
+the handlers lifecycle.py dispatches to, and has no side effects (no log, no state change).
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ def decide(args: Sequence[str]) -> str:
 
 def _claimed(command: RuncCommand, config: HostConfig) -> bool:
     from arch.container.state import SKIP_RESUME, SKIP_START, ContainerState, StateError
-    from arch.shim import lifecycle
+    from arch.shim.call import location_of, opted_in_bundle
+    from arch.shim.checkpoint import PARTIAL_DUMP_FLAGS
+    from arch.shim.kill import is_stop_signal
 
     if command.subcommand == "create":
-        return lifecycle.opted_in_bundle(command) is not None
+        return opted_in_bundle(command) is not None
     try:
         state = ContainerState(
             config.state_dir, command.namespace or "runc", command.container_id or ""
@@ -65,16 +67,16 @@ def _claimed(command: RuncCommand, config: HostConfig) -> bool:
 
         return (
             notice_active(config.state_dir)
-            and lifecycle.is_stop_signal(command.positionals[1:2])
-            and lifecycle.location_of(state) is not None
+            and is_stop_signal(command.positionals[1:2])
+            and location_of(state) is not None
         )
     if command.subcommand in ("start", "resume"):
         return state.has(SKIP_START if command.subcommand == "start" else SKIP_RESUME)
     if command.subcommand == "checkpoint" and any(
-        command.has(flag) for flag in lifecycle.PARTIAL_DUMP_FLAGS
+        command.has(flag) for flag in PARTIAL_DUMP_FLAGS
     ):
         return False
-    return lifecycle.location_of(state) is not None
+    return location_of(state) is not None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 from arch.config import HostConfig
 from arch.container.bundle import Bundle
 from arch.container.identity import ImageLocation, ImagePathError, image_location
-from arch.shim.lifecycle import _with_sharedfs_workdir
+from arch.shim.sharedfs import with_sharedfs_workdir
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -43,7 +43,7 @@ def location(tmp_path: Path) -> ImageLocation:
 def test_makes_the_work_directory_for_the_container_user(
     bundle: Bundle, location: ImageLocation
 ) -> None:
-    changed = _with_sharedfs_workdir(bundle, location, "/work")
+    changed = with_sharedfs_workdir(bundle, location, "/work")
     workdir = str(location.sharedfs_workdir)
     info = os.stat(workdir)
     assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o700, *OWNER)
@@ -63,7 +63,7 @@ def test_refuses_a_directory_swapped_for_a_symlink_after_the_location_was_decide
     os.symlink(outside, link)
 
     with pytest.raises(ImagePathError, match=r"shared work directory .* symlink"):
-        _with_sharedfs_workdir(bundle, location, "/work")
+        with_sharedfs_workdir(bundle, location, "/work")
 
     assert sorted(str(p.relative_to(outside)) for p in outside.rglob("*")) == ["ns", "ns/job"]
     assert os.stat(outside / "ns" / "job").st_uid == 0

@@ -88,7 +88,7 @@ def test_table_and_sizes() -> None:
     ],
 )
 def test_stop_signals(argument: list[str], stops: bool) -> None:
-    from arch.shim.lifecycle import is_stop_signal
+    from arch.shim.kill import is_stop_signal
 
     assert is_stop_signal(argument) is stops
 

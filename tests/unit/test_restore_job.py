@@ -122,7 +122,7 @@ def test_a_failure_after_runc_restore_leaves_the_container_restored(
 
 
 def test_a_refusal_is_one_line_with_criu_s_first_error() -> None:
-    from arch.shim.lifecycle import one_line
+    from arch.shim.call import one_line
 
     message = (
         "runc checkpoint exited 1: criu failed\ndump.log (last lines):\n"

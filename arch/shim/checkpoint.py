@@ -1,0 +1,148 @@
+"""checkpoint of an opted-in container: a published image, then the container stopped; and
+resume, a no-op after that. A pool member's new image goes back to its pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from arch.container.state import CHECKPOINTED, SKIP_RESUME, ContainerState
+from arch.shim.call import Call, image_key, location_of, skip_once
+from arch.shim.delete import remove_image
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from arch.container.identity import ImageLocation
+    from arch.runc.parser import RuncCommand
+
+logger = logging.getLogger("arch")
+
+
+# Checkpoint flags whose dump is not a complete, self-contained image (iterative or lazy
+# migration): such calls are runc's business, not ARCH's.
+PARTIAL_DUMP_FLAGS = ("pre-dump", "parent-path", "lazy-pages", "page-server")
+
+
+# Held while a container is checkpointed (not a flag: its name has a dot).
+CHECKPOINT_LOCK = ".checkpoint.lock"
+
+
+def handle_checkpoint(call: Call) -> int:
+    from arch.checkpoint.checkpoint_job import CheckpointFailed
+
+    state = call.state()
+    location = location_of(state)
+    if state is None or location is None:
+        return call.pass_through()
+    call.finish_interrupted(state)
+    partial = [flag for flag in PARTIAL_DUMP_FLAGS if call.command.has(flag)]
+    if partial:
+        logger.warning("checkpoint %s: --%s asks for a partial dump: passed to runc unchanged, "
+                       "no ARCH image", call.where, partial[0])  # fmt: skip
+        return call.pass_through()
+    if call.config_error is not None:
+        return call.fail(str(call.config_error))
+    with exclusive_checkpoint(state):
+        if state.has(CHECKPOINTED):  # a stop during a Spot notice checkpointed it meanwhile
+            state.set(SKIP_RESUME)
+            logger.info("checkpoint %s: already checkpointed", call.where)
+            return 0
+        try:
+            published = checkpoint_and_stop(call, state, location, call.command)
+        except CheckpointFailed as error:
+            return call.fail(f"checkpoint failed, the container keeps running: {error}")
+    state.set(SKIP_RESUME)
+    logger.info("checkpoint %s: image published at %s", call.where, published)
+    return 0
+
+
+def checkpoint_and_stop(
+    call: Call, state: ContainerState, location: ImageLocation, command: RuncCommand
+) -> str:
+    """Checkpoint and stop the container; where its image is published. CheckpointFailed
+    leaves it running. The caller holds the container's checkpoint lock."""
+    from arch.checkpoint.checkpoint_job import CheckpointFailed, CheckpointJob
+    from arch.checkpoint.image.signing import ImageKeyError
+    from arch.container.interrupted import CHECKPOINT, Operation
+
+    started = time.monotonic()
+    try:
+        key = image_key(call.config)
+    except ImageKeyError as error:
+        call.count("checkpoint", started, failure="other")
+        raise CheckpointFailed(str(error)) from error
+    target = location
+    if location.pool_dir is not None:
+        from arch.checkpoint.storage import pool
+
+        target = location.with_image_dir(pool.publication_path(location.pool_dir))
+    runc = call.runc()
+    job = CheckpointJob(
+        runc,
+        command,
+        target,
+        call.container_id,
+        call.config.criu_options,
+        Operation(state, CHECKPOINT, runc.global_args),
+        call.config.checkpoint_timeout,
+        image_key=key,
+        binary_facts_dir=call.config.binary_facts_dir,
+    )
+    try:
+        image = job.run()
+    except CheckpointFailed as error:
+        call.count("checkpoint", started, failure=error.reason)
+        raise
+    call.count("checkpoint", started, image_bytes=image.metadata.image_bytes)
+    state.set(CHECKPOINTED)
+    if location.pool_dir is not None:
+        return _hand_to_pool(call, location, target.image_dir)
+    return target.image_dir
+
+
+@contextlib.contextmanager
+def exclusive_checkpoint(state: ContainerState) -> Iterator[None]:
+    """One checkpoint of a container at a time (a stop and checkpoint --all may race)."""
+    import fcntl
+
+    path = os.path.join(state.path, CHECKPOINT_LOCK)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _hand_to_pool(call: Call, location: ImageLocation, claimed_path: str) -> str:
+    """After a pool member's checkpoint (it is stopped now): offer its new image to the pool
+    and drop the image it was restored from, which the new one supersedes."""
+    from arch.checkpoint.storage import pool
+
+    try:
+        published = pool.release(claimed_path, location.root) or claimed_path
+    except OSError as error:  # the image is complete; `archctl gc` releases it later
+        logger.error("checkpoint %s: image %s not released into the pool: %s", call.where,
+                     claimed_path, error)  # fmt: skip
+        published = claimed_path
+    if location.image_dir:
+        try:
+            if remove_image(location):
+                logger.info("checkpoint %s: superseded pool image %s removed", call.where,
+                            location.image_dir)  # fmt: skip
+        except OSError as error:
+            logger.error("checkpoint %s: superseded pool image %s kept: %s", call.where,
+                         location.image_dir, error)  # fmt: skip
+    return published
+
+
+def handle_resume(call: Call) -> int:
+    # containerd resumes after a checkpoint call it gave up on: that arch-runc may be dead.
+    call.finish_interrupted(call.state())
+    return skip_once(call, SKIP_RESUME)

@@ -1,0 +1,100 @@
+"""delete of an opted-in container: runc's delete, then ARCH's state, and the image after a
+clean exit of the instance created against it (a pool member's claim goes back to the pool).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from arch.container.state import CHECKPOINTED, ContainerState
+from arch.shim.call import Call, location_of
+
+if TYPE_CHECKING:
+
+    from arch.container.identity import ImageLocation
+
+logger = logging.getLogger("arch")
+
+
+def handle_delete(call: Call) -> int:
+    """Delete through runc; then drop ARCH's state, and the image after a clean exit (0) of
+    the instance that was created against it."""
+    from arch.container.exit_watch import wait_for_exit_status
+
+    state = call.state()
+    call.finish_interrupted(state)
+    location = location_of(state)
+    if state is None or location is None:
+        if state is not None:
+            state.remove_all()
+        return call.pass_through()
+    status = call.run_through()
+    if status != 0:
+        return status
+    where = call.where
+    if state.has(CHECKPOINTED):
+        logger.info("delete %s: checkpointed, image kept in %s", where,
+                    location.image_dir or location.pool_dir)  # fmt: skip
+    elif not location.image_dir:
+        logger.info("delete %s: pool member without a claimed image", where)
+    else:
+        exit_status = wait_for_exit_status(state)
+        if exit_status == 0:
+            try:
+                _remove_own_image(where, state, location)
+            except OSError as error:
+                logger.error("delete %s: exited 0, image %s kept: %s", where,
+                             location.image_dir, error)  # fmt: skip
+        elif location.pool_dir is not None:
+            _release_claim(where, location, exit_status)
+        else:
+            logger.info("delete %s: exit status %s, image %s kept", where, exit_status,
+                        location.image_dir)  # fmt: skip
+    state.remove_all()
+    return 0
+
+
+def remove_image(location: ImageLocation) -> bool:
+    """Remove the location's image, resolved beneath its root (NotBeneath, an OSError, when it
+    no longer resolves there: nothing is removed); False when there is none."""
+    from arch.checkpoint.storage.beneath import opened_root
+    from arch.checkpoint.storage.store import remove
+
+    with opened_root(location.root) as root_fd:
+        return remove(root_fd, location.relative)
+
+
+def _remove_own_image(where: str, state: ContainerState, location: ImageLocation) -> None:
+    """After exit 0: remove the image this instance was created against, not one another
+    container (a replica with the same checkpoint id, another host) published there since. The
+    image is resolved beneath its root (NotBeneath, an OSError, when it no longer resolves)."""
+    from arch.checkpoint.storage.beneath import opened_root
+    from arch.checkpoint.storage.store import remove
+
+    record = state.read_record() or {}
+    expected = record.get("image_identity")
+    if not isinstance(expected, str):
+        logger.info("delete %s: exited 0; no image was at %s when it was created: nothing "
+                    "removed", where, location.image_dir)  # fmt: skip
+        return
+    with opened_root(location.root) as root_fd:
+        removed = remove(root_fd, location.relative, expected)
+    if removed:
+        logger.info("delete %s: exited 0, image %s removed", where, location.image_dir)
+    else:
+        logger.info("delete %s: exited 0, but the image at %s is not the one it was created "
+                    "against: kept", where, location.image_dir)  # fmt: skip
+
+
+def _release_claim(where: str, location: ImageLocation, exit_status: int | None) -> None:
+    from arch.checkpoint.storage import pool
+
+    claimed_path = location.image_dir
+    try:
+        released = pool.release(claimed_path, location.root)
+    except OSError as error:
+        logger.error("delete %s: cannot release pool image %s: %s", where, claimed_path, error)
+        return
+    logger.info("delete %s: exit status %s, pool image released as %s", where, exit_status,
+                released)  # fmt: skip
