@@ -1,5 +1,5 @@
 /*
- * The process inside `archctl selftest`'s container (arch/cli/selftest.py), built static so that
+ * The process inside `archctl selftest`'s container (arch/appliance/selftest.py), built static so that
  * it is the whole image: no shell, no libraries. archctl compiles it with the host's C compiler
  * (`cc -static`); the appliance role installs that compiler and the static C library.
  *
