@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 # Keep in sync with INTERCEPTED in launcher.c: the native front sends only these to Python.
-# kill concerns ARCH only while a Spot notice is active (see lifecycle.handle_kill).
+# kill concerns ARCH only while a Spot notice is active (see arch/shim/kill.py).
 INTERCEPTED_SUBCOMMANDS = frozenset({"create", "start", "checkpoint", "resume", "delete", "kill"})
 
 
