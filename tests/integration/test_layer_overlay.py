@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from arch.checkpoint.layer import apply
+from arch.checkpoint.layer import apply, archive
 from arch.checkpoint.layer.common import copy_range
 from arch.checkpoint.layer.filesystem import (
     ArchiveLimits,
@@ -647,7 +647,7 @@ def test_damaged_archive_is_refused_and_changes_nothing(
     target, _outside = image_target
     tar = tmp_path / "layer.tar"
     entries = [Entry("a", data=b"a" * 5000), Entry("b", data=b"b" * 5000)]
-    limits = apply.DEFAULT_LIMITS
+    limits = archive.DEFAULT_LIMITS
     if damage == "oversized header":
         entries.append(Entry("c", pax=(("SCHILY.xattr.user.big", "v" * 4096),)))
         limits = ArchiveLimits(max_extended_header=2048)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from arch.checkpoint.layer import apply
-from arch.checkpoint.layer.apply import DEFAULT_LIMITS, ArchiveLimits, read_members
+from arch.checkpoint.layer.archive import DEFAULT_LIMITS, ArchiveLimits, read_members
 from arch.checkpoint.layer.capture import LayerDigest, capture_layer
 from arch.checkpoint.layer.common import LayerError
 from arch.checkpoint.layer.journal import Journal
