@@ -9,19 +9,16 @@ from typing import TYPE_CHECKING
 
 from arch import __version__
 from arch.cli import (
-    ami,
     checkpoint,
     gc,
     inspect,
     listing,
-    remote,
     selftest,
     spot_watch,
-    template,
-    userdata,
     verify,
     watch_exits,
 )
+from arch.cli.delivery import ami, remote, template, userdata
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

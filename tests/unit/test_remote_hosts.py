@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from arch.cli.remote import print_results
+from arch.cli.delivery.remote import print_results
 from arch.remote.hosts import HostSpec, HostSpecError
 from arch.remote.operations import HostResult
 
