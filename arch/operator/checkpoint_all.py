@@ -236,7 +236,7 @@ def _published_since(location: ImageLocation, container_id: str, since: float) -
     import calendar
 
     from arch.bounded_json import read_at
-    from arch.checkpoint.validation import METADATA_MAX_BYTES
+    from arch.checkpoint.image.validation import METADATA_MAX_BYTES
 
     with opened_image(location) as dir_fd:
         if dir_fd is None:

@@ -2,7 +2,7 @@
 
 An image is one flat directory `<root>/<namespace>/<checkpoint id>/` holding
 - the CRIU files exactly as `runc checkpoint` writes them (inventory.img, dump.log, ...),
-- ROOTFS_TAR, the container's filesystem changes (written by arch.checkpoint.layer_*),
+- ROOTFS_TAR, the container's filesystem changes (written by arch/checkpoint/layer/),
 - METADATA_FILE, written last (see ImageMetadata), and with a key SIGNATURE_FILE.
 
 metadata.json may come from shared storage that other hosts write: parsing checks every field's
