@@ -32,8 +32,17 @@ KNOWN_KEYS = frozenset(
         "metrics_file",
         "image_key_file",
         "checkpoint_timeout",
+        "platform",
+        "restore_wait",
     }
 )
+# What a Spot notice does to a checkpointed job (CONTRACT.md, arch.spot.platform).
+PLATFORMS = ("ecs", "batch", "none")
+# Seconds a new pool member's create waits for an image a host under a notice is still writing.
+# Below the ECS agent's container start timeout (ECS_CONTAINER_START_TIMEOUT, 3m on Linux:
+# "Amazon ECS container agent configuration", docs.aws.amazon.com/AmazonECS/latest/developerguide/
+# ecs-agent-config.html), leaving a minute for the restore itself.
+DEFAULT_RESTORE_WAIT = 120.0
 DEFAULT_METRICS_FILE = "/var/lib/node_exporter/textfile_collector/arch.prom"
 
 
@@ -55,6 +64,8 @@ class HostConfig:
         "log_level",
         "metrics_file",
         "path",
+        "platform",
+        "restore_wait",
         "runc",
         "state_dir",
     )
@@ -73,8 +84,14 @@ class HostConfig:
         metrics_file: str = DEFAULT_METRICS_FILE,
         image_key_file: str | None = None,
         checkpoint_timeout: float | None = DEFAULT_CHECKPOINT_TIMEOUT,
+        platform: str = "none",
+        restore_wait: float = DEFAULT_RESTORE_WAIT,
     ) -> None:
         self.path = path
+        # "ecs", "batch" or "none": what a Spot notice does to a checkpointed job.
+        self.platform = platform
+        # Seconds a pool member's create waits for an image still being written elsewhere.
+        self.restore_wait = restore_wait
         # Seconds a dump may take before runc and CRIU are stopped (None: no limit).
         self.checkpoint_timeout = checkpoint_timeout
         self.runc = runc
@@ -183,7 +200,27 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         criu=criu,
         metrics_file=metrics_file,
         image_key_file=image_key_file,
+        platform=_platform(path, document),
+        restore_wait=_restore_wait(path, document),
     )
+
+
+def _platform(path: str, document: dict[str, Any]) -> str:
+    value = document.get("platform", "none")
+    if value not in PLATFORMS:
+        raise ConfigError(f"{path}: platform must be one of {', '.join(PLATFORMS)}, got {value!r}")
+    return str(value)
+
+
+def _restore_wait(path: str, document: dict[str, Any]) -> float:
+    value = document.get("restore_wait", DEFAULT_RESTORE_WAIT)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value < 1e9
+    ):
+        raise ConfigError(f"{path}: restore_wait must be a number of seconds, got {value!r}")
+    return float(value)
 
 
 def _checkpoint_timeout(path: str, document: dict[str, Any]) -> float | None:

@@ -122,7 +122,8 @@ enum value_kind {
 	LOG_LEVEL_VALUE,
 	PATH_LIST_VALUE,
 	CRIU_OPTIONS_VALUE,
-	SECONDS_VALUE
+	SECONDS_VALUE,
+	PLATFORM_VALUE
 };
 struct known_key {
 	const char *name;
@@ -137,9 +138,11 @@ static const struct known_key known_keys[] = {
 	{"metrics_file", OPTIONAL_PATH_VALUE}, /* "" turns metrics off */
 	{"image_key_file", PATH_VALUE},
 	{"checkpoint_timeout", SECONDS_VALUE}, /* whole seconds here; fractions go to Python */
+	{"platform", PLATFORM_VALUE},	    {"restore_wait", SECONDS_VALUE},
 	{NULL, PATH_VALUE},
 };
 static const char *const log_levels[] = {"debug", "info", "warning", "error", NULL};
+static const char *const platforms[] = {"ecs", "batch", "none", NULL}; /* config.PLATFORMS */
 /* The CRIU options arch/checkpoint/criu_options.py accepts, in their normalised form. */
 static const char *const criu_option_values[] = {
 	"--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks",
@@ -272,6 +275,10 @@ static int scan_key_line(const char *line, struct host_config *config, unsigned 
 	}
 	case LOG_LEVEL_VALUE:
 		if (!scan_plain_string(&p, &start, &len) || !in_list_nocase(log_levels, start, len))
+			return 0;
+		break;
+	case PLATFORM_VALUE:
+		if (!scan_plain_string(&p, &start, &len) || !in_list(platforms, start, len))
 			return 0;
 		break;
 	case PATH_LIST_VALUE:

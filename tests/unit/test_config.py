@@ -104,3 +104,27 @@ def test_checkpoint_timeout_defaults_to_an_hour_and_0_means_no_limit(tmp_path: P
 def test_checkpoint_timeout_must_be_seconds(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match="checkpoint_timeout must be a number of seconds"):
         load_config(write(tmp_path, f"checkpoint_timeout = {value}\n"))
+
+
+def test_platform_defaults_to_none_and_takes_ecs_or_batch(tmp_path: Path) -> None:
+    assert load_config(str(tmp_path / "absent.toml")).platform == "none"
+    assert load_config(write(tmp_path, 'platform = "batch"\n')).platform == "batch"
+    assert load_config(write(tmp_path, 'platform = "ecs"\n')).platform == "ecs"
+
+
+@pytest.mark.parametrize("value", ['"k8s"', '"ECS"', "1", '""'])
+def test_platform_must_be_one_of_three(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="platform must be one of ecs, batch, none"):
+        load_config(write(tmp_path, f"platform = {value}\n"))
+
+
+def test_restore_wait_defaults_below_the_ecs_start_timeout(tmp_path: Path) -> None:
+    assert load_config(str(tmp_path / "absent.toml")).restore_wait == 120.0
+    assert load_config(write(tmp_path, "restore_wait = 0\n")).restore_wait == 0.0
+    assert load_config(write(tmp_path, "restore_wait = 30.5\n")).restore_wait == 30.5
+
+
+@pytest.mark.parametrize("value", ['"60"', "-1", "true", "1e12"])
+def test_restore_wait_must_be_seconds(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="restore_wait must be a number of seconds"):
+        load_config(write(tmp_path, f"restore_wait = {value}\n"))

@@ -65,6 +65,12 @@ CORPUS = [
          'allowed_roots = ["/checkpoint", "/data",]\ncriu_options = ["--tcp-established", '
          '"--manage-cgroups-mode=soft"]\nmetrics_file = "/var/lib/m/arch.prom"\n', None,
          ["state", "job-9"], RUNC, DIRECT),
+    Case("platform and restore_wait", BASE + 'platform = "batch"\nrestore_wait = 90\n', None,
+         ["state", "job-9"], RUNC, DIRECT),
+    Case("unknown platform", BASE + 'platform = "k8s"\n', None, ["state", "job-9"], PATH_RUNC,
+         PYTHON),
+    Case("platform in capitals", BASE + 'platform = "ECS"\n', None, ["state", "job-9"],
+         PATH_RUNC, PYTHON),
     Case("metrics off", BASE + 'metrics_file = ""\n', None, ["state", "job-9"], RUNC, DIRECT),
     Case("relative metrics file", BASE + 'metrics_file = "arch.prom"\n', None, ["state", "job-9"],
          PATH_RUNC, PYTHON),
