@@ -14,7 +14,10 @@ from arch.config import ConfigError, load_config
 from arch.container.state import StateError, validate_component
 from arch.operator.checkpoint_all import (
     FAILED,
+    NOT_ATTEMPTED,
     OK,
+    SKIPPED,
+    STATUSES,
     CheckpointRun,
     Outcome,
     Report,
@@ -80,8 +83,35 @@ def add_parser(subcommands: Any) -> None:
         help="checkpoints at once (default: twice the CPUs, at least 2, at most 16: "
         f"{default_workers()} here)",
     )
+    parser.add_argument(
+        "--deadline",
+        type=utc_time,
+        help="finish by this UTC time (2026-11-30T17:00:00Z): smallest containers first, a "
+        "checkpoint that cannot finish in time is not attempted, a failed one is retried while "
+        "time is left (default: the active Spot notice's time, if any)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(run=run)
+
+
+def utc_time(text: str) -> float:
+    """argparse type of an IMDS-style UTC time, as epoch seconds."""
+    from arch.spot.imds import epoch_seconds
+
+    value = epoch_seconds(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a UTC time like 2026-11-30T17:00:00Z")
+    return value
+
+
+def notice_deadline(state_dir: str) -> float | None:
+    """The time of the Spot notice spot-watch recorded on this host, if one is active."""
+    from arch.spot.imds import epoch_seconds
+    from arch.spot.notice import read_marker
+
+    notice = (read_marker(state_dir) or {}).get("notice")
+    when = notice.get("time") if isinstance(notice, dict) else None
+    return epoch_seconds(when) if isinstance(when, str) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
     # stderr with --json, so that stdout holds only the document).
     stream = sys.stderr if args.json else sys.stdout
     progress = LiveProgress(stream, len(targets)) if stream.isatty() else PlainProgress(stream)
-    run_ = CheckpointRun(client, config, args.parallel, progress.finished, progress.started)
+    deadline = args.deadline if args.deadline is not None else notice_deadline(config.state_dir)
+    run_ = CheckpointRun(client, config, args.parallel, progress.finished, progress.started,
+                         deadline=deadline)  # fmt: skip
     outcomes = run_.run(targets)
     progress.close()
     report = Report(outcomes, problems, time.monotonic() - started, args.parallel)
@@ -119,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def outcome_row(outcome: Outcome) -> tuple[str, str, str, str, str]:
-    seconds = f"{outcome.seconds:.2f}" if outcome.status != "skipped" else "-"
+    seconds = f"{outcome.seconds:.2f}" if outcome.status in (OK, FAILED) else "-"
     return (outcome.status, outcome.name, seconds, human_bytes(outcome.image_bytes), outcome.reason)
 
 
@@ -132,8 +164,8 @@ def print_report(report: Report) -> None:
         print("no ARCH-enabled containers to checkpoint")
     counts = summary(report.outcomes)
     print(
-        f"{counts[OK]} ok, {counts[FAILED]} failed, {counts['skipped']} skipped "
-        f"in {report.seconds:.2f}s (at most {report.workers} at once)"
+        f"{counts[OK]} ok, {counts[FAILED]} failed, {counts[NOT_ATTEMPTED]} not attempted, "
+        f"{counts[SKIPPED]} skipped in {report.seconds:.2f}s (at most {report.workers} at once)"
     )
 
 
@@ -165,7 +197,7 @@ class LiveProgress:
         self.total = total
         self.lock = threading.Lock()
         self.running: set[str] = set()  # names of the containers being checkpointed
-        self.counts = {OK: 0, FAILED: 0, "skipped": 0}
+        self.counts = dict.fromkeys(STATUSES, 0)
         self.last = ""
 
     def started(self, target: Target) -> None:
@@ -185,8 +217,9 @@ class LiveProgress:
 
     def _draw(self, detail: str) -> None:
         line = (
-            f"{self.counts[OK]} ok, {self.counts[FAILED]} failed, {self.counts['skipped']} "
-            f"skipped, {len(self.running)} running - {detail}"
+            f"{self.counts[OK]} ok, {self.counts[FAILED]} failed, "
+            f"{self.counts[NOT_ATTEMPTED]} not attempted, {self.counts[SKIPPED]} skipped, "
+            f"{len(self.running)} running - {detail}"
         )
         self._clear()
         self.stream.write(line[:200])

@@ -9,17 +9,34 @@ directory, which is removed afterwards.
 
 A container that is not running, or not ARCH-enabled, is reported as skipped: only a container
 that should have been checkpointed and was not counts as failed.
+
+With a deadline (a Spot notice's time: the host is gone then) the run saves as many containers
+as it can before it. The rule:
+1. Smallest first. Every dump streams the container's memory (and its filesystem changes) to
+   storage; with one deadline for all, running the shortest jobs first finishes the most of
+   them (shortest processing time first). A container's size is its cgroup's memory use (else
+   the size of its last image); one of unknown size goes after those of known size.
+2. A dump starts only when its estimate fits in the time left before the deadline, less a
+   margin (DEADLINE_MARGIN) for the stop and publication. The estimate is a fixed cost per
+   checkpoint plus size / rate, the rate measured from this run's finished dumps (before the
+   first, ASSUMED_BYTES_PER_SECOND, deliberately low). A container that does not fit is not
+   attempted: it would not finish, and it would slow the dumps that can.
+3. A failed checkpoint leaves the container running (ARCH's contract): it goes to the back of
+   the queue and is tried again while its estimate still fits, at most MAX_ATTEMPTS times.
+Each container is reported: ok (saved), failed (why, after how many attempts), not attempted
+(no time: what it needed and what was left), skipped (not running, not ARCH's).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
 from arch.operator.containerd import PAUSED, RUNNING, ContainerdError
@@ -40,7 +57,14 @@ if TYPE_CHECKING:
     from arch.container.identity import ImageLocation
     from arch.operator.containerd import Containerd
 
-OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+logger = logging.getLogger("arch")
+OK, FAILED, SKIPPED, NOT_ATTEMPTED = "ok", "failed", "skipped", "not_attempted"
+STATUSES = (OK, FAILED, SKIPPED, NOT_ATTEMPTED)
+# The deadline rule (module docstring).
+DEADLINE_MARGIN = 5.0
+FIXED_SECONDS = 1.0  # ctr, pause, the state calls, the publication's renames and fsyncs
+ASSUMED_BYTES_PER_SECOND = 50 * 1024 * 1024
+MAX_ATTEMPTS = 3
 SCRATCH_DIR = ".work"
 # CRIU's dump is mostly CPU (page copying) and disk; ctr and containerd mostly wait. Two
 # checkpoints per core keep the CPUs busy without letting dumps of large containers fight.
@@ -60,6 +84,7 @@ class Target(NamedTuple):
     container: ArchContainer | None
     skip_reason: str | None = None
     fail_reason: str | None = None
+    saved_reason: str | None = None  # saved before this run (held frozen on a Batch host)
 
     @property
     def name(self) -> str:
@@ -96,7 +121,8 @@ class Outcome(NamedTuple):
 def plan_all(client: Containerd, config: HostConfig) -> tuple[list[Target], list[str]]:
     """Every container arch-runc created opted in, in this containerd; and namespaces unread."""
     inventory = discover(client, config, read_specs=False)
-    return [_target(container) for container in inventory.containers], inventory.problems
+    targets = [_target(container, config.state_dir) for container in inventory.containers]
+    return targets, inventory.problems
 
 
 def plan_named(
@@ -125,19 +151,32 @@ def plan_named(
             targets.append(Target(namespace, container_id, None, skip_reason=reason))
             continue
         container = ArchContainer(namespace, container_id, status, location, FROM_STATE)
-        targets.append(_target(container))
+        targets.append(_target(container, config.state_dir))
     return targets
 
 
-def _target(container: ArchContainer) -> Target:
-    skip = None
+def _target(container: ArchContainer, state_dir: str) -> Target:
+    from arch.container.state import ContainerState, StateError
+    from arch.spot.platform import HELD
+
+    target = Target(container.namespace, container.container_id, container)
     if container.status not in (RUNNING, PAUSED):
-        skip = f"not running ({container.status.lower()})"
-    return Target(container.namespace, container.container_id, container, skip_reason=skip)
+        return target._replace(skip_reason=f"not running ({container.status.lower()})")
+    try:
+        held = ContainerState(state_dir, container.namespace, container.container_id).has(HELD)
+    except StateError:
+        held = False
+    if held:
+        return target._replace(saved_reason="checkpointed earlier and held frozen")
+    return target
 
 
 class CheckpointRun:
-    """Checkpoint targets with at most `workers` at once; `progress` hears of each as it ends."""
+    """Checkpoint targets with at most `workers` at once; `progress` hears of each as it ends.
+
+    `deadline` (epoch seconds): the module's deadline rule applies. `hold`: checkpoint and keep
+    each container frozen (a Batch host under a notice, arch.spot.platform) instead of ending it.
+    """
 
     def __init__(
         self,
@@ -146,40 +185,109 @@ class CheckpointRun:
         workers: int,
         progress: Callable[[Outcome, int, int], None] | None = None,
         started: Callable[[Target], None] | None = None,
+        *,
+        deadline: float | None = None,
+        hold: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.config = config
         self.workers = max(1, workers)
         self.progress = progress
         self.started = started
+        self.deadline = deadline
+        self.hold = hold
+        self.clock = clock
         self._lock = threading.Lock()
         self._done = 0
+        self._rate = RateMeter()
 
     def run(self, targets: list[Target]) -> list[Outcome]:
         """Every target's outcome, in the targets' order."""
         self._done = 0
         total = len(targets)
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            outcomes = list(pool.map(lambda target: self._one(target, total), targets))
-        return outcomes
+        outcomes: list[Outcome | None] = [None] * total
+        sizes = target_sizes(self.client, targets)
+        queue: deque[int] = deque()
+        for index in smallest_first(targets, sizes):
+            target = targets[index]
+            if _runnable(target):
+                queue.append(index)
+            else:
+                outcomes[index] = self._finish(_not_run(target), total)
+        attempts = [0] * total
+        workers = [
+            threading.Thread(target=self._work, args=(queue, targets, sizes, attempts, outcomes))
+            for _ in range(min(self.workers, len(queue)))
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return [outcome for outcome in outcomes if outcome is not None]
 
-    def _one(self, target: Target, total: int) -> Outcome:
-        started = time.monotonic()
-        if target.fail_reason is not None or target.skip_reason is not None or not target.container:
-            status = FAILED if target.fail_reason is not None else SKIPPED
-            reason = target.fail_reason or target.skip_reason or ""
-            outcome = Outcome(
-                target.namespace, target.container_id, status, reason, 0.0, None, None
-            )
-        else:
-            if self.started is not None:
+    def _work(
+        self,
+        queue: deque[int],
+        targets: list[Target],
+        sizes: list[int | None],
+        attempts: list[int],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        total = len(targets)
+        while True:
+            with self._lock:
+                if not queue:
+                    return
+                index = queue.popleft()
+                attempts[index] += 1
+            target, attempt = targets[index], attempts[index]
+            needed, left = self._rate.seconds_for(sizes[index]), self._time_left()
+            if left is not None and needed > left:
+                outcome = _no_time(target, needed, left, attempt)
+            else:
+                outcome = self._attempt(target, sizes[index])
+                if outcome.status == FAILED and attempt < MAX_ATTEMPTS and self._retry_fits(
+                    sizes[index]
+                ):
+                    with self._lock:
+                        queue.append(index)
+                    continue
+                if outcome.status == FAILED and attempt > 1:
+                    outcome = outcome._replace(reason=f"{outcome.reason} ({attempt} attempts)")
+            outcomes[index] = self._finish(outcome, total)
+
+    def _attempt(self, target: Target, size: int | None) -> Outcome:
+        assert target.container is not None
+        if self.started is not None:
+            try:
                 self.started(target)
-            outcome = self._checkpoint(target, target.container, started)
+            except Exception:  # reporting must never stop the checkpoints
+                logger.exception("progress report of %s failed", target.name)
+        began = self.clock()
+        outcome = self._checkpoint(target, target.container, time.monotonic())
+        if outcome.status == OK:
+            self._rate.add(outcome.image_bytes or size, self.clock() - began)
+        return outcome
+
+    def _time_left(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - self.clock() - DEADLINE_MARGIN
+
+    def _retry_fits(self, size: int | None) -> bool:
+        left = self._time_left()
+        return left is None or self._rate.seconds_for(size) <= left
+
+    def _finish(self, outcome: Outcome, total: int) -> Outcome:
         with self._lock:
             self._done += 1
             done = self._done
         if self.progress is not None:
-            self.progress(outcome, done, total)
+            try:
+                self.progress(outcome, done, total)
+            except Exception:  # reporting must never stop the checkpoints (e.g. a full disk)
+                logger.exception("progress report of %s failed", outcome.name)
         return outcome
 
     def _checkpoint(self, target: Target, container: ArchContainer, started: float) -> Outcome:
@@ -187,14 +295,17 @@ class CheckpointRun:
         assert location is not None  # a FROM_STATE container always has one
         wall_start = time.time()
         scratch_parent = os.path.join(self.config.state_dir, SCRATCH_DIR)
-        status, reason = OK, "checkpointed and stopped"
+        status = OK
+        reason = "checkpointed and held frozen" if self.hold else "checkpointed and stopped"
         try:
             os.makedirs(scratch_parent, mode=0o700, exist_ok=True)
             scratch = tempfile.mkdtemp(prefix="ctr-checkpoint-", dir=scratch_parent)
         except OSError as error:
             return self._outcome(target, FAILED, f"no scratch directory: {error}", started, None)
         try:
-            self.client.checkpoint(target.namespace, target.container_id, scratch)
+            self.client.checkpoint(
+                target.namespace, target.container_id, scratch, leave_running=self.hold
+            )
         except ContainerdError as error:
             status, reason = FAILED, str(error)
             if _published_since(location, target.container_id, wall_start):
@@ -228,6 +339,101 @@ class CheckpointRun:
         return Outcome(
             target.namespace, target.container_id, status, reason, seconds, image_dir, size
         )
+
+
+def _runnable(target: Target) -> bool:
+    return target.container is not None and not (
+        target.fail_reason or target.skip_reason or target.saved_reason
+    )
+
+
+def _not_run(target: Target) -> Outcome:
+    status = FAILED if target.fail_reason else OK if target.saved_reason else SKIPPED
+    reason = target.fail_reason or target.saved_reason or target.skip_reason or ""
+    return Outcome(target.namespace, target.container_id, status, reason, 0.0, None, None)
+
+
+def _no_time(target: Target, needed: float, left: float, attempt: int) -> Outcome:
+    status = NOT_ATTEMPTED if attempt == 1 else FAILED
+    what = "no time" if attempt == 1 else f"failed {attempt - 1} times, no time to try again"
+    reason = f"{what}: needs ~{needed:.0f}s, {max(left, 0.0):.0f}s left before the deadline"
+    return Outcome(target.namespace, target.container_id, status, reason, 0.0, None, None)
+
+
+class RateMeter:
+    """How fast this run's dumps go: the estimate of a checkpoint's seconds (deadline rule)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self._seconds = 0.0
+
+    def add(self, size: int | None, seconds: float) -> None:
+        if size:
+            with self._lock:
+                self._bytes += size
+                self._seconds += max(seconds - FIXED_SECONDS, 0.05)
+
+    def seconds_for(self, size: int | None) -> float:
+        with self._lock:
+            measured = self._bytes / self._seconds if self._bytes else 0.0
+        rate = max(measured, ASSUMED_BYTES_PER_SECOND) if measured else ASSUMED_BYTES_PER_SECOND
+        return FIXED_SECONDS + (size or 0) / rate
+
+
+def smallest_first(targets: list[Target], sizes: list[int | None]) -> list[int]:
+    """Target indexes in the order the deadline rule takes them: known sizes, smallest first,
+    then the unknown ones in their given order."""
+    return sorted(range(len(targets)), key=lambda i: (sizes[i] is None, sizes[i] or 0, i))
+
+
+def target_sizes(client: Containerd, targets: list[Target]) -> list[int | None]:
+    """Each target's memory in use (its cgroup's), else its last image's size; None: unknown."""
+    pids: dict[str, dict[str, int]] = {}
+    sizes: list[int | None] = []
+    for target in targets:
+        if not _runnable(target) or target.container is None:
+            sizes.append(None)
+            continue
+        if target.namespace not in pids:
+            try:
+                tasks = client.tasks(target.namespace)
+            except ContainerdError:
+                tasks = {}
+            pids[target.namespace] = {key: task.pid for key, task in tasks.items()}
+        size = cgroup_memory_bytes(pids[target.namespace].get(target.container_id, 0))
+        location = target.container.location
+        if size is None and location is not None and image_published(location):
+            size = directory_bytes(location) or None
+        sizes.append(size)
+    return sizes
+
+
+def cgroup_memory_bytes(pid: int) -> int | None:
+    """The memory charged to the cgroup of `pid` (cgroup v1 or v2); None when unknown."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            candidates = [f"/sys/fs/cgroup/memory{path}/memory.usage_in_bytes"]
+        elif controllers == "":
+            candidates = [f"/sys/fs/cgroup{path}/memory.current",
+                          f"/sys/fs/cgroup/unified{path}/memory.current"]  # fmt: skip
+        else:
+            continue
+        for candidate in candidates:
+            try:
+                with open(candidate, encoding="ascii") as handle:
+                    return int(handle.read().strip())
+            except (OSError, ValueError):
+                continue
+    return None
 
 
 def _published_since(location: ImageLocation, container_id: str, since: float) -> bool:
@@ -300,19 +506,27 @@ def checkpoint_all(
     config: HostConfig,
     workers: int,
     progress: Callable[[Outcome, int, int], None] | None = None,
+    *,
+    deadline: float | None = None,
+    hold: bool = False,
+    planned: Callable[[list[Target]], None] | None = None,
 ) -> Report:
-    """Checkpoint every running ARCH container of this containerd (unreachable: a problem)."""
+    """Checkpoint every running ARCH container of this containerd (unreachable: a problem).
+    `planned` hears of the targets before any checkpoint starts."""
     started = time.monotonic()
     try:
         targets, problems = plan_all(client, config)
     except ContainerdError as error:
         return Report([], [str(error)], time.monotonic() - started, workers)
-    outcomes = CheckpointRun(client, config, workers, progress).run(targets)
+    if planned is not None:
+        planned(targets)
+    run = CheckpointRun(client, config, workers, progress, deadline=deadline, hold=hold)
+    outcomes = run.run(targets)
     return Report(outcomes, problems, time.monotonic() - started, workers)
 
 
 def summary(outcomes: Iterable[Outcome]) -> dict[str, int]:
-    counts = {OK: 0, FAILED: 0, SKIPPED: 0}
+    counts = dict.fromkeys(STATUSES, 0)
     for outcome in outcomes:
         counts[outcome.status] += 1
     return counts

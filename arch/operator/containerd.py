@@ -123,8 +123,13 @@ class Containerd:
         container_id: str,
         image_path: str,
         timeout: float = CHECKPOINT_TIMEOUT,
+        *,
+        leave_running: bool = False,
     ) -> None:
         """Checkpoint the task and let it exit, with CRIU's files at `image_path`.
+
+        `leave_running`: without ctr's --exit. On a Batch host under a Spot notice arch-runc
+        then keeps the task frozen (held, arch.spot.platform); elsewhere it still ends it.
 
         With an image path containerd passes the directory to the runtime and builds no
         checkpoint image of its own in its content store (no copy of the dump, no gzip of the
@@ -132,11 +137,17 @@ class Containerd:
         and resumes it after, so its view of the task (and Docker's) stays consistent: the task
         ends in STOPPED.
         """
+        exit_flag = [] if leave_running else ["--exit"]
         self.run(
             namespace,
-            ["task", "checkpoint", "--exit", "--image-path", image_path, container_id],
+            ["task", "checkpoint", *exit_flag, "--image-path", image_path, container_id],
             timeout=timeout,
         )
+
+
+    def resume(self, namespace: str, container_id: str) -> None:
+        """Resume (thaw) a paused task."""
+        self.run(namespace, ["task", "resume", container_id])
 
 
 def parse_task_list(text: str) -> list[Task]:

@@ -188,3 +188,15 @@ def _json_object(body: bytes, what: str) -> dict[str, object]:
     if not isinstance(document, dict):
         raise ImdsError(f"{what} is not a JSON object: {body[:200]!r}")
     return document
+
+
+def epoch_seconds(timestamp: str) -> float | None:
+    """2026-11-30T17:00:00Z (IMDS's form, fractions allowed) as seconds since the epoch."""
+    import calendar
+
+    if not _TIMESTAMP.match(timestamp):
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
