@@ -17,21 +17,31 @@ from arch.cli.checkpoint import positive_int
 from arch.config import ConfigError, load_config
 from arch.log import setup_logging
 from arch.operator.checkpoint_all import checkpoint_all, default_workers
-from arch.operator.containerd import Containerd
+from arch.operator.containerd import Containerd, ContainerdError
 from arch.spot.imds import (
     DEFAULT_ENDPOINT,
     DEFAULT_TOKEN_TTL,
     ENDPOINT_ENV,
     MAX_TOKEN_TTL,
     ImdsClient,
+    epoch_seconds,
     parse_endpoint,
 )
-from arch.spot.watcher import ADVISED_MAX_INTERVAL, DEFAULT_INTERVAL, REBALANCE, SpotWatcher
+from arch.spot.watcher import (
+    ADVISED_MAX_INTERVAL,
+    DEFAULT_INTERVAL,
+    DEFAULT_THAW_AFTER,
+    REBALANCE,
+    SpotWatcher,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import FrameType
 
-    from arch.operator.checkpoint_all import Outcome, Report
+    from arch.config import HostConfig
+    from arch.operator.checkpoint_all import Outcome, Report, Target
+    from arch.spot.imds import Notice
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 LOGGER_NAME = "arch.spot"
@@ -95,6 +105,13 @@ def add_parser(subcommands: Any) -> None:
         default=DEFAULT_TOKEN_TTL,
         help=f"IMDSv2 session token lifetime in seconds (default {DEFAULT_TOKEN_TTL})",
     )
+    parser.add_argument(
+        "--thaw-after",
+        type=positive_seconds,
+        default=DEFAULT_THAW_AFTER,
+        help="platform batch: thaw the held jobs when this host is still here this many seconds "
+        f"after the notice's time (default {DEFAULT_THAW_AFTER:g})",
+    )
     parser.set_defaults(run=run)
 
 
@@ -133,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
             outcome.reason,
         )
 
-    def checkpoint_everything() -> Report:
-        return checkpoint_all(client, config, args.parallel, log_outcome)
+    def checkpoint_everything(notice: Notice) -> Report:
+        return checkpoint_for_notice(client, config, args.parallel, notice, logger, log_outcome)
 
     def record_notice(action: str, when: str) -> None:
         from arch import metrics
@@ -150,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
         interval=args.interval,
         rebalance=args.rebalance,
         notice_seen=record_notice,
+        thaw=(lambda: thaw_held(client, config, logger)) if config.platform == "batch" else None,
+        thaw_after=args.thaw_after,
     )
     if args.once:
         return watcher.run_once()
@@ -165,15 +184,77 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def epoch_seconds(timestamp: str) -> float | None:
-    """2026-11-30T17:00:00Z (IMDS's form, fractions allowed) as seconds since the epoch."""
-    import calendar
-    import time
+def checkpoint_for_notice(
+    client: Containerd,
+    config: HostConfig,
+    workers: int,
+    notice: Notice,
+    logger: logging.Logger,
+    log_outcome: Callable[[Outcome, int, int], None],
+) -> Report:
+    """`checkpoint --all` against the notice's deadline. Pool members' images are announced
+    as on the way first (arch.spot.pending), each announcement removed as its checkpoint ends.
+    On a Batch host the jobs are held frozen (arch.spot.platform)."""
+    from arch.spot.pending import Announcements
+    from arch.spot.platform import holds
+
+    deadline = epoch_seconds(notice.time)
+    announcements = Announcements(pool_host_label())
+
+    def announce(targets: list[Target]) -> None:
+        for target in targets:
+            location = target.container.location if target.container else None
+            if location is None or location.pool_dir is None or deadline is None:
+                continue
+            if target.skip_reason or target.fail_reason or target.saved_reason:
+                continue
+            try:
+                announcements.announce(target.name, location.root, location.pool_dir, deadline)
+            except OSError as error:
+                logger.error("%s: cannot announce its image in %s: %s", target.name,
+                             location.pool_dir, error)  # fmt: skip
+
+    def finished(outcome: Outcome, done: int, total: int) -> None:
+        try:
+            announcements.settle(outcome.name)
+        except OSError as error:
+            logger.error("%s: pending record not removed: %s", outcome.name, error)
+        log_outcome(outcome, done, total)
 
     try:
-        return float(calendar.timegm(time.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S")))
-    except ValueError:
-        return None
+        hold = holds(config.platform, pool_member=False)
+        return checkpoint_all(client, config, workers, finished, deadline=deadline, hold=hold,
+                              planned=announce)  # fmt: skip
+    finally:
+        for problem in announcements.settle_all():
+            logger.error("%s", problem)
+
+
+def pool_host_label() -> str:
+    from arch.checkpoint.pool import host_label
+
+    return host_label()
+
+
+def thaw_held(client: Containerd, config: HostConfig, logger: logging.Logger) -> int:
+    """Resume every job held frozen on this host (through containerd, so its view and arch-runc's
+    record follow); the number thawed."""
+    from arch.container.state import ContainerState, StateError, list_containers
+    from arch.spot.platform import HELD
+
+    thawed = 0
+    for namespace, container_id in list_containers(config.state_dir):
+        try:
+            if not ContainerState(config.state_dir, namespace, container_id).has(HELD):
+                continue
+            client.resume(namespace, container_id)
+        except (StateError, ContainerdError) as error:
+            logger.error("cannot thaw %s/%s: %s", namespace, container_id, error)
+            continue
+        thawed += 1
+        logger.warning("thawed %s/%s: it goes on; its image stays until it finishes",
+                       namespace, container_id)  # fmt: skip
+    return thawed
 
 
 def _logger(log_file: str, level: str) -> logging.Logger:

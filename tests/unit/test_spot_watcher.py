@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from arch.operator.checkpoint_all import FAILED, OK, Outcome, Report
-from arch.spot.imds import ImdsClient
+from arch.spot.imds import ImdsClient, Notice, epoch_seconds
 from arch.spot.notice import marker_path, notice_active, read_marker
 from arch.spot.watcher import MAX_BACKOFF, SpotWatcher
 from tests.imds_server import NOTICE, ImdsServer
@@ -29,9 +29,11 @@ class Runs:
         self.error = error
         self.marker_during_run: list[bool] = []
         self.state_dir = ""
+        self.notices: list[Notice] = []
 
-    def __call__(self) -> Report:
+    def __call__(self, notice: Notice) -> Report:
         self.calls += 1
+        self.notices.append(notice)
         self.marker_during_run.append(notice_active(self.state_dir))
         if self.error is not None:
             raise self.error
@@ -73,7 +75,9 @@ def test_first_notice_checkpoints_once_and_records_the_outcome(
     assert marker is not None
     assert marker["notice"] == NOTICE
     assert marker["outcome"]["ok"] is True
-    assert marker["outcome"]["summary"] == {"ok": 1, "failed": 0, "skipped": 0}
+    assert marker["outcome"]["summary"] == {"ok": 1, "failed": 0, "skipped": 0,
+                                            "not_attempted": 0}  # fmt: skip
+    assert runs.notices == [Notice(NOTICE["action"], NOTICE["time"])]  # the deadline goes along
     assert (Path(marker_path(str(tmp_path))).stat().st_mode & 0o777) == 0o600
 
     # spot-watch restarted during the same notice: the recorded outcome stands, no second run.
@@ -177,3 +181,97 @@ def test_an_unwritable_state_dir_does_not_stop_the_run(
     assert watcher.run_once() == 0
     assert runs.calls == 1
     assert "cannot write the notice marker" in caplog.text
+
+
+def test_a_failing_rebalance_read_never_drops_a_notice(
+    imds: ImdsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = Runs()
+    watcher = watcher_for(imds, tmp_path, runs, rebalance=True)
+    imds.rebalance = {"noticeTime": 5}  # not what AWS documents: the rebalance read fails
+    imds.mode = "notice"
+    assert watcher.poll() == INTERVAL
+    assert runs.calls == 1, caplog.text
+    assert "reading the rebalance recommendation failed" in caplog.text
+    print("evidence:", [line for line in caplog.text.splitlines() if "rebalance" in line][0])
+
+
+def test_failing_metrics_and_logging_stop_neither_the_checkpoint_nor_the_watcher(
+    imds: ImdsServer, tmp_path: Path
+) -> None:
+    def broken_metrics(action: str, when: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    class BrokenHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise RuntimeError("log sink gone")
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            raise RuntimeError("log sink gone")
+
+    runs = Runs()
+    watcher = watcher_for(imds, tmp_path, runs, notice_seen=broken_metrics)
+    broken = BrokenHandler()
+    watcher.log = logging.getLogger("spot-watch-broken")
+    watcher.log.propagate = False
+    watcher.log.addHandler(broken)
+    imds.mode = "notice"
+    try:
+        assert watcher.poll() == INTERVAL
+        assert watcher.poll() == INTERVAL
+    finally:
+        watcher.log.removeHandler(broken)
+    assert runs.calls == 1
+    marker = read_marker(str(tmp_path))
+    assert marker is not None and marker["outcome"]["ok"] is True
+
+
+@pytest.mark.parametrize("recorded", ["no outcome", "failed outcome"])
+def test_a_restart_finishes_the_notices_work(
+    imds: ImdsServer, tmp_path: Path, recorded: str
+) -> None:
+    from arch.spot.notice import write_marker
+
+    document: dict[str, object] = {"notice": NOTICE, "seen_at": "2026-11-30T16:58:01Z"}
+    if recorded == "failed outcome":
+        document["outcome"] = {"ok": False, "failed": ["default/job"]}
+    write_marker(str(tmp_path), document)  # what a spot-watch that crashed midway left
+    runs = Runs()
+    imds.mode = "notice"
+    watcher = watcher_for(imds, tmp_path, runs)
+    watcher.poll()
+    assert runs.calls == 1
+    marker = read_marker(str(tmp_path))
+    assert marker is not None and marker["outcome"]["ok"] is True
+    assert marker["seen_at"] == "2026-11-30T16:58:01Z" and "restarted_at" in marker
+
+
+def test_held_jobs_are_thawed_well_past_the_notice_time_or_when_it_goes(
+    imds: ImdsServer, tmp_path: Path
+) -> None:
+    notice_time = epoch_seconds(NOTICE["time"])
+    assert notice_time is not None
+    now = [notice_time - 100.0]
+    thaws: list[float] = []
+    runs = Runs()
+    watcher = watcher_for(imds, tmp_path, runs, thaw=lambda: thaws.append(now[0]),
+                          thaw_after=120.0, clock=lambda: now[0])  # fmt: skip
+    imds.mode = "notice"
+    watcher.poll()
+    now[0] = notice_time + 119.0
+    watcher.poll()
+    assert thaws == []  # the host may still be reclaimed: the jobs stay frozen
+    now[0] = notice_time + 121.0
+    watcher.poll()
+    watcher.poll()
+    assert thaws == [notice_time + 121.0]  # once
+
+    other = tmp_path / "withdrawn"
+    thaws.clear()
+    withdrawn = watcher_for(imds, other, Runs(), thaw=lambda: thaws.append(0.0),
+                            clock=lambda: notice_time - 60.0)  # fmt: skip
+    withdrawn.poll()
+    imds.mode = "none"
+    withdrawn.poll()
+    withdrawn.poll()
+    assert thaws == [0.0]
