@@ -1,0 +1,79 @@
+"""What a Spot notice does to an ARCH job on each platform (arch.toml `platform`).
+
+- `ecs` (and `none`): the job's container ends once its image is published. The ECS agent and
+  the service scheduler replace the task elsewhere (a service), or the task just stops (a
+  standalone task; a new run with the same ARCH_CHECKPOINT_ID restores).
+- `batch`: the job is checkpointed and then *held*, frozen, not exited. AWS Batch decides about
+  a retry from the attempt's status reason and exit code ("Automated job retries",
+  https://docs.aws.amazon.com/batch/latest/userguide/job_retries.html): a container that exits
+  137 two minutes before the host goes reads "Essential container in task exited", which the
+  documented retry rule (`onStatusReason: "Host EC2*"`) does not match, and the job fails. A job
+  still RUNNING when the host is reclaimed reads "Host EC2 (instance i-...) terminated.", which
+  it retries; the retry (same AWS_BATCH_JOB_ID) restores the image on another host. If the host
+  is still there well after the notice's time (a stop/hibernate notice, a withdrawn one),
+  spot-watch thaws the held jobs and they go on; their images stay until they finish.
+
+State flags kept per container (arch.container.state), imported by arch-runc's hot paths: keep
+this module free of heavy imports.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from arch.container.state import ContainerState
+
+ECS, BATCH, NONE = "ecs", "batch", "none"
+# Checkpointed during a notice on a Batch host and kept frozen (the image was published).
+HELD = "held"
+# A stop signal reached the container (arch-runc's native front or Python wrote it at `kill`);
+# its mtime is when.
+STOP_SIGNALLED = "stop_signalled"
+# Created while this host's notice was active: it neither restored nor claimed an image, and
+# its state must never replace one (no publication, no removal at exit).
+NOTICE_FRESH = "notice_fresh"
+# A stop this long before spot-watch's marker appears counts as a stop during the notice: the
+# ECS agent and spot-watch each poll instance metadata every second, either may see it first
+# ("Spot Instance interruption notices": "we recommend that you check for these interruption
+# notices every 5 seconds"; the agent: ECS_ENABLE_SPOT_INSTANCE_DRAINING, "Amazon ECS container
+# agent configuration"), and the marker is written right after spot-watch's read.
+NOTICE_RACE_SECONDS = 3.0
+
+
+def holds(platform: str, pool_member: bool) -> bool:
+    """Whether a checkpoint during a notice keeps the job frozen instead of ending it (Batch
+    jobs; pool members are replicas of a service and always end)."""
+    return platform == BATCH and not pool_member
+
+
+def stop_signalled_at(state: ContainerState) -> float | None:
+    """When a stop signal reached the container (epoch seconds), None when none did."""
+    try:
+        return os.stat(os.path.join(state.path, STOP_SIGNALLED)).st_mtime
+    except OSError:
+        return None
+
+
+def stopped_for_a_notice(
+    state: ContainerState,
+    notice_active: Callable[[], bool],
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Whether the container's exit follows a stop that belongs to a Spot notice: a stop signal
+    reached it while the notice marker existed, or at most NOTICE_RACE_SECONDS before the
+    marker appeared (waited for here, only as long as that window lasts)."""
+    signalled = stop_signalled_at(state)
+    if signalled is None:
+        return False
+    while not notice_active():
+        left = signalled + NOTICE_RACE_SECONDS - clock()
+        if left <= 0:
+            return False
+        sleep(min(left, 0.2))
+    return True
