@@ -193,7 +193,7 @@ def test_a_failing_rebalance_read_never_drops_a_notice(
     assert watcher.poll() == INTERVAL
     assert runs.calls == 1, caplog.text
     assert "reading the rebalance recommendation failed" in caplog.text
-    print("evidence:", [line for line in caplog.text.splitlines() if "rebalance" in line][0])
+    print("evidence:", next(line for line in caplog.text.splitlines() if "rebalance" in line))
 
 
 def test_failing_metrics_and_logging_stop_neither_the_checkpoint_nor_the_watcher(
