@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -481,6 +482,45 @@ static int kill_may_checkpoint(const struct host_config *config, const char *roo
 	return !namespace_of(root, ns, sizeof(ns)) || names_arch_container(config, ns, argc, argv, sub);
 }
 
+/*
+ * A stop signal to a container with ARCH state leaves the flag `stop_signalled` there (its mtime
+ * says when): an exit 0 that follows a stop in the seconds before spot-watch's marker appears
+ * is not a finish, and delete keeps the image (arch/spot/platform.py, STOP_SIGNALLED). One
+ * open() for kill of any container; it fails at once (ENOENT) for one without ARCH state.
+ * Keep the signal list in sync with STOP_SIGNALS in the Python kill handler.
+ */
+static const char *const stop_signals[] = {"TERM", "KILL", "INT", "QUIT", "15", "9", "2", "3", NULL};
+static void note_stop_signal(const struct host_config *config, const char *root, int argc,
+			     char **argv, int sub)
+{
+	const char *positionals[2] = {NULL, "TERM"};
+	int count = 0;
+	for (int i = sub + 1; i < argc && count < 2; i++)
+		if (argv[i][0] != '-' || argv[i][1] == '\0')
+			positionals[count++] = argv[i];
+	const char *id = positionals[0], *signal = positionals[1];
+	if (strncasecmp(signal, "SIG", 3) == 0)
+		signal += 3;
+	char upper[16];
+	size_t len = strlen(signal);
+	if (len >= sizeof(upper))
+		return;
+	for (size_t i = 0; i <= len; i++)
+		upper[i] = (char)((signal[i] >= 'a' && signal[i] <= 'z') ? signal[i] - 32 : signal[i]);
+	char ns[256], path[8192];
+	if (!id || strchr(id, '/') || strcmp(id, ".") == 0 || strcmp(id, "..") == 0 ||
+	    !in_list(stop_signals, upper, len) || !namespace_of(root, ns, sizeof(ns)))
+		return;
+	int n = snprintf(path, sizeof(path), "%s/%s/%s/stop_signalled", config->state_dir, ns, id);
+	if (n < 0 || (size_t)n >= sizeof(path))
+		return;
+	int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		futimens(fd, NULL);
+		close(fd);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const char *root = DEFAULT_RUNC_ROOT;
@@ -491,9 +531,11 @@ int main(int argc, char **argv)
 	if (sub > 0 && in_list(intercepted, argv[sub], strlen(argv[sub])) &&
 	    concerns_arch(&config, root, argc, argv, sub))
 		exec_python(argv);
-	if (sub > 0 && strcmp(argv[sub], "kill") == 0 &&
-	    kill_may_checkpoint(&config, root, argc, argv, sub))
-		exec_python(argv);
+	if (sub > 0 && strcmp(argv[sub], "kill") == 0) {
+		note_stop_signal(&config, root, argc, argv, sub);
+		if (kill_may_checkpoint(&config, root, argc, argv, sub))
+			exec_python(argv);
+	}
 	argv[0] = config.runc;
 	execv(config.runc, argv);
 	fprintf(stderr, "arch-runc: cannot execute the real runc %s: %s\n", config.runc,

@@ -257,3 +257,27 @@ def test_one_shot_no_op_is_answered_natively(front: Front, subcommand: str, flag
     assert not flag_file.exists()
     front.run(args)  # the flag is spent: the next call is a real one, for Python to route
     assert front.went_to_python()
+
+
+@pytest.mark.parametrize(
+    ("args", "noted"),
+    [
+        (["kill", "job-1"], True),  # runc's default signal: SIGTERM
+        (["kill", "job-1", "9"], True),
+        (["kill", "--all", "job-1", "SIGKILL"], True),
+        (["kill", "job-1", "sigterm"], True),
+        (["kill", "job-1", "USR1"], False),
+        (["kill", "job-1", "HUP"], False),
+        (["kill", "job-2", "TERM"], False),  # no ARCH state: nothing created
+    ],
+)
+def test_a_stop_signal_to_an_arch_container_is_noted_and_goes_to_runc(
+    front: Front, args: list[str], noted: bool
+) -> None:
+    front.give_arch_state("default", "job-1")
+    root = ["--root", "/run/containerd/runc/default"]
+    front.run([*root, *args])
+    assert front.went_to_runc()  # no notice: the kill itself is runc's
+    flag = front.state_dir / "default" / "job-1" / "stop_signalled"
+    assert flag.exists() == noted
+    assert not (front.state_dir / "default" / "job-2").exists()
