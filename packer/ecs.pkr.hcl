@@ -19,7 +19,7 @@ build {
     use_proxy     = false
     extra_arguments = [
       "--become",
-      "--extra-vars", jsonencode(local.ami_role_vars),
+      "--extra-vars", jsonencode(merge(local.ami_role_vars, { arch_platform = "ecs" })),
     ]
     ansible_env_vars = ["ANSIBLE_CONFIG=${local.ansible_dir}/ansible.cfg"]
   }

@@ -153,7 +153,8 @@ locals {
   })
   # The role's variables for an ECS/Batch host: the ECS agent runs tasks through Docker, whose
   # default runtime must then be arch-runc (Docker comes with the ECS-optimized AMI). arch_ecs:
-  # the agent's Spot settings (instance draining, a two-minute stop timeout for checkpoints).
+  # the agent's Spot settings for the flavour's arch_platform (ecs: instance draining and a
+  # two-minute stop timeout; batch: draining off, the jobs are held until the host goes).
   ami_role_vars = {
     arch_docker_default_runtime = true
     arch_install_docker         = false

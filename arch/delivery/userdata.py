@@ -84,6 +84,17 @@ class UserdataOptions:
     # ECS/Batch instances: write the ECS agent's settings (hosts pushed to by `archctl remote`
     # without an ECS cluster are not assumed to run the agent).
     configure_ecs_agent: bool = True
+    # arch.toml `platform` (ecs, batch, none); "": ecs with an ECS cluster, else batch (Batch
+    # registers its instances itself), none for hosts without the agent.
+    platform: str = ""
+
+    @property
+    def effective_platform(self) -> str:
+        if self.platform:
+            return self.platform
+        if not self.configure_ecs_agent:
+            return "none"
+        return "ecs" if self.ecs_cluster else "batch"
 
     def check(self) -> None:
         if self.package_sha256 and SHA256.match(self.package_sha256) is None:
@@ -97,6 +108,8 @@ class UserdataOptions:
             or ".." in self.checkpoint_root
         ):
             raise UserdataError(f"--checkpoint-root {self.checkpoint_root!r}: an absolute path")
+        if self.platform not in ("", "ecs", "batch", "none"):
+            raise UserdataError(f"--platform {self.platform!r}: ecs, batch or none")
         if self.ecs_cluster and ECS_NAME.match(self.ecs_cluster) is None:
             raise UserdataError(f"--ecs-cluster {self.ecs_cluster!r} is not an ECS cluster name")
         if self.fleet_key_file and self.fleet_key_ssm_parameter:
@@ -114,15 +127,17 @@ class UserdataOptions:
     def role_vars(self) -> dict[str, Any]:
         """The role's variables known when rendering; the script adds the instance's own.
 
-        arch_ecs gives the ECS agent the Spot settings ARCH relies on (instance draining, a
-        two-minute stop timeout: the role's arch_ecs_spot_settings). ECS_CLUSTER is not the
-        role's: the script writes it after `archctl verify` passed (fail closed).
+        arch_ecs gives the ECS agent the Spot settings ARCH relies on for the platform (ECS:
+        instance draining and a two-minute stop timeout; Batch: draining off, the jobs are
+        held). ECS_CLUSTER is not the role's: the script writes it after `archctl verify`
+        passed (fail closed).
         """
         variables: dict[str, Any] = {
             "arch_docker_default_runtime": True,
             "arch_checkpoint_root": self.checkpoint_root,
             "arch_ecs": self.configure_ecs_agent,
             "arch_spot_watch_enabled": self.spot_watch,
+            "arch_platform": self.effective_platform,
         }
         variables.update(self.role_variables)
         return variables

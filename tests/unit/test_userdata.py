@@ -78,15 +78,22 @@ def test_options_reach_the_script() -> None:
     assert "readonly ecs_cluster=prod\n" in script
     assert "readonly ecs_admission=true\n" in script
     assert role_vars["arch_spot_watch_enabled"] is True
+    assert role_vars["arch_platform"] == "ecs"  # with a cluster: an ECS host
 
 
 def test_batch_instances_get_no_cluster_and_role_vars_pass_through() -> None:
     batch = embedded_role_vars(render_userdata(VARIANTS["url, local storage, batch"]))
     assert batch["arch_ecs"] is True and "arch_ecs_agent_settings" not in batch
     assert batch["arch_spot_watch_enabled"] is False
+    assert batch["arch_platform"] == "batch"  # no cluster: Batch registers the instance
     pushed = UserdataOptions(PackageSource.parse(f"/tmp/{WHEEL}"), configure_ecs_agent=False)
     assert embedded_role_vars(render_userdata(pushed))["arch_ecs"] is False
     assert "readonly ecs_admission=false\n" in render_userdata(pushed)
+    assert embedded_role_vars(render_userdata(pushed))["arch_platform"] == "none"
+    chosen = UserdataOptions(PackageSource.parse(f"/tmp/{WHEEL}"), platform="ecs")
+    assert embedded_role_vars(render_userdata(chosen))["arch_platform"] == "ecs"
+    with pytest.raises(UserdataError, match="--platform"):
+        render_userdata(UserdataOptions(PackageSource.parse(f"/tmp/{WHEEL}"), platform="k8s"))
     custom = embedded_role_vars(render_userdata(VARIANTS["file, efs in another region, key file"]))
     assert custom["arch_log_level"] == "debug"
     assert custom["arch_checkpoint_root"] == "/mnt/checkpoints"

@@ -44,6 +44,13 @@ def add_parser(subcommands: Any) -> None:
     parser.add_argument("--checkpoint-root", default="/checkpoint")
     parser.add_argument("--ecs-cluster", default="", help="ECS_CLUSTER (omit for AWS Batch)")
     parser.add_argument(
+        "--platform",
+        choices=("ecs", "batch", "none"),
+        default="",
+        help="what a Spot notice does to a checkpointed job (arch.toml platform; default: ecs "
+        "with --ecs-cluster, else batch)",
+    )
+    parser.add_argument(
         "--spot-watch",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             efs_region=args.efs_region,
             checkpoint_root=args.checkpoint_root,
             ecs_cluster=args.ecs_cluster,
+            platform=args.platform,
             spot_watch=args.spot_watch,
             fleet_key_file=args.fleet_key_file,
             fleet_key_ssm_parameter=args.fleet_key_ssm,
