@@ -17,7 +17,7 @@ from arch.cli.checkpoint import positive_int
 from arch.config import ConfigError, load_config
 from arch.log import setup_logging
 from arch.operator.checkpoint_all import checkpoint_all, default_workers
-from arch.operator.containerd import Containerd, ContainerdError
+from arch.operator.containerd import Containerd
 from arch.spot.imds import (
     DEFAULT_ENDPOINT,
     DEFAULT_TOKEN_TTL,
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         interval=args.interval,
         rebalance=args.rebalance,
         notice_seen=record_notice,
-        thaw=(lambda: thaw_held(client, config, logger)) if config.platform == "batch" else None,
+        thaw=(lambda: thaw_held(config, logger)) if config.platform == "batch" else None,
         thaw_after=args.thaw_after,
     )
     if args.once:
@@ -236,19 +236,23 @@ def pool_host_label() -> str:
     return host_label()
 
 
-def thaw_held(client: Containerd, config: HostConfig, logger: logging.Logger) -> int:
-    """Resume every job held frozen on this host (through containerd, so its view and arch-runc's
-    record follow); the number thawed."""
+def thaw_held(config: HostConfig, logger: logging.Logger) -> int:
+    """Resume every job held frozen on this host; the number thawed."""
+    import subprocess
+
     from arch.container.state import ContainerState, StateError, list_containers
-    from arch.spot.platform import HELD
+    from arch.shim.passthrough import RuncNotFound, resolve_runc
+    from arch.spot.platform import HELD, thaw
 
     thawed = 0
     for namespace, container_id in list_containers(config.state_dir):
         try:
-            if not ContainerState(config.state_dir, namespace, container_id).has(HELD):
+            state = ContainerState(config.state_dir, namespace, container_id)
+            if not state.has(HELD):
                 continue
-            client.resume(namespace, container_id)
-        except (StateError, ContainerdError) as error:
+            thaw(state, resolve_runc(config))
+        except (StateError, RuncNotFound, OSError, ValueError,
+                subprocess.CalledProcessError) as error:  # fmt: skip
             logger.error("cannot thaw %s/%s: %s", namespace, container_id, error)
             continue
         thawed += 1

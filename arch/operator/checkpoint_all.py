@@ -157,17 +157,21 @@ def plan_named(
 
 def _target(container: ArchContainer, state_dir: str) -> Target:
     from arch.container.state import ContainerState, StateError
-    from arch.spot.platform import HELD
+    from arch.spot.platform import HELD, NOTICE_FRESH
 
     target = Target(container.namespace, container.container_id, container)
     if container.status not in (RUNNING, PAUSED):
         return target._replace(skip_reason=f"not running ({container.status.lower()})")
     try:
-        held = ContainerState(state_dir, container.namespace, container.container_id).has(HELD)
+        state = ContainerState(state_dir, container.namespace, container.container_id)
+        held, fresh = state.has(HELD), state.has(NOTICE_FRESH)
     except StateError:
-        held = False
+        held = fresh = False
     if held:
         return target._replace(saved_reason="checkpointed earlier and held frozen")
+    if fresh:
+        reason = "started fresh during this host's Spot notice: never replaces the job's image"
+        return target._replace(skip_reason=reason)
     return target
 
 

@@ -145,10 +145,6 @@ class Containerd:
         )
 
 
-    def resume(self, namespace: str, container_id: str) -> None:
-        """Resume (thaw) a paused task."""
-        self.run(namespace, ["task", "resume", container_id])
-
 
 def parse_task_list(text: str) -> list[Task]:
     """The rows of `ctr task ls`: `TASK  PID  STATUS` after a header line."""

@@ -191,20 +191,26 @@ def wait_for_arrival(
     limit: float,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    on_wait: Callable[[int], None] | None = None,
 ) -> bool:
     """Wait, at most `limit` seconds, while an image is on the way into the pool and none is
     there unclaimed. True when an unclaimed image is there (claim it now), False when nothing
-    is on the way any more or the wait ended."""
+    is on the way any more or the wait ended. `on_wait` hears once how many are on the way."""
     from arch.checkpoint.pool import is_entry
 
     end = clock() + limit
+    told = False
     while True:
         try:
             with _opened_pool(root, pool_dir) as pool_fd:
                 if any(is_entry(name) for name in os.listdir(pool_fd)):
                     return True
-                if not awaited(pool_fd):
+                coming = awaited(pool_fd)
+                if not coming:
                     return False
+                if on_wait is not None and not told:
+                    told = True
+                    on_wait(len(coming))
         except FileNotFoundError:
             return False
         if clock() >= end:

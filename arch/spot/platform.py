@@ -34,6 +34,8 @@ HELD = "held"
 # A stop signal reached the container (arch-runc's native front or Python wrote it at `kill`);
 # its mtime is when.
 STOP_SIGNALLED = "stop_signalled"
+# arch.shim's flag of a container whose exit is its checkpoint's (the image stays at delete).
+CHECKPOINTED = "checkpointed"
 # Created while this host's notice was active: it neither restored nor claimed an image, and
 # its state must never replace one (no publication, no removal at exit).
 NOTICE_FRESH = "notice_fresh"
@@ -77,3 +79,28 @@ def stopped_for_a_notice(
             return False
         sleep(min(left, 0.2))
     return True
+
+
+def thaw(state: ContainerState, runc: str) -> None:
+    """End a hold: the job goes on (runc resume, as the held job's runc call had it) and is an
+    ordinary running job again: its image (the one published at the hold) stays until it
+    finishes, and is removed at an exit 0 like any image it was created against. OSError or
+    subprocess.CalledProcessError when runc cannot resume it; ValueError for an unreadable
+    hold record."""
+    import json
+    import subprocess
+
+    document = json.loads(state.get(HELD) or "{}")
+    global_args = document.get("runc_global_args")
+    if not isinstance(global_args, list) or not all(isinstance(a, str) for a in global_args):
+        raise ValueError(f"{state.path}: hold record without runc's options")
+    subprocess.run([runc, *global_args, "resume", state.container_id], check=True,
+                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)  # fmt: skip
+    identity = document.get("image_identity")
+
+    def adopt_image(record: dict[str, object]) -> None:
+        record["image_identity"] = identity if isinstance(identity, str) else None
+
+    state.update_record(adopt_image)
+    state.clear(CHECKPOINTED)
+    state.clear(HELD)
