@@ -73,9 +73,8 @@ def test_a_new_member_waits_while_an_image_is_on_the_way(tmp_path: Path) -> None
     assert arrived and len(clock.sleeps) == 3 and told == [1]
 
     # the wait is bounded
-    (pool / os.listdir(pool)[0]).rename(pool / "claimed-by-someone")
-    entries = [name for name in os.listdir(pool) if name.startswith("image-")]
-    assert entries == []
+    [entry] = [name for name in os.listdir(pool) if name.startswith("image-")]
+    (pool / entry).rename(pool / "claimed-by-someone")
     clock = Clock()
     assert not pending.wait_for_arrival(str(tmp_path), str(pool), 5.0, clock=clock,
                                         sleep=clock.sleep)  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +73,13 @@ def _subcommand(call: list[str]) -> str:
 
 
 def write_arch_host(
-    directory: Path, real_runc: Path, checkpoint_root: Path | None = None
+    directory: Path,
+    real_runc: Path,
+    checkpoint_root: Path | None = None,
+    config_lines: Sequence[str] = (),
 ) -> ArchHost:
-    """Create `directory` with arch.toml, the recorder and state/log locations."""
+    """Create `directory` with arch.toml (plus `config_lines`), the recorder and state/log
+    locations."""
     directory.mkdir(parents=True, exist_ok=True)
     host = ArchHost(
         config_file=directory / "arch.toml",
@@ -102,6 +107,7 @@ def write_arch_host(
                 f"log_file = {json.dumps(str(host.log_file))}",
                 f"metrics_file = {json.dumps(str(host.metrics_file))}",
                 'log_level = "debug"',
+                *config_lines,
                 "",
             ]
         )

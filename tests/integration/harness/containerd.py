@@ -67,8 +67,12 @@ class ContainerdNode:
         real_runc: Path,
         checkpoint_root: Path | None = None,
         base_dir: Path | None = None,
+        wrapper: Sequence[str] = (),
+        config_lines: Sequence[str] = (),
     ) -> None:
         self.name = name
+        # A command prefix for the daemon (the drill's own UTS namespace and host name).
+        self.wrapper = list(wrapper)
         self.arch_runc = arch_runc
         # Short, private directory: unix socket paths must stay under 108 bytes.
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix=f"arch-{name}-", dir="/tmp"))
@@ -84,7 +88,9 @@ class ContainerdNode:
         # is one cgroup for equal ids on two nodes (runc >= 1.2 refuses a non-empty cgroup), and
         # nodes stand for separate hosts.
         self.cgroup_parent = f"/{self.base_dir.name}"
-        self.arch: ArchHost = write_arch_host(self.base_dir / "arch", real_runc, checkpoint_root)
+        self.arch: ArchHost = write_arch_host(
+            self.base_dir / "arch", real_runc, checkpoint_root, config_lines
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self._created: list[tuple[str, str]] = []
         assert self.address != HOST_CONTAINERD_SOCKET
@@ -100,7 +106,7 @@ class ContainerdNode:
             environment.pop(variable, None)
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [STACK.containerd, "--config", str(self.config_file)],
+                [*self.wrapper, STACK.containerd, "--config", str(self.config_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -28,8 +28,11 @@ READY_TIMEOUT = 60.0
 class DockerDaemon:
     """dockerd with its own data-root, exec-root, pidfile and unix socket."""
 
-    def __init__(self, node: ContainerdNode, *, base_dir: Path | None = None) -> None:
+    def __init__(
+        self, node: ContainerdNode, *, base_dir: Path | None = None, wrapper: Sequence[str] = ()
+    ) -> None:
         self.node = node
+        self.wrapper = list(wrapper)  # a command prefix for dockerd (the drill's host name)
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="arch-dockerd-", dir="/tmp"))
         self.data_root = self.base_dir / "data"
         self.exec_root = self.base_dir / "exec"
@@ -53,6 +56,7 @@ class DockerDaemon:
     def start(self) -> None:
         self.config_file.write_text(json.dumps(self._daemon_config(), indent=2))
         argv = [
+            *self.wrapper,
             STACK.dockerd,
             "--config-file",
             str(self.config_file),
