@@ -69,7 +69,8 @@ def test_a_new_member_waits_while_an_image_is_on_the_way(tmp_path: Path) -> None
             (pool / new_entry_name()).mkdir()
 
     arrived = pending.wait_for_arrival(str(tmp_path), str(pool), 30.0, clock=clock,
-                                       sleep=publish_on_third_look, on_wait=told.append)  # fmt: skip
+                                       sleep=publish_on_third_look,
+                                       on_wait=told.append)  # fmt: skip
     assert arrived and len(clock.sleeps) == 3 and told == [1]
 
     # the wait is bounded
