@@ -183,7 +183,7 @@ def test_spot_watch_unit_is_installed_and_enabled(host: Host) -> None:
     unit = host.file(SPOT_WATCH_UNIT)
     assert unit.user == "root" and unit.mode == 0o644
     content = unit.content_string
-    expected = f"ExecStart={ARCHCTL} --address {CONTAINERD_SOCKET} spot-watch --interval 2"
+    expected = f"ExecStart={ARCHCTL} --address {CONTAINERD_SOCKET} spot-watch --interval 1"
     assert expected in content, content
     assert "Environment=ARCH_CONFIG=/etc/arch/arch.toml" in content
     assert "KillMode=mixed" in content

@@ -68,7 +68,7 @@ def test_list_then_checkpoint_named_then_restore(
     assert results[f"{NS}/plain"]["status"] == "skipped"
     assert "not ARCH-enabled" in results[f"{NS}/plain"]["reason"]
     assert results[f"{NS}/replica"]["status"] == "ok", document
-    assert document["summary"] == {"ok": 2, "failed": 0, "skipped": 1}
+    assert document["summary"] == {"ok": 2, "failed": 0, "skipped": 1, "not_attempted": 0}
     pool_images = list((node.arch.checkpoint_root / NS / "web").iterdir())
     assert [(path / "metadata.json").is_file() for path in pool_images] == [True], pool_images
     node.wait_for_status("opted", "STOPPED")

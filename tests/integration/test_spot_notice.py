@@ -89,7 +89,8 @@ def test_notice_checkpoints_containerd_and_docker_containers_and_docker_stop_too
 
         marker = read_marker(str(node.arch.state_dir))
         assert marker is not None and marker["outcome"]["ok"] is True, (marker, log)
-        assert marker["outcome"]["summary"] == {"ok": 2, "failed": 0, "skipped": 0}
+        assert marker["outcome"]["summary"] == {"ok": 2, "failed": 0, "skipped": 0,
+                                                "not_attempted": 0}
         node.wait_for_status("svc", "STOPPED")
         assert wait_until_exited(docker_daemon, "web")["ExitCode"] == 137
         assert node.task_status("plain") == "RUNNING"
