@@ -23,6 +23,8 @@ as it can before it. The rule:
    attempted: it would not finish, and it would slow the dumps that can.
 3. A failed checkpoint leaves the container running (ARCH's contract): it goes to the back of
    the queue and is tried again while its estimate still fits, at most MAX_ATTEMPTS times.
+4. A deadline that has already passed when the run starts is no deadline: the host outlived
+   the notice's time (clock skew, a delayed stop), so every container is tried.
 Each container is reported: ok (saved), failed (why, after how many attempts), not attempted
 (no time: what it needed and what was left), skipped (not running, not ARCH's).
 """
@@ -209,6 +211,11 @@ class CheckpointRun:
     def run(self, targets: list[Target]) -> list[Outcome]:
         """Every target's outcome, in the targets' order."""
         self._done = 0
+        left = self._time_left()
+        if left is not None and left <= 0:
+            logger.warning("the deadline passed %.0fs ago and this host is still here: "
+                           "checkpointing without one", -left)  # fmt: skip
+            self.deadline = None
         total = len(targets)
         outcomes: list[Outcome | None] = [None] * total
         sizes = target_sizes(self.client, targets)

@@ -127,3 +127,11 @@ def test_a_failure_without_time_to_retry_says_so(tmp_path: Path) -> None:
 
 def test_summary_counts_not_attempted() -> None:
     assert summary([]) == {OK: 0, FAILED: 0, "skipped": 0, NOT_ATTEMPTED: 0}
+
+
+def test_a_deadline_already_past_is_no_deadline(tmp_path: Path) -> None:
+    clock = Clock()
+    client = Containerd(clock, tmp_path)
+    targets = [target(tmp_path, client, "late", 100 * MIB)]
+    assert run(tmp_path, client, targets, clock.now - 30.0, clock) == [
+        "late:ok:checkpointed and stopped"]  # fmt: skip
