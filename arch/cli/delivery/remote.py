@@ -16,6 +16,7 @@ from arch.delivery.resources import ResourceMissing
 from arch.delivery.userdata import UserdataError
 from arch.delivery.wheel import WheelError, build_wheel
 from arch.remote.hosts import HostSpec, HostSpecError
+from arch.remote.known_hosts import HostKeyTrust, KnownHostsError
 from arch.remote.operations import (
     InstallPlan,
     RemoteUnavailable,
@@ -32,12 +33,18 @@ if TYPE_CHECKING:
     from arch.remote.operations import HostResult, HostSession
 
 
+# Seconds one host may take by default: an install runs the role (and may build CRIU).
+DEFAULT_TIMEOUTS = {"install": 3600.0, "verify": 300.0, "checkpoint": 1800.0}
+
+
 def add_parser(subcommands: Any) -> None:
     parser: argparse.ArgumentParser = subcommands.add_parser(
         "remote",
         help="install, verify or checkpoint ARCH on other hosts over SSH, in parallel",
         description="Run an ARCH operation on every HOST ([user@]host[:port]) over SSH, in "
-        "parallel. Prints one result per host; exit 1 when any host failed.",
+        "parallel. Prints one result per host; exit 1 when any host failed. Host keys are "
+        "checked against known_hosts: an unknown host is refused unless --accept-new, a "
+        "changed key always.",
     )
     actions = parser.add_subparsers(dest="remote_action", metavar="ACTION", required=True)
     helps = {
@@ -51,12 +58,37 @@ def add_parser(subcommands: Any) -> None:
         action.add_argument(
             "--identity-file", "-i", help="SSH private key (only this key is tried)"
         )
-        action.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS")
         action.add_argument(
-            "--strict-host-keys",
-            action="store_true",
-            help="refuse hosts whose key is not in known_hosts",
+            "--connect-timeout",
+            type=float,
+            default=15.0,
+            metavar="SECONDS",
+            help="for the TCP connection, the SSH banner and the login, each (default: 15)",
         )
+        action.add_argument(
+            "--timeout",
+            type=float,
+            default=DEFAULT_TIMEOUTS[name],
+            metavar="SECONDS",
+            help="the most one host may take, connection and commands; the host ends a command "
+            f"still running then (default: {DEFAULT_TIMEOUTS[name]:g})",
+        )
+        action.add_argument(
+            "--known-hosts",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help="a known_hosts file to trust besides ~/.ssh/known_hosts and "
+            "/etc/ssh/ssh_known_hosts (repeatable; the first one receives --accept-new's keys)",
+        )
+        action.add_argument(
+            "--accept-new",
+            action="store_true",
+            help="accept and record the key of a host not in known_hosts (a changed key is "
+            "always refused)",
+        )
+        # Refusing unknown hosts is the default now; the old flag is accepted and changes nothing.
+        action.add_argument("--strict-host-keys", action="store_true", help=argparse.SUPPRESS)
         action.add_argument("--parallel", type=int, default=16, help="hosts at a time")
         action.add_argument("--json", action="store_true", help="print the results as JSON")
         action.set_defaults(run=run)
@@ -80,10 +112,18 @@ def run(args: argparse.Namespace) -> int:
         specs = [HostSpec.parse(text) for text in args.hosts]
         if args.parallel < 1:
             raise HostSpecError("--parallel must be at least 1")
-    except HostSpecError as error:
+        if args.timeout < 1 or args.connect_timeout < 1:
+            raise HostSpecError("--timeout and --connect-timeout must be at least 1 second")
+        trust = HostKeyTrust.from_options(args.known_hosts, args.accept_new)
+    except (HostSpecError, KnownHostsError) as error:
         print(f"archctl remote: {error}", file=sys.stderr)
         return 2
-    options = SshOptions(args.identity_file, args.connect_timeout, args.strict_host_keys)
+    options = SshOptions(
+        trust=trust,
+        identity_file=args.identity_file,
+        connect_timeout=args.connect_timeout,
+        timeout=args.timeout,
+    )
     with tempfile.TemporaryDirectory(prefix="archctl-remote-") as scratch:
         try:
             operation = _operation(args, Path(scratch))
@@ -95,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         try:
             results = run_on_hosts(specs, operation, options, _progress, args.parallel)
-        except RemoteUnavailable as error:
+        except (RemoteUnavailable, KnownHostsError) as error:
             print(f"archctl remote: {error}", file=sys.stderr)
             return 1
     print_results(results, as_json=args.json)

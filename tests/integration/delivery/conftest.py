@@ -34,13 +34,15 @@ def arch_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def ssh_servers(tmp_path: Path) -> Iterator[Callable[[Path], SshServer]]:
-    """Start private sshd instances: `ssh_servers(public_key_it_accepts)`."""
+def ssh_servers(tmp_path: Path) -> Iterator[Callable[..., SshServer]]:
+    """Start private sshd instances: `ssh_servers(public_key_it_accepts, force_command=None)`."""
     require_executables("/usr/sbin/sshd", "ssh-keygen", why="the SSH tests run a real sshd")
     started: list[SshServer] = []
 
-    def start(authorized_key: Path) -> SshServer:
-        server = SshServer(tmp_path / f"sshd-{len(started)}", authorized_key)
+    def start(authorized_key: Path, force_command: str | None = None) -> SshServer:
+        server = SshServer(
+            tmp_path / f"sshd-{len(started)}", authorized_key, force_command=force_command
+        )
         started.append(server)
         server.start()
         return server

@@ -37,6 +37,9 @@ class SshServer:
     authorized_key: Path  # the public key of the one key this server accepts
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    # sshd's ForceCommand: run for every session instead of the client's command, which it
+    # finds in $SSH_ORIGINAL_COMMAND (the tests' way to make one command misbehave).
+    force_command: str | None = None
 
     @property
     def log_file(self) -> Path:
@@ -66,6 +69,7 @@ class SshServer:
                     "UsePAM no",
                     "Subsystem sftp internal-sftp",
                     "LogLevel VERBOSE",
+                    *([f"ForceCommand {self.force_command}"] if self.force_command else []),
                     "",
                 ]
             )
@@ -103,3 +107,8 @@ class SshServer:
 
     def address(self, user: str = "root") -> str:
         return f"{user}@127.0.0.1:{self.port}"
+
+    def known_hosts_line(self) -> str:
+        """This server's entry as OpenSSH's known_hosts writes it for a non-default port."""
+        key_type, key = (self.directory / "host_key.pub").read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {key_type} {key}\n"
