@@ -1,7 +1,8 @@
 """ECS task definitions and AWS Batch job definitions that opt a workload in to ARCH.
 
 Each kind has a template in templates/, a table of parameters (given as KEY=VALUE, checked and
-converted here) and the AWS request shape its output must have (arch.delivery.aws_shapes).
+converted here) and the AWS request its output must be (checked against botocore's service
+model: arch.delivery.aws_models).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from arch import __version__
-from arch.delivery.aws_shapes import (
+from arch.delivery.aws_models import (
     BATCH_REGISTER_JOB_DEFINITION,
     ECS_REGISTER_TASK_DEFINITION,
-    Schema,
-    shape_problems,
+    AwsRequest,
+    ModelUnavailable,
+    request_problems,
 )
 from arch.delivery.ecs_admission import PLACEMENT_EXPRESSION
 from arch.delivery.render import render_template
@@ -110,7 +112,7 @@ class DefinitionKind:
     name: str
     template: str
     summary: str
-    shape: Schema
+    request: AwsRequest
     parameters: tuple[Parameter, ...]
     # Parameters whose default is another parameter's value (e.g. the pool is the family).
     defaults_from: tuple[tuple[str, str], ...] = ()
@@ -163,7 +165,7 @@ KINDS: dict[str, DefinitionKind] = {
             name="ecs-service",
             template="ecs-service.json.j2",
             summary="ECS task definition for a service (replicas share a checkpoint pool)",
-            shape=ECS_REGISTER_TASK_DEFINITION,
+            request=ECS_REGISTER_TASK_DEFINITION,
             parameters=(
                 *_ECS_COMMON,
                 Parameter(
@@ -180,7 +182,7 @@ KINDS: dict[str, DefinitionKind] = {
             name="ecs-task",
             template="ecs-task.json.j2",
             summary="ECS task definition for a standalone task (a fixed checkpoint id)",
-            shape=ECS_REGISTER_TASK_DEFINITION,
+            request=ECS_REGISTER_TASK_DEFINITION,
             parameters=(
                 *_ECS_COMMON,
                 Parameter(
@@ -195,7 +197,7 @@ KINDS: dict[str, DefinitionKind] = {
             name="batch-job",
             template="batch-job.json.j2",
             summary="AWS Batch job definition (retried when the Spot host was reclaimed)",
-            shape=BATCH_REGISTER_JOB_DEFINITION,
+            request=BATCH_REGISTER_JOB_DEFINITION,
             parameters=(
                 Parameter("name", "job definition name", _matching(BATCH_NAME, "a name")),
                 Parameter("image", "container image", _matching(re.compile(r"^\S+$"), "an image")),
@@ -252,7 +254,7 @@ def definition_context(kind: DefinitionKind, given: Mapping[str, str]) -> dict[s
 
 
 def render_definition(kind_name: str, given: Mapping[str, str]) -> dict[str, Any]:
-    """The definition as a JSON object, checked against the shape AWS documents."""
+    """The definition as a JSON object, checked against the request's AWS service model."""
     kind = KINDS.get(kind_name)
     if kind is None:
         raise DefinitionError(f"no template {kind_name!r} (known: {', '.join(sorted(KINDS))})")
@@ -261,9 +263,13 @@ def render_definition(kind_name: str, given: Mapping[str, str]) -> dict[str, Any
         document: dict[str, Any] = json.loads(text)
     except json.JSONDecodeError as error:
         raise DefinitionError(f"{kind.template} rendered invalid JSON: {error}") from None
-    problems = shape_problems(document, kind.shape)
+    try:
+        problems = request_problems(document, kind.request)
+    except ModelUnavailable as error:
+        raise DefinitionError(str(error)) from None
     if problems:
         raise DefinitionError(
-            f"{kind.template} does not have the documented shape: " + "; ".join(problems)
+            f"{kind.template} is not a valid {kind.request.service} {kind.request.operation} "
+            f"request ({kind.request.documentation}): " + "; ".join(problems)
         )
     return document

@@ -1,4 +1,4 @@
-"""ECS/Batch definitions rendered from templates/ and the AWS request-shape check."""
+"""ECS/Batch definitions rendered from templates/ and checked against botocore's AWS models."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from arch.cli.main import main as archctl
-from arch.delivery.aws_shapes import (
+from arch.delivery.aws_models import (
     BATCH_REGISTER_JOB_DEFINITION,
     ECS_REGISTER_TASK_DEFINITION,
-    shape_problems,
+    request_problems,
 )
 from arch.delivery.definitions import DefinitionError, parse_assignments, render_definition
 
@@ -126,33 +126,57 @@ def test_assignments() -> None:
         parse_assignments(["a"])
 
 
-def test_shape_check_reports_each_departure() -> None:
+def test_model_check_reports_each_departure() -> None:
     document = {
-        "family": "web",
-        "containerDefinitions": [{"name": "app", "cpu": True, "memory": 4, "colour": "red"}],
+        "containerDefinitions": [{"name": "app", "image": "x", "cpu": "2", "colour": "red"}],
         "networkMode": "overlay",
     }
-    problems = shape_problems(document, ECS_REGISTER_TASK_DEFINITION)
-    assert "$.containerDefinitions[0]: required member 'image' is missing" in problems
-    assert "$.containerDefinitions[0].cpu: expected integer, got bool" in problems
-    assert "$.containerDefinitions[0].memory: 4 is below the minimum 6" in problems
-    assert "$.containerDefinitions[0]: unknown member 'colour'" in problems
-    assert any(problem.startswith("$.networkMode: 'overlay' is not one of") for problem in problems)
-    assert len(problems) == 5
+    problems = request_problems(document, ECS_REGISTER_TASK_DEFINITION)
+    assert 'Missing required parameter in input: "family"' in problems, problems
+    assert any(
+        problem.startswith("Invalid type for parameter containerDefinitions[0].cpu")
+        for problem in problems
+    )
+    assert any(
+        problem.startswith('Unknown parameter in containerDefinitions[0]: "colour"')
+        for problem in problems
+    )
+    assert (
+        "Invalid value for parameter networkMode: 'overlay', must be one of: "
+        "['bridge', 'host', 'awsvpc', 'none']" in problems
+    )
+    assert len(problems) == 4
 
 
-def test_shape_check_of_batch_retry_limits() -> None:
+def test_model_check_of_batch_values() -> None:
     document = {
         "jobDefinitionName": "j",
         "type": "container",
-        "retryStrategy": {"attempts": 0, "evaluateOnExit": [{"action": "RETRY"}] * 6},
+        "retryStrategy": {"attempts": "3", "evaluateOnExit": [{"action": "AGAIN"}]},
         "tags": {"a": 1},
     }
-    assert shape_problems(document, BATCH_REGISTER_JOB_DEFINITION) == [
-        "$.retryStrategy.attempts: 0 is below the minimum 1",
-        "$.retryStrategy.evaluateOnExit: more than 5 items",
-        "$.tags.a: expected string, got int",
-    ]
+    problems = request_problems(document, BATCH_REGISTER_JOB_DEFINITION)
+    assert any(p.startswith("Invalid type for parameter retryStrategy.attempts") for p in problems)
+    assert any(p.startswith("Invalid type for parameter tags.a") for p in problems)
+    assert any(
+        p.startswith("Invalid value for parameter retryStrategy.evaluateOnExit[0].action")
+        for p in problems
+    ), problems
+
+
+def test_a_template_that_renders_a_bad_request_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import arch.delivery.definitions as definitions
+
+    def bad_template(name: str, context: dict[str, Any]) -> str:
+        return json.dumps({"family": "f", "containerDefinitions": [], "placement": "anywhere"})
+
+    monkeypatch.setattr(definitions, "render_template", bad_template)
+    with pytest.raises(DefinitionError) as refused:
+        render_definition("ecs-task", {"family": "f", "image": "busybox", "checkpoint_id": "j"})
+    message = str(refused.value)
+    assert message.startswith("ecs-task.json.j2 is not a valid ecs RegisterTaskDefinition request")
+    assert "API_RegisterTaskDefinition.html" in message
+    assert 'Unknown parameter in input: "placement"' in message
 
 
 def test_archctl_template_prints_json_and_refuses_bad_usage(
