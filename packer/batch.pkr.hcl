@@ -13,6 +13,19 @@ build {
     snapshot_tags   = merge(local.build_tags, { "arch:flavour" = "batch" })
   }
 
+  provisioner "shell" {
+    inline = local.stop_agent_commands
+  }
+
+  provisioner "file" {
+    source      = var.arch_wheel
+    destination = local.remote_wheel
+  }
+
+  provisioner "shell" {
+    inline = [local.check_wheel_command]
+  }
+
   provisioner "ansible" {
     command       = var.ansible_playbook
     playbook_file = "${local.ansible_dir}/site.yml"
@@ -26,17 +39,25 @@ build {
   }
 
   provisioner "shell" {
-    inline = ["sudo /usr/local/bin/archctl verify"]
+    inline = concat(["sudo /usr/local/bin/archctl verify"], local.enable_agent_commands)
+  }
+
+  # Last: instance state out of the image (the wheel's directory under /tmp goes with it).
+  provisioner "shell" {
+    script          = "${path.root}/scripts/clean-image.sh"
+    execute_command = "chmod +x {{ .Path }}; sudo {{ .Vars }} {{ .Path }} --root / --live-image"
   }
 
   post-processor "manifest" {
     output     = var.manifest_path
     strip_path = true
     custom_data = {
-      flavour         = "batch"
-      arch_version    = var.arch_version
-      source_revision = var.arch_source_revision
-      source_ami_name = var.source_ami_name
+      flavour           = "batch"
+      arch_version      = var.arch_version
+      arch_wheel        = basename(var.arch_wheel)
+      arch_wheel_sha256 = var.arch_wheel_sha256
+      source_revision   = var.arch_source_revision
+      source_ami_name   = var.source_ami_name
     }
   }
 }

@@ -27,6 +27,7 @@ source "amazon-ebs" "al2023" {
     volume_type           = "gp3"
     delete_on_termination = true
   }
+  user_data            = local.build_instance_user_data
   ssh_username         = "ec2-user"
   subnet_id            = var.subnet_id
   iam_instance_profile = var.iam_instance_profile

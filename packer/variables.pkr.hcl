@@ -28,6 +28,24 @@ variable "arch_version" {
   }
 }
 
+variable "arch_wheel" {
+  type        = string
+  description = "The arch wheel the image receives: archctl ami build passes the one it runs from (built from a checkout, or the installed package packed again), or --wheel."
+  validation {
+    condition     = element(reverse(split(".", var.arch_wheel)), 0) == "whl"
+    error_message = "The arch_wheel must be the path of an arch wheel file (.whl)."
+  }
+}
+
+variable "arch_wheel_sha256" {
+  type        = string
+  description = "sha256 of arch_wheel (hex). Checked where the wheel is installed, before the role runs; recorded in the manifest."
+  validation {
+    condition     = length(var.arch_wheel_sha256) == 64 && lower(var.arch_wheel_sha256) == var.arch_wheel_sha256
+    error_message = "The arch_wheel_sha256 must be a sha256 digest: 64 lower-case hex characters."
+  }
+}
+
 variable "arch_source_revision" {
   type        = string
   description = "Source revision (git commit) of the checkout being baked, recorded in tags and the manifest."
@@ -129,6 +147,22 @@ variable "local_install_docker" {
   default     = false
 }
 
+variable "local_provision" {
+  type        = bool
+  description = "The local (null) build: run the role and archctl verify on this host (false: only the wheel check, the clean-up and the manifest)."
+  default     = true
+}
+
+variable "local_clean_root" {
+  type        = string
+  description = "The local (null) build: remove instance state (scripts/clean-image.sh) under this directory, a chroot or mounted image tree. Empty: no clean-up. Never /: the local build provisions the machine running packer, which keeps its SSH host keys, machine-id and logs."
+  default     = ""
+  validation {
+    condition     = var.local_clean_root == "" || (substr(var.local_clean_root, 0, 1) == "/" && trim(var.local_clean_root, "/.") != "")
+    error_message = "The local_clean_root must be an absolute directory other than / (the local build runs on this machine)."
+  }
+}
+
 variable "manifest_path" {
   type        = string
   description = "Where the manifest post-processor writes what was built."
@@ -143,9 +177,12 @@ variable "tags" {
 
 locals {
   ansible_dir = var.ansible_dir != "" ? var.ansible_dir : "${path.root}/../ansible"
+  # Where the AMI builds put the wheel on the build instance (the role installs it from there).
+  remote_wheel = "/tmp/arch-wheel/${basename(var.arch_wheel)}"
   # What every image says about its making; the flavours add theirs.
   build_tags = merge(var.tags, {
     "arch:version"         = var.arch_version
+    "arch:wheel-sha256"    = var.arch_wheel_sha256
     "arch:source-revision" = var.arch_source_revision
     "arch:source-ami"      = "{{ .SourceAMI }}"
     "arch:source-ami-name" = "{{ .SourceAMIName }}"
@@ -160,5 +197,32 @@ locals {
     arch_install_docker         = false
     arch_ecs                    = true
     arch_criu_version           = var.criu_version
+    arch_package_file           = local.remote_wheel
   }
+  # The build instance must never register with ECS: the ECS-optimized AMI enables ecs.service,
+  # which starts once cloud-final is done (the agent's unit is ordered
+  # After=cloud-final.service, "Amazon ECS container agent configuration"/ecs-init packaging)
+  # and, without ECS_CLUSTER, joins the cluster named "default". This user data runs inside
+  # cloud-final, before the agent could start: it cancels the queued start (--no-block: a
+  # blocking stop here would wait on cloud-final itself) and keeps the unit from starting again.
+  build_instance_user_data = <<-EOT
+    #!/bin/bash
+    systemctl mask --runtime ecs.service
+    systemctl stop --no-block ecs.service
+  EOT
+  # First provisioner of an AMI build: the same guarantee once connected (user data may have
+  # been ignored), then the wheel's directory.
+  stop_agent_commands = [
+    "sudo systemctl mask --runtime ecs.service",
+    "sudo systemctl stop ecs.service",
+    "if systemctl is-active --quiet ecs.service; then echo 'the ECS agent still runs' >&2; exit 1; fi",
+    "mkdir -p /tmp/arch-wheel",
+  ]
+  # After archctl verify: the agent starts at the instance's boot again (with the instance's own
+  # ecs.config); the clean-up (scripts/clean-image.sh) is the last step before the snapshot.
+  enable_agent_commands = [
+    "sudo systemctl unmask --runtime ecs.service",
+    "sudo systemctl enable ecs.service",
+  ]
+  check_wheel_command = "echo '${var.arch_wheel_sha256}  ${local.remote_wheel}' | sha256sum --check --strict"
 }

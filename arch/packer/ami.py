@@ -9,6 +9,7 @@ in full, and the AMI flavours are checked for syntax only. Same files, both gene
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from arch import __version__
 from arch.delivery.resources import CHECKOUT_DIR, ansible_dir
+from arch.delivery.wheel import WheelInfo, is_checkout
 from arch.packer.driver import Artifact, Packer, PackerError, read_manifest
 
 if TYPE_CHECKING:
@@ -94,11 +96,16 @@ def source_revision(checkout: Path = CHECKOUT_DIR) -> str:
     return described.stdout.strip() or "unknown"
 
 
-def build_variables(manifest: Path | None, overrides: Mapping[str, str]) -> dict[str, str]:
-    """What every run passes: the version and revision baked, where the role and manifest are."""
+def build_variables(
+    wheel: WheelInfo, manifest: Path | None, overrides: Mapping[str, str]
+) -> dict[str, str]:
+    """What every run passes: the wheel baked (its version is the image's), the source
+    revision, where the role and manifest are."""
     variables = {
-        "arch_version": __version__,
-        "arch_source_revision": source_revision(),
+        "arch_version": wheel.version,
+        "arch_wheel": str(wheel.path.resolve()),
+        "arch_wheel_sha256": wheel.sha256,
+        "arch_source_revision": source_revision() if is_checkout() else "unknown",
         "ansible_dir": str(ansible_dir()),
     }
     if manifest is not None:
@@ -120,8 +127,8 @@ def validate_templates(
             f"needs `packer fmt`: {', '.join(unformatted)}" if unformatted else "formatted",
         )
     ]
-    variables = build_variables(None, overrides)
-    with staged_templates(packer, template_dir) as workdir:
+    with placeholder_wheel() as wheel, staged_templates(packer, template_dir) as workdir:
+        variables = build_variables(wheel, None, overrides)
         if packer.version().has_plugin_requirements:
             packer.init(workdir)
             for name, build in {"local": LOCAL_BUILD, **FLAVOUR_BUILDS}.items():
@@ -132,6 +139,16 @@ def validate_templates(
             for name in FLAVOUR_BUILDS:
                 checks.append(TemplateCheck(name, syntax.ok, SYNTAX, syntax.detail))
     return checks
+
+
+@contextmanager
+def placeholder_wheel() -> Iterator[WheelInfo]:
+    """A stand-in wheel file for `validate`: the templates are checked, not a wheel (packer's
+    file provisioner wants its source to exist). Named and versioned like this package's."""
+    with tempfile.TemporaryDirectory(prefix="arch-validate-") as scratch:
+        path = Path(scratch) / f"arch-{__version__}-py3-none-any.whl"
+        path.write_bytes(b"")
+        yield WheelInfo(path=path, version=__version__, sha256=hashlib.sha256(b"").hexdigest())
 
 
 def _validate_one(
@@ -157,6 +174,7 @@ def build_images(
     *,
     local: bool,
     flavours: Sequence[str],
+    wheel: WheelInfo,
     manifest: Path,
     overrides: Mapping[str, str],
     on_event: Callable[[MachineEvent], None] | None = None,
@@ -175,7 +193,7 @@ def build_images(
         if unknown:
             raise PackerError(f"no AMI flavour {', '.join(unknown)} (known: ecs, batch)")
         only = [FLAVOUR_BUILDS[name] for name in flavours or FLAVOUR_BUILDS]
-    variables = build_variables(manifest, overrides)
+    variables = build_variables(wheel, manifest, overrides)
     with staged_templates(packer, template_dir) as workdir:
         if packer.version().has_plugin_requirements:
             packer.init(workdir)

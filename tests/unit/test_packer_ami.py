@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from arch.delivery.wheel import WheelInfo
 from arch.packer.ami import build_images, validate_templates
 from arch.packer.driver import Packer, PackerError
 
@@ -34,6 +35,12 @@ elif "build" in argv:
     json.dump({"builds": builds, "last_run_uuid": "u1"}, open(manifest, "w"))
     print("1,,ui,say,Build finished.")
 """
+
+
+def a_wheel(tmp_path: Path) -> WheelInfo:
+    path = tmp_path / "arch-9.8.7-py3-none-any.whl"
+    path.write_bytes(b"not really a wheel")
+    return WheelInfo(path=path, version="9.8.7", sha256="ab" * 32)
 
 
 def fake_packer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str) -> Path:
@@ -107,6 +114,7 @@ def test_old_packer_gets_a_copy_without_the_packer_block(
             REPO / "packer",
             local=False,
             flavours=[],
+            wheel=a_wheel(tmp_path),
             manifest=tmp_path / "m.json",
             overrides={},
         )
@@ -122,18 +130,24 @@ def test_build_of_one_flavour_reads_its_artifact_from_the_manifest(
         REPO / "packer",
         local=False,
         flavours=["batch"],
+        wheel=a_wheel(tmp_path),
         manifest=manifest,
         overrides={"region": "eu-west-1"},
     )
     assert (artifact.name, artifact.artifact_id) == ("batch", "eu-west-1:ami-0abc")
     build_call = next(call for call in calls(tmp_path) if subcommand(call) == "build")
     assert "-only=batch.amazon-ebs.batch" in build_call["argv"]
+    # The wheel's own version names the image, and its path and hash go to the templates.
+    assert "arch_version=9.8.7" in build_call["argv"]
+    assert f"arch_wheel={tmp_path / 'arch-9.8.7-py3-none-any.whl'}" in build_call["argv"]
+    assert f"arch_wheel_sha256={'ab' * 32}" in build_call["argv"]
     with pytest.raises(PackerError, match="no AMI flavour gpu"):
         build_images(
             packer,
             REPO / "packer",
             local=False,
             flavours=["gpu"],
+            wheel=a_wheel(tmp_path),
             manifest=manifest,
             overrides={},
         )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from arch.delivery.definitions import DefinitionError, parse_assignments
 from arch.delivery.resources import ResourceMissing, packer_dir
+from arch.delivery.wheel import WheelError, WheelInfo, wheel_to_deliver
 from arch.packer.ami import FLAVOUR_BUILDS, build_images, validate_templates
 from arch.packer.driver import Packer, PackerError
 from arch.packer.machine_readable import MachineEvent
@@ -47,6 +49,12 @@ def add_parser(subcommands: Any) -> None:
         help="AMI flavour to build (repeatable; default: all)",
     )
     build.add_argument(
+        "--wheel",
+        type=Path,
+        help="the arch wheel to bake (default: built from this checkout, or the installed arch "
+        "packed again)",
+    )
+    build.add_argument(
         "--manifest",
         type=Path,
         default=Path("packer-manifest.json"),
@@ -66,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         if args.ami_action == "validate":
             return _validate(packer, templates, overrides, args.json)
         return _build(packer, templates, overrides, args)
-    except (PackerError, ResourceMissing) as error:
+    except (PackerError, ResourceMissing, WheelError) as error:
         print(f"archctl ami {args.ami_action}: {error}", file=sys.stderr)
         return 1
 
@@ -91,15 +99,24 @@ def _build(
             stream = sys.stderr if event.ui_level == "error" else sys.stdout
             print(event.text.rstrip("\n"), file=stream, flush=True)
 
-    artifacts = build_images(
-        packer,
-        templates,
-        local=args.local,
-        flavours=args.flavour or [],
-        manifest=args.manifest.resolve(),
-        overrides=overrides,
-        on_event=show,
-    )
+    with tempfile.TemporaryDirectory(prefix="archctl-ami-") as scratch:
+        wheel = WheelInfo.read(wheel_to_deliver(Path(scratch), args.wheel))
+        print(
+            f"archctl ami build: baking {wheel.path.name} (arch {wheel.version}, "
+            f"sha256 {wheel.sha256})",
+            file=sys.stderr,
+            flush=True,
+        )
+        artifacts = build_images(
+            packer,
+            templates,
+            local=args.local,
+            flavours=args.flavour or [],
+            wheel=wheel,
+            manifest=args.manifest.resolve(),
+            overrides=overrides,
+            on_event=show,
+        )
     if args.json:
         print(json.dumps([artifact.__dict__ for artifact in artifacts], indent=2))
     else:

@@ -14,7 +14,7 @@ from arch.delivery.definitions import DefinitionError, parse_assignments
 from arch.delivery.render import RenderError
 from arch.delivery.resources import ResourceMissing
 from arch.delivery.userdata import UserdataError
-from arch.delivery.wheel import WheelError, build_wheel
+from arch.delivery.wheel import WheelError, wheel_to_deliver
 from arch.remote.hosts import HostSpec, HostSpecError
 from arch.remote.known_hosts import HostKeyTrust, KnownHostsError
 from arch.remote.operations import (
@@ -94,7 +94,9 @@ def add_parser(subcommands: Any) -> None:
         action.set_defaults(run=run)
         if name == "install":
             action.add_argument(
-                "--wheel", type=Path, help="the arch wheel (default: build it from this checkout)"
+                "--wheel",
+                type=Path,
+                help="the arch wheel (default: built from this checkout, or the installed arch)",
             )
             action.add_argument("--ecs-cluster", default="", help="ECS_CLUSTER for the ECS agent")
             action.add_argument("--spot-watch", action=argparse.BooleanOptionalAction, default=True)
@@ -147,9 +149,7 @@ def _operation(args: argparse.Namespace, scratch: Path) -> Callable[[HostSession
         return verify
     if args.remote_action == "checkpoint":
         return checkpoint
-    wheel = args.wheel or build_wheel(scratch)
-    if not wheel.is_file():
-        raise WheelError(f"--wheel {wheel}: no such file")
+    wheel = wheel_to_deliver(scratch, args.wheel)
     plan = InstallPlan(
         wheel=wheel,
         role_variables=parse_assignments(args.role_var),
