@@ -357,6 +357,14 @@ def check_signing(target: VerifyTarget, mountinfo: str | None = None) -> CheckRe
     return CheckResult("signing", OK, "off: images are not signed (no image_key_file)")
 
 
+def check_checkpoint_mount(target: VerifyTarget) -> CheckResult:
+    """Which storage holds the checkpoint root; a warning for EFS without TLS and IAM."""
+    from arch.appliance.checkpoint_mount import describe
+
+    report = describe(target.config.checkpoint_root)
+    return CheckResult("checkpoint-mount", OK if report.status_ok else WARN, report.detail)
+
+
 CHECKS: tuple[Callable[[VerifyTarget], CheckResult], ...] = (
     check_config,
     check_runc,
@@ -369,6 +377,7 @@ CHECKS: tuple[Callable[[VerifyTarget], CheckResult], ...] = (
     check_docker_wiring,
     check_docker_service,
     check_storage,
+    check_checkpoint_mount,
     check_signing,
 )
 

@@ -38,6 +38,28 @@ def filesystem_type(path: str, mountinfo: str = MOUNTINFO) -> str | None:
     return None if best is None else best[1]
 
 
+def mount_entry(path: str, mountinfo: str = MOUNTINFO) -> tuple[str, str, str] | None:
+    """(mount point, filesystem type, source) of the mount that holds `path` (as
+    filesystem_type chooses it); None when mountinfo cannot be read."""
+    target = os.path.realpath(path)
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return None
+    best: tuple[str, str, str] | None = None
+    for line in lines:
+        fields, _, tail = line.partition(" - ")
+        parts, described = fields.split(), tail.split()
+        if len(parts) < 5 or len(described) < 2:
+            continue
+        mount_point = _unescape(parts[4])
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and (best is None or len(mount_point) >= len(best[0])):
+            best = (mount_point, described[0], _unescape(described[1]))
+    return best
+
+
 def is_network_filesystem(fstype: str | None) -> bool:
     return fstype in NETWORK_FILESYSTEMS
 
