@@ -218,9 +218,12 @@ locals {
     "if systemctl is-active --quiet ecs.service; then echo 'the ECS agent still runs' >&2; exit 1; fi",
     "mkdir -p /tmp/arch-wheel",
   ]
-  # After archctl verify: the agent starts at the instance's boot again (with the instance's own
-  # ecs.config); the clean-up (scripts/clean-image.sh) is the last step before the snapshot.
+  # After archctl verify: ARCH's instance attribute goes into ecs.config (ARCH's task
+  # definitions require it: arch/delivery/ecs_admission.py; the cluster comes from each
+  # instance's user data), and the agent starts at the instance's boot again. The clean-up
+  # (scripts/clean-image.sh) is the last step before the snapshot.
   enable_agent_commands = [
+    "sudo /opt/arch/venv/bin/python -m arch.delivery.ecs_admission admit",
     "sudo systemctl unmask --runtime ecs.service",
     "sudo systemctl enable ecs.service",
   ]
