@@ -231,7 +231,7 @@ def checkpoint_for_notice(
 
 
 def pool_host_label() -> str:
-    from arch.checkpoint.pool import host_label
+    from arch.checkpoint.storage.pool import host_label
 
     return host_label()
 

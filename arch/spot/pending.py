@@ -54,7 +54,7 @@ def record_name(host: str, token: str) -> str:
 def write(pool_fd: int, host: str, container: str, deadline: float) -> str:
     """Record that `container`'s image is on the way into the pool open at `pool_fd`; returns
     the record's name (temp file + rename: a reader never sees half a record)."""
-    from arch.checkpoint.store import random_hex
+    from arch.checkpoint.storage.store import random_hex
 
     name = record_name(host, random_hex())
     temp = f".tmp{name}"
@@ -165,7 +165,7 @@ class _opened_pool:
         self.fd = -1
 
     def __enter__(self) -> int:
-        from arch.checkpoint.beneath import make_dirs_beneath, open_beneath, opened_root
+        from arch.checkpoint.storage.beneath import make_dirs_beneath, open_beneath, opened_root
 
         prefix = self.root.rstrip("/") + "/"
         if not self.pool_dir.startswith(prefix):
@@ -196,7 +196,7 @@ def wait_for_arrival(
     """Wait, at most `limit` seconds, while an image is on the way into the pool and none is
     there unclaimed. True when an unclaimed image is there (claim it now), False when nothing
     is on the way any more or the wait ended. `on_wait` hears once how many are on the way."""
-    from arch.checkpoint.pool import is_entry
+    from arch.checkpoint.storage.pool import is_entry
 
     end = clock() + limit
     told = False

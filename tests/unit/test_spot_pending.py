@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from arch.checkpoint.pool import new_entry_name
+from arch.checkpoint.storage.pool import new_entry_name
 from arch.container.state import ContainerState
 from arch.spot import pending
 from arch.spot.notice import write_marker
