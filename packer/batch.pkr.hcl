@@ -6,11 +6,23 @@ build {
   name = "batch"
 
   source "source.amazon-ebs.al2023" {
-    name            = "batch"
-    ami_name        = "${var.ami_name_prefix}-batch-${var.arch_version}-{{ timestamp }}"
-    ami_description = "ARCH ${var.arch_version} checkpoint/restore appliance on the ECS-optimized AL2023 AMI (AWS Batch)"
-    tags            = merge(local.build_tags, { "arch:flavour" = "batch" })
-    snapshot_tags   = merge(local.build_tags, { "arch:flavour" = "batch" })
+    name            = "batch-x86_64"
+    source_ami      = local.source_ami_x86_64
+    instance_type   = var.instance_type
+    ami_name        = "${var.ami_name_prefix}-batch-x86_64-${var.arch_version}-{{ timestamp }}"
+    ami_description = "ARCH ${var.arch_version} checkpoint/restore appliance on the ECS-optimized AL2023 AMI, x86_64 (AWS Batch)"
+    tags            = merge(local.build_tags, { "arch:flavour" = "batch", "arch:architecture" = "x86_64" })
+    snapshot_tags   = merge(local.build_tags, { "arch:flavour" = "batch", "arch:architecture" = "x86_64" })
+  }
+
+  source "source.amazon-ebs.al2023" {
+    name            = "batch-arm64"
+    source_ami      = local.source_ami_arm64
+    instance_type   = var.instance_type_arm64
+    ami_name        = "${var.ami_name_prefix}-batch-arm64-${var.arch_version}-{{ timestamp }}"
+    ami_description = "ARCH ${var.arch_version} checkpoint/restore appliance on the ECS-optimized AL2023 AMI, arm64 (AWS Batch)"
+    tags            = merge(local.build_tags, { "arch:flavour" = "batch", "arch:architecture" = "arm64" })
+    snapshot_tags   = merge(local.build_tags, { "arch:flavour" = "batch", "arch:architecture" = "arm64" })
   }
 
   provisioner "shell" {
@@ -57,7 +69,6 @@ build {
       arch_wheel        = basename(var.arch_wheel)
       arch_wheel_sha256 = var.arch_wheel_sha256
       source_revision   = var.arch_source_revision
-      source_ami_name   = var.source_ami_name
     }
   }
 }

@@ -1,19 +1,9 @@
-# The machines the builds provision. Flavour files (ecs.pkr.hcl, batch.pkr.hcl) name and tag
-# their copy of the Amazon Linux 2023 source; local.pkr.hcl provisions the host running packer.
+# The machines the builds provision. Flavour files (ecs.pkr.hcl, batch.pkr.hcl) use this Amazon
+# Linux 2023 source once per architecture, each with its source AMI (source_ami.pkr.hcl) and
+# instance type; local.pkr.hcl provisions the host running packer.
 
 source "amazon-ebs" "al2023" {
-  region        = var.region
-  instance_type = var.instance_type
-  source_ami_filter {
-    filters = {
-      name                = var.source_ami_name
-      architecture        = "x86_64"
-      root-device-type    = "ebs"
-      virtualization-type = "hvm"
-    }
-    owners      = var.source_ami_owners
-    most_recent = true
-  }
+  region = var.region
   # IMDSv2 only, on the build instance and on instances started from the AMI.
   metadata_options {
     http_endpoint               = "enabled"

@@ -7,12 +7,13 @@
 packer {
   required_version = ">= 1.7.0"
   required_plugins {
+    # Exact versions: a rebuild of a release gets the same builder and provisioner.
     amazon = {
-      version = ">= 1.3.0"
+      version = "= 1.8.0"
       source  = "github.com/hashicorp/amazon"
     }
     ansible = {
-      version = ">= 1.1.0"
+      version = "= 1.1.5"
       source  = "github.com/hashicorp/ansible"
     }
   }
@@ -62,23 +63,46 @@ variable "region" {
   }
 }
 
-variable "source_ami_name" {
+variable "source_ami_x86_64" {
   type        = string
-  description = "Name filter of the ECS-optimized Amazon Linux 2023 AMI to start from (newest match wins)."
-  default     = "al2023-ami-ecs-hvm-*-x86_64"
+  description = "The x86_64 source AMI id. Empty: the recommended ECS-optimized AL2023 AMI, read from AWS's public SSM parameter source_ami_ssm_parameter_x86_64."
+  default     = ""
   validation {
-    condition     = substr(var.source_ami_name, 0, 19) == "al2023-ami-ecs-hvm-"
-    error_message = "The source_ami_name must select an ECS-optimized Amazon Linux 2023 AMI (al2023-ami-ecs-hvm-...)."
+    condition     = var.source_ami_x86_64 == "" || substr(var.source_ami_x86_64, 0, 4) == "ami-"
+    error_message = "The source_ami_x86_64 must be an AMI id (ami-...) or empty."
   }
 }
 
-variable "source_ami_owners" {
-  type        = list(string)
-  description = "Owners the source AMI may come from."
-  default     = ["amazon"]
+variable "source_ami_arm64" {
+  type        = string
+  description = "The arm64 source AMI id. Empty: the recommended ECS-optimized AL2023 arm64 AMI, read from source_ami_ssm_parameter_arm64."
+  default     = ""
   validation {
-    condition     = length(var.source_ami_owners) > 0
-    error_message = "At least one source AMI owner is needed."
+    condition     = var.source_ami_arm64 == "" || substr(var.source_ami_arm64, 0, 4) == "ami-"
+    error_message = "The source_ami_arm64 must be an AMI id (ami-...) or empty."
+  }
+}
+
+# "Retrieving Amazon ECS-optimized Linux AMI metadata": AWS publishes the recommended AMI's id
+# under these public parameters (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/
+# retrieve-ecs-optimized_AMI.html).
+variable "source_ami_ssm_parameter_x86_64" {
+  type        = string
+  description = "Public SSM parameter holding the recommended x86_64 ECS-optimized AL2023 AMI id."
+  default     = "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"
+  validation {
+    condition     = substr(var.source_ami_ssm_parameter_x86_64, 0, 1) == "/"
+    error_message = "The source_ami_ssm_parameter_x86_64 must be an SSM parameter name (/...)."
+  }
+}
+
+variable "source_ami_ssm_parameter_arm64" {
+  type        = string
+  description = "Public SSM parameter holding the recommended arm64 ECS-optimized AL2023 AMI id."
+  default     = "/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id"
+  validation {
+    condition     = substr(var.source_ami_ssm_parameter_arm64, 0, 1) == "/"
+    error_message = "The source_ami_ssm_parameter_arm64 must be an SSM parameter name (/...)."
   }
 }
 
@@ -94,8 +118,14 @@ variable "ami_name_prefix" {
 
 variable "instance_type" {
   type        = string
-  description = "Instance type of the build instance."
+  description = "Instance type of the x86_64 build instance."
   default     = "m5.large"
+}
+
+variable "instance_type_arm64" {
+  type        = string
+  description = "Instance type of the arm64 (Graviton) build instance."
+  default     = "m6g.large"
 }
 
 variable "volume_size_gb" {

@@ -29,8 +29,26 @@ if TYPE_CHECKING:
     from arch.packer.machine_readable import MachineEvent
 
 LOCAL_BUILD = "local.null.local"
-FLAVOUR_BUILDS = {"ecs": "ecs.amazon-ebs.ecs", "batch": "batch.amazon-ebs.batch"}
+FLAVOURS = ("ecs", "batch")
+ARCHITECTURES = ("x86_64", "arm64")
+# Every AMI build: flavour -> architecture -> packer's build name.
+FLAVOUR_BUILDS = {
+    flavour: {arch: f"{flavour}.amazon-ebs.{flavour}-{arch}" for arch in ARCHITECTURES}
+    for flavour in FLAVOURS
+}
 SETTINGS_FILE = "variables.pkr.hcl"
+SOURCE_AMI_FILE = "source_ami.pkr.hcl"
+# What replaces source_ami.pkr.hcl where no AWS data source may be read: packer < 1.7 (no data
+# sources) and the local build (no AWS). The flavours are then only checked for syntax, or not
+# run at all.
+OFFLINE_SOURCE_AMI = """\
+# Written by archctl ami in its staged copy of packer/: no AWS data source here (packer < 1.7,
+# or the local build). The source AMIs are the ids given, if any.
+locals {
+  source_ami_x86_64 = var.source_ami_x86_64
+  source_ami_arm64  = var.source_ami_arm64
+}
+"""
 FULL, SYNTAX = "full", "syntax only"
 
 
@@ -65,17 +83,21 @@ def strip_packer_block(text: str) -> str:
 
 
 @contextmanager
-def staged_templates(packer: Packer, template_dir: Path) -> Iterator[Path]:
+def staged_templates(packer: Packer, template_dir: Path, offline: bool = False) -> Iterator[Path]:
     """The directory to run this packer in: the templates themselves for packer >= 1.7, else a
-    temporary copy whose settings file has no `packer` block."""
-    if packer.version().has_plugin_requirements:
+    temporary copy whose settings file has no `packer` block. `offline` (the local build), or
+    a packer without data sources: the copy's source_ami.pkr.hcl reads nothing from AWS."""
+    current = packer.version().has_plugin_requirements
+    if current and not offline:
         yield template_dir
         return
     with tempfile.TemporaryDirectory(prefix="arch-packer-") as staging:
         staged = Path(staging) / "packer"
         shutil.copytree(template_dir, staged, ignore=shutil.ignore_patterns("packer_cache"))
-        settings = staged / SETTINGS_FILE
-        settings.write_text(strip_packer_block(settings.read_text(encoding="utf-8")))
+        if not current:
+            settings = staged / SETTINGS_FILE
+            settings.write_text(strip_packer_block(settings.read_text(encoding="utf-8")))
+        (staged / SOURCE_AMI_FILE).write_text(OFFLINE_SOURCE_AMI)
         yield staged
 
 
@@ -131,8 +153,10 @@ def validate_templates(
         variables = build_variables(wheel, None, overrides)
         if packer.version().has_plugin_requirements:
             packer.init(workdir)
-            for name, build in {"local": LOCAL_BUILD, **FLAVOUR_BUILDS}.items():
-                checks.append(_validate_one(packer, workdir, name, [build], variables, FULL))
+            checks.append(_validate_one(packer, workdir, "local", [LOCAL_BUILD], variables, FULL))
+            for name, builds in FLAVOUR_BUILDS.items():
+                only = list(builds.values())
+                checks.append(_validate_one(packer, workdir, name, only, variables, FULL))
         else:
             checks.append(_validate_one(packer, workdir, "local", [LOCAL_BUILD], variables, FULL))
             syntax = _validate_one(packer, workdir, "", [], variables, SYNTAX)
@@ -168,12 +192,30 @@ def _validate_one(
     return TemplateCheck(name, False, level, result.failure_message())
 
 
+def flavour_builds(flavours: Sequence[str], architectures: Sequence[str]) -> list[str]:
+    """packer's build names for these flavours and architectures (none given: all)."""
+    unknown = sorted(set(flavours) - set(FLAVOURS))
+    if unknown:
+        raise PackerError(f"no AMI flavour {', '.join(unknown)} (known: {', '.join(FLAVOURS)})")
+    strange = sorted(set(architectures) - set(ARCHITECTURES))
+    if strange:
+        raise PackerError(
+            f"no architecture {', '.join(strange)} (known: {', '.join(ARCHITECTURES)})"
+        )
+    return [
+        FLAVOUR_BUILDS[flavour][arch]
+        for flavour in flavours or FLAVOURS
+        for arch in architectures or ARCHITECTURES
+    ]
+
+
 def build_images(
     packer: Packer,
     template_dir: Path,
     *,
     local: bool,
     flavours: Sequence[str],
+    architectures: Sequence[str] = (),
     wheel: WheelInfo,
     manifest: Path,
     overrides: Mapping[str, str],
@@ -189,12 +231,9 @@ def build_images(
                 "its amazon builder has no metadata_options for IMDSv2): use packer >= 1.7, or "
                 "--local to provision this host"
             )
-        unknown = sorted(set(flavours) - set(FLAVOUR_BUILDS))
-        if unknown:
-            raise PackerError(f"no AMI flavour {', '.join(unknown)} (known: ecs, batch)")
-        only = [FLAVOUR_BUILDS[name] for name in flavours or FLAVOUR_BUILDS]
+        only = flavour_builds(flavours, architectures)
     variables = build_variables(wheel, manifest, overrides)
-    with staged_templates(packer, template_dir) as workdir:
+    with staged_templates(packer, template_dir, offline=local) as workdir:
         if packer.version().has_plugin_requirements:
             packer.init(workdir)
         result = packer.build(workdir, only, variables, on_event)

@@ -12,7 +12,7 @@ from typing import Any
 from arch.delivery.definitions import DefinitionError, parse_assignments
 from arch.delivery.resources import ResourceMissing, packer_dir
 from arch.delivery.wheel import WheelError, WheelInfo, wheel_to_deliver
-from arch.packer.ami import FLAVOUR_BUILDS, build_images, validate_templates
+from arch.packer.ami import ARCHITECTURES, FLAVOURS, build_images, validate_templates
 from arch.packer.driver import Packer, PackerError
 from arch.packer.machine_readable import MachineEvent
 
@@ -45,8 +45,14 @@ def add_parser(subcommands: Any) -> None:
     build.add_argument(
         "--flavour",
         action="append",
-        choices=sorted(FLAVOUR_BUILDS),
+        choices=FLAVOURS,
         help="AMI flavour to build (repeatable; default: all)",
+    )
+    build.add_argument(
+        "--architecture",
+        action="append",
+        choices=ARCHITECTURES,
+        help="CPU architecture to build for (repeatable; default: x86_64 and arm64)",
     )
     build.add_argument(
         "--wheel",
@@ -112,6 +118,7 @@ def _build(
             templates,
             local=args.local,
             flavours=args.flavour or [],
+            architectures=args.architecture or [],
             wheel=wheel,
             manifest=args.manifest.resolve(),
             overrides=overrides,
