@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import paramiko
 import pytest
 
-paramiko = pytest.importorskip("paramiko", reason="arch[delivery] is not installed")
-
-from arch.remote.known_hosts import (  # noqa: E402
+from arch.remote.known_hosts import (
     HostKeyTrust,
     KnownHostsError,
     append_line,
