@@ -68,9 +68,15 @@ def test_every_host_is_reported_whatever_fails(
     accepting = ssh_servers(client_key.with_suffix(".pub"))
     refusing = ssh_servers(make_key(tmp_path / "someone_else").with_suffix(".pub"))
     unknown = ssh_servers(client_key.with_suffix(".pub"))
+    changed = ssh_servers(client_key.with_suffix(".pub"))
     closed = f"root@127.0.0.1:{free_port()}"
     known = known_hosts_of(tmp_path / "known_hosts", accepting, refusing)
-    hosts = [accepting.address(), refusing.address(), unknown.address(), closed]
+    old_key = make_key(tmp_path / "old_host_key").with_suffix(".pub").read_text().split()
+    with known.open("a") as entries:
+        entries.write(f"[127.0.0.1]:{changed.port} {old_key[0]} {old_key[1]}\n")
+    hosts = [
+        accepting.address(), refusing.address(), unknown.address(), changed.address(), closed
+    ]  # fmt: skip
     result = remote("verify", "--json", "-i", str(client_key), "--known-hosts", str(known), *hosts)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
@@ -84,6 +90,9 @@ def test_every_host_is_reported_whatever_fails(
     stranger = results[unknown.address()]
     assert stranger["ok"] is False and stranger["step"] == "connect"
     assert "is not in known_hosts" in str(stranger["detail"])
+    impostor = results[changed.address()]
+    assert impostor["ok"] is False and impostor["step"] == "connect"
+    assert "CHANGED" in str(impostor["detail"])
     unreachable = results[closed]
     assert unreachable["ok"] is False and unreachable["step"] == "connect"
     assert "connection refused" in str(unreachable["detail"])
@@ -268,7 +277,7 @@ def test_a_hung_command_is_ended_on_the_host_and_reported(
         "--known-hosts",
         str(known),
         "--timeout",
-        "20",
+        "40",  # the other host's archctl verify must fit, on a loaded machine too
         hung.address(),
         good.address(),
     )  # archctl() itself gives up after 120 s: far less than the hang's 600 s
