@@ -47,10 +47,15 @@ def location_of(state: ContainerState | None) -> ImageLocation | None:
 
 
 def one_line(message: str) -> str:
-    """A message's first line, plus CRIU's first error line when the message quotes a log."""
+    """A message's first line, plus the first CRIU error line when the message quotes a log
+    (criu_log.log_tail puts the errors that can explain a failure first)."""
+    from arch.checkpoint.criu_log import ERROR_MARK, without_timestamp
+
     lines = message.splitlines() or [""]
-    cause = next((line.strip() for line in lines[1:] if "Error (" in line), None)
-    return f"{lines[0].rstrip(': ')}; CRIU: {cause}" if cause else lines[0]
+    cause = next((line for line in lines[1:] if ERROR_MARK in line), None)
+    if cause is None:
+        return lines[0]
+    return f"{lines[0].rstrip(': ')}; CRIU: {without_timestamp(cause)}"
 
 
 class Call:

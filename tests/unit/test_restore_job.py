@@ -129,6 +129,6 @@ def test_a_refusal_is_one_line_with_criu_s_first_error() -> None:
         "(00.1) Error (criu/cr-dump.c:1): Can't dump\n...\n(00.2) Dumping FAILED."
     )
     assert one_line(message) == (
-        "runc checkpoint exited 1: criu failed; CRIU: (00.1) Error (criu/cr-dump.c:1): Can't dump"
+        "runc checkpoint exited 1: criu failed; CRIU: Error (criu/cr-dump.c:1): Can't dump"
     )
     assert one_line("plain reason") == "plain reason"
