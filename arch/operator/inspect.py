@@ -138,7 +138,8 @@ def inspect_image(path: str, config: HostConfig, *, checksum: bool = True) -> Im
     try:
         metadata = read_metadata(path)
         image = validate(path)
-        checks.append(Check("image", OK, "complete: files, sizes and dump.log as listed"))
+        listed = f"complete: files, sizes and {image.metadata.criu_log} as listed"
+        checks.append(Check("image", OK, listed))
     except ImageMissing as error:
         raise InspectError(error.reason) from error
     except InvalidImage as error:

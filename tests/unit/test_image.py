@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -645,6 +646,12 @@ def _nested(section: str, key: str, value: object) -> Callable[[dict[str, Any]],
         (lambda d: d["process"].update(criu_files=[
             f for f in d["process"]["criu_files"] if f["name"] != "inventory.img"]),
          "lacks inventory.img"),
+        (_nested("process", "criu_log", "custom.log"), "lacks custom.log"),
+        (_nested("process", "criu_log", "../x.log"), "not an acceptable file name"),
+        (_nested("process", "criu_log", 3), "criu_log must be a string"),
+        (_nested("process", "criu_config", []), "criu_config must be an object"),
+        (_nested("process", "criu_config", {"file": 1}), "criu_config.file must be a string"),
+        (_nested("process", "criu_config", {"sha256": "abc"}), "criu_config.sha256 is not"),
         (_nested("container", "args", "sh"), "container.args must be a list of strings"),
         (_nested("container", "mounts", [{"source": "/x"}]), "destination is missing"),
         (lambda d: d.update(cpu={"model": "x"}), "cpu.flags is missing"),
@@ -686,6 +693,42 @@ def test_unknown_keys_are_ignored(image_dir: Path) -> None:
     publish_image(image_dir)
     rewrite_metadata(image_dir, lambda document: document.update(future_field={"a": 1}))
     validate(str(image_dir))
+
+
+def test_images_without_a_log_name_or_criu_config_read_as_before(image_dir: Path) -> None:
+    """Images made before process.criu_log / criu_config: dump.log, no configuration known."""
+    publish_image(image_dir)
+
+    def drop(document: dict[str, Any]) -> None:
+        document["process"].pop("criu_log")
+        document["process"].pop("criu_config")
+
+    rewrite_metadata(image_dir, drop)
+    metadata = validate(str(image_dir)).metadata
+    assert (metadata.criu_log, metadata.criu_config) == ("dump.log", None)
+
+
+def test_a_renamed_dump_log_is_recorded_and_validated(image_dir: Path) -> None:
+    """A CRIU configuration's log-file: the image keeps the log under CRIU's name."""
+    from arch.checkpoint.criu_config import CriuConfig
+
+    config = CriuConfig("/etc/criu/job.conf", "a" * 64, "custom.log", None)
+
+    def publish_renamed(dump_log: str = DUMP_LOG_OK) -> None:
+        with begin(image_dir) as staging:
+            metadata = fill_staging(staging, dump_log=dump_log)
+            os.rename(staging_path(staging) / CRIU_DUMP_LOG, staging_path(staging) / "custom.log")
+            metadata = dataclasses.replace(
+                metadata, criu_files=staging.describe_criu_files(), criu_log="custom.log",
+                criu_config=config,
+            )  # fmt: skip
+            staging.publish(metadata)
+
+    publish_renamed()
+    valid = validate(str(image_dir)).metadata
+    assert (valid.criu_log, valid.criu_config) == ("custom.log", config)
+    with pytest.raises(InvalidImage, match=r"custom\.log does not end with"):
+        publish_renamed("(00.1) Error (criu/cr-dump.c:1): boom\n")
 
 
 # --- helpers ----------------------------------------------------------------------------------

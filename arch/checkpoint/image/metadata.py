@@ -1,7 +1,9 @@
 """Checkpoint image metadata: the layout's file names, metadata.json's schema and its parsing.
 
 An image is one flat directory `<root>/<namespace>/<checkpoint id>/` holding
-- the CRIU files exactly as `runc checkpoint` writes them (inventory.img, dump.log, ...),
+- the CRIU files exactly as `runc checkpoint` writes them (inventory.img, ...), with CRIU's
+  dump log under the name CRIU gave it (dump.log unless a CRIU configuration renames it;
+  `process.criu_log` names it),
 - ROOTFS_TAR, the container's filesystem changes (written by arch/checkpoint/layer/),
 - METADATA_FILE, written last (see ImageMetadata), and with a key SIGNATURE_FILE.
 
@@ -23,6 +25,8 @@ from arch.checkpoint.image.job_identity import JobIdentity
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from arch.checkpoint.criu_config import CriuConfig
 
 # 2: the job's identity is recorded and must match at restore (arch.checkpoint.image.job_identity).
 # Format 1 images lack it and are refused: an ARCH that knew only format 1 would restore a
@@ -145,6 +149,11 @@ class ImageMetadata:
     criu_options: tuple[str, ...] = ()
     # What identifies the job (arch.checkpoint.image.job_identity); always present in format 2.
     identity: JobIdentity | None = None
+    # The name of CRIU's dump log among criu_files.
+    criu_log: str = CRIU_DUMP_LOG
+    # The CRIU configuration file runc handed CRIU (arch.checkpoint.criu_config); None in
+    # images made before it was recorded.
+    criu_config: CriuConfig | None = None
 
     @classmethod
     def new(
@@ -161,6 +170,8 @@ class ImageMetadata:
         cpu: CpuInfo | None = None,
         criu_options: tuple[str, ...] = (),
         identity: JobIdentity | None = None,
+        criu_log: str = CRIU_DUMP_LOG,
+        criu_config: CriuConfig | None = None,
     ) -> ImageMetadata:
         """Metadata for an image made now on this host (created, host and kernel filled in)."""
         uname = os.uname()
@@ -179,6 +190,8 @@ class ImageMetadata:
             cpu=cpu,
             criu_options=criu_options,
             identity=identity,
+            criu_log=criu_log,
+            criu_config=criu_config,
         )
 
     @property
@@ -214,6 +227,8 @@ class ImageMetadata:
             "process": {
                 "criu_files": [f.to_dict() for f in self.criu_files],
                 "criu_options": list(self.criu_options),
+                "criu_log": self.criu_log,
+                "criu_config": None if self.criu_config is None else self.criu_config.to_dict(),
             },
             "container": {
                 "args": list(self.container.args),
@@ -268,8 +283,10 @@ class ImageMetadata:
         _check_rfc3339(text["created"])
         parse_criu_version(text["criu_version"], source="criu_version")
         filesystem = _filesystem_from(_required(top, "filesystem", "metadata"))
-        criu_files = _criu_files_from(_required(top, "process", "metadata"), filesystem)
+        criu_log = _criu_log_from(_required(top, "process", "metadata"))
+        criu_files = _criu_files_from(top["process"], filesystem, criu_log)
         criu_options = _criu_options_from(top["process"])
+        criu_config = _criu_config_from(top["process"])
 
         identity = JobIdentity.from_dict(_required(top, "identity", "metadata"))
         return cls(
@@ -288,6 +305,8 @@ class ImageMetadata:
             format_version=version,
             criu_options=criu_options,
             identity=identity,
+            criu_log=criu_log,
+            criu_config=criu_config,
         )
 
 
@@ -415,7 +434,9 @@ def _filesystem_from(value: object) -> FilesystemInfo:
     return FilesystemInfo(mode, tar, sha256, size)
 
 
-def _criu_files_from(value: object, filesystem: FilesystemInfo) -> tuple[CriuFile, ...]:
+def _criu_files_from(
+    value: object, filesystem: FilesystemInfo, criu_log: str
+) -> tuple[CriuFile, ...]:
     section = _object(value, "process")
     listed = _required(section, "criu_files", "process")
     if not isinstance(listed, list):
@@ -436,10 +457,35 @@ def _criu_files_from(value: object, filesystem: FilesystemInfo) -> tuple[CriuFil
     for reserved in (METADATA_FILE, SIGNATURE_FILE, filesystem.tar):
         if reserved in names:
             raise InvalidImage(f"{METADATA_FILE}: process.criu_files lists {reserved}")
-    for required in (CRIU_INVENTORY, CRIU_DUMP_LOG):
+    for required in (CRIU_INVENTORY, criu_log):
         if required not in names:
             raise InvalidImage(f"{METADATA_FILE}: process.criu_files lacks {required}")
     return tuple(files)
+
+
+def _criu_log_from(process: object) -> str:
+    """process.criu_log: the dump log's name (dump.log in images that do not say)."""
+    value = _object(process, "process").get("criu_log", CRIU_DUMP_LOG)
+    name = _string(value, "process.criu_log")
+    _check_file_name(name, "process.criu_log")
+    return name
+
+
+def _criu_config_from(process: object) -> CriuConfig | None:
+    """process.criu_config: {file, sha256, log_file, work_dir}, each a string or null."""
+    from arch.checkpoint.criu_config import CriuConfig
+
+    value = _object(process, "process").get("criu_config")
+    if value is None:
+        return None
+    section = _object(value, "process.criu_config")
+    fields = {
+        key: _optional_string(section.get(key), f"process.criu_config.{key}")
+        for key in ("file", "sha256", "log_file", "work_dir")
+    }
+    if fields["sha256"] is not None and not _SHA256_HEX.match(fields["sha256"]):
+        raise InvalidImage(f"{METADATA_FILE}: process.criu_config.sha256 is not 64 lowercase hex")
+    return CriuConfig(fields["file"], fields["sha256"], fields["log_file"], fields["work_dir"])
 
 
 def _criu_options_from(process: object) -> tuple[str, ...]:

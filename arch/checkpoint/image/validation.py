@@ -1,8 +1,8 @@
 """Validation of checkpoint images, which may sit on shared storage that other hosts write.
 
 Validation accepts only regular files (no symlinks, no subdirectories), exactly the files the
-metadata lists, with the listed sizes, and a dump.log that reports success; everything is opened
-relative to a directory descriptor with O_NOFOLLOW.
+metadata lists, with the listed sizes, and a dump log (metadata's criu_log) that reports
+success; everything is opened relative to a directory descriptor with O_NOFOLLOW.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from arch.checkpoint.image import signing
 from arch.checkpoint.image.errors import ImageMissing, InvalidImage
 from arch.checkpoint.image.metadata import (
-    CRIU_DUMP_LOG,
     METADATA_FILE,
     SIGNATURE_FILE,
     ImageMetadata,
@@ -188,7 +187,7 @@ def validate_contents(dir_fd: int, key: bytes | None = None) -> ImageMetadata:
             raise InvalidImage(
                 f"{name} has {entries[name]} bytes, {METADATA_FILE} says {size} (truncated?)"
             )
-    _check_dump_log(dir_fd)
+    _check_dump_log(dir_fd, metadata.criu_log)
     return metadata
 
 
@@ -251,9 +250,9 @@ def _read_small(dir_fd: int, name: str, limit: int) -> bytes:
     return data
 
 
-def _check_dump_log(dir_fd: int) -> None:
-    """dump.log must report success, with no error after the success line."""
-    fd = open_regular(dir_fd, CRIU_DUMP_LOG)
+def _check_dump_log(dir_fd: int, log_name: str) -> None:
+    """CRIU's dump log must report success, with no error after the success line."""
+    fd = open_regular(dir_fd, log_name)
     try:
         size = os.fstat(fd).st_size
         os.lseek(fd, max(0, size - DUMP_LOG_TAIL_BYTES), os.SEEK_SET)
@@ -263,10 +262,10 @@ def _check_dump_log(dir_fd: int) -> None:
     lines = tail.splitlines()
     success = [i for i, line in enumerate(lines) if CRIU_DUMP_SUCCESS in line]
     if not success:
-        raise InvalidImage(f"{CRIU_DUMP_LOG} does not end with {CRIU_DUMP_SUCCESS!r}")
+        raise InvalidImage(f"{log_name} does not end with {CRIU_DUMP_SUCCESS!r}")
     for line in lines[success[-1] + 1 :]:
         if any(marker in line for marker in CRIU_ERROR_MARKERS):
-            raise InvalidImage(f"{CRIU_DUMP_LOG} reports an error after success: {line.strip()}")
+            raise InvalidImage(f"{log_name} reports an error after success: {line.strip()}")
 
 
 def _check_criu_compatible(image_version: str, host_version: str) -> None:
