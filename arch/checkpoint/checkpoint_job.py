@@ -12,7 +12,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from arch.checkpoint import criu_options
+from arch.checkpoint import criu_config, criu_options
+from arch.checkpoint.criu_config import DUMP_LOG, CriuConfig, CriuConfigError
 from arch.checkpoint.criu_log import log_tail
 from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.fingerprint import rootfs_fingerprint
@@ -29,6 +30,7 @@ from arch.checkpoint.layer.common import LayerError
 from arch.checkpoint.layer.overlay_mount import find_overlay_layers
 from arch.checkpoint.storage.beneath import opened_root
 from arch.checkpoint.storage.store import ImageStaging, PublishError, cleanup_leftovers_of
+from arch.checkpoint.work_path import copy_log, image_log_name
 from arch.runc import binary_facts
 from arch.runc.binary_facts import CPUINFO_IMAGE
 from arch.runc.runtime import RuncError, RuncTimeout
@@ -82,6 +84,10 @@ class CheckpointJob:
         self.options = criu_options.merge(criu_options.from_command(command), host_criu_options)
         self.operation = operation  # what a later call needs if this arch-runc is killed
         self.timeout = timeout  # checkpoint_timeout: the dump's limit in seconds (None: none)
+        # The CRIU configuration runc hands CRIU (read in run()), and the name the image keeps
+        # CRIU's dump log under.
+        self.criu_config = CriuConfig()
+        self.image_log = DUMP_LOG
 
     def run(self) -> ValidImage:
         """Checkpoint and stop the container; raise CheckpointFailed with it still running.
@@ -91,6 +97,7 @@ class CheckpointJob:
         still frozen, so they execute nothing after the state the image holds.
         """
         state = self._state()
+        self.criu_config = self._read_criu_config(str(state.get("bundle", "")))
         paused_here = state["status"] == "running"
         self.operation.begin(paused_here=paused_here)
         try:
@@ -121,6 +128,27 @@ class CheckpointJob:
                 f"container is {state.get('status')}, not running or paused", "container_state"
             )
         return state
+
+    def _read_criu_config(self, bundle_path: str) -> CriuConfig:
+        """The CRIU configuration runc will hand CRIU for this container; CheckpointFailed when
+        it cannot be read or would send the images elsewhere."""
+        from arch.container.bundle import Bundle, BundleError
+
+        try:
+            spec = Bundle.load(bundle_path).spec
+        except BundleError as error:
+            logger.warning("checkpoint %s: CRIU configuration taken as runc's default, the "
+                           "bundle is unreadable: %s", self.container_id, error)  # fmt: skip
+            spec = {}
+        path = criu_config.config_file_for(spec)
+        try:
+            config = criu_config.read_config(path)
+            config.check_images_stay()
+        except OSError as error:
+            raise CheckpointFailed(f"cannot read the CRIU configuration {path}: {error}") from error
+        except CriuConfigError as error:
+            raise CheckpointFailed(str(error)) from error
+        return config
 
     def _pause(self) -> None:
         try:
@@ -227,6 +255,8 @@ class CheckpointJob:
                 cpu=host_cpu_summary(),
                 criu_options=tuple(self.options),
                 identity=identity.result(),
+                criu_log=self.image_log,
+                criu_config=self.criu_config,
             )
             try:
                 staging.publish(metadata, self.image_key)
@@ -287,24 +317,63 @@ class CheckpointJob:
         try:
             result = dump.wait(self.timeout)
         except RuncTimeout as error:
+            self._log_to_caller(staging)
             raise CheckpointFailed(
                 f"the dump did not finish within checkpoint_timeout ({self.timeout:g} s): "
                 "runc and CRIU were stopped",
                 "criu",
             ) from error
         self.operation.runc_ended()
+        self._log_to_caller(staging)
         if result.status != 0:
-            tail = log_tail(os.path.join(image_path, "dump.log"))
+            log_path = self._log_path(staging)
             raise CheckpointFailed(
                 f"runc checkpoint exited {result.status}{storage_full_note(image_path)}: "
                 f"{result.output.strip()}\n"
-                f"dump.log (last lines):\n{tail}",
+                f"{os.path.basename(log_path)} (last lines):\n{log_tail(log_path)}",
                 "criu",
             )
+        self.image_log = self._keep_log_in_image(staging)
         try:
             staging.seal_dump()  # on disk while the filesystem capture may still be running
         except OSError as error:
             raise CheckpointFailed(f"cannot sync the dump: {error}", "storage") from error
+
+    def _log_path(self, staging: ImageStaging) -> str:
+        """Where CRIU wrote its dump log: runc's work directory is the image's (ARCH's runc call
+        names no --work-path), unless the CRIU configuration says otherwise."""
+        return self.criu_config.log_path(staging.path, DUMP_LOG)
+
+    def _log_to_caller(self, staging: ImageStaging) -> None:
+        """A copy of CRIU's log in the caller's --work-path, where runc would have had CRIU
+        write it (containerd reads <work>/dump.log after a failed checkpoint)."""
+        work_path = self.command.get("work-path")
+        if not work_path:
+            return
+        try:
+            copy_log(self._log_path(staging), work_path)
+        except OSError as error:
+            logger.warning("checkpoint %s: CRIU's log not copied to the work path %s: %s",
+                           self.container_id, work_path, error)  # fmt: skip
+
+    def _keep_log_in_image(self, staging: ImageStaging) -> str:
+        """Put CRIU's dump log into the image (if CRIU wrote it elsewhere or under a name an
+        image cannot hold); the name the image holds it under."""
+        log_path = os.path.normpath(self._log_path(staging))
+        name = image_log_name(self.criu_config.log_file or DUMP_LOG)
+        in_image = os.path.join(os.path.normpath(staging.path), name)
+        try:
+            if log_path == in_image:
+                return name
+            if os.path.dirname(log_path) == os.path.dirname(in_image):
+                os.rename(log_path, in_image)
+            else:
+                copy_log(log_path, staging.path, name)
+        except OSError as error:
+            raise CheckpointFailed(
+                f"cannot keep CRIU's log {log_path} in the image: {error}", "storage"
+            ) from error
+        return name
 
 
 def storage_full_note(path: str) -> str:
