@@ -15,7 +15,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from arch.checkpoint import criu_config
 from arch.checkpoint.cpu_check import CpuCheck
+from arch.checkpoint.criu_config import RESTORE_LOG, CriuConfig, CriuConfigError
 from arch.checkpoint.criu_log import log_tail
 from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.fingerprint import rootfs_fingerprint
@@ -95,6 +97,7 @@ class RestoreJob:
         self.scratch_dir = scratch_dir
         self.operation = operation  # what a later call needs if this arch-runc is killed
         self.restored = False  # runc restore succeeded: the container exists in runc
+        self.criu_config = CriuConfig()  # what runc hands CRIU for this restore (run())
 
     def run(self) -> None:
         """Restore the container, or raise RestoreRefused with everything rolled back
@@ -117,6 +120,7 @@ class RestoreJob:
         problems = missing_bind_sources(self.bundle) + missing_mounts(self.image, self.bundle)
         if problems:
             raise RestoreRefused("; ".join(problems), "host_mismatch")
+        self.criu_config = self._same_criu_config()
         # Files with a recorded sha256 are checked before they are read: cpuinfo.img now, the
         # other CRIU files while the filesystem changes apply.
         self._verify_criu_files((CPUINFO_IMAGE,))
@@ -156,6 +160,29 @@ class RestoreJob:
             cpu_check.problems()  # reaped in every case
             lease.stop()
             shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _same_criu_config(self) -> CriuConfig:
+        """The CRIU configuration runc will hand CRIU for the new container; RestoreRefused
+        unless it is the one the image was dumped with (the same content, or none for both).
+        Images that recorded none (made before ARCH recorded it) are not compared."""
+        path = criu_config.config_file_for(self.bundle.spec)
+        try:
+            now = criu_config.read_config(path)
+            now.check_images_stay()
+        except OSError as error:
+            raise RestoreRefused(
+                f"cannot read the CRIU configuration {path}: {error}", "host_mismatch"
+            ) from error
+        except CriuConfigError as error:
+            raise RestoreRefused(str(error), "host_mismatch") from error
+        recorded = self.image.metadata.criu_config
+        if recorded is not None and recorded.sha256 != now.sha256:
+            raise RestoreRefused(
+                "the CRIU configuration differs from the checkpoint's: dumped with "
+                f"{_described(recorded)}, runc would now hand CRIU {_described(now)}",
+                "host_mismatch",
+            )
+        return now
 
     def _verify_criu_files(self, names: Collection[str]) -> None:
         try:
@@ -202,12 +229,15 @@ class RestoreJob:
         status = self.runc.run_guarded(args, self.operation.runc_started, capture=False).status
         self.restored = status == 0
         if status != 0:
-            tail = log_tail(os.path.join(work_dir, "restore.log"))
+            log_path = self.criu_config.log_path(work_dir, RESTORE_LOG)
+            tail = log_tail(log_path)
             leftover = self.runc.delete_force(self.container_id)
             if leftover.status == 0:
                 logger.info("restore %s: removed runc's partial container", self.container_id)
             raise RestoreRefused(
-                f"runc restore exited {status}\nrestore.log (last lines):\n{tail}", "criu"
+                f"runc restore exited {status}\n{os.path.basename(log_path)} (last lines):\n"
+                f"{tail}",
+                "criu",
             )
         pidfd_socket = self.create.get("pidfd-socket")
         if pidfd_socket is not None:
@@ -220,6 +250,12 @@ class RestoreJob:
                     f"the restored container's pidfd could not be sent to {pidfd_socket}: {error}",
                     "other",
                 ) from error
+
+
+def _described(config: CriuConfig) -> str:
+    if config.sha256 is None:
+        return "no configuration file" + (f" ({config.path} absent)" if config.path else "")
+    return f"{config.path} (sha256 {config.sha256[:12]}...)"
 
 
 def send_pidfd(socket_path: str, pid: int) -> None:
