@@ -12,8 +12,9 @@ import shutil
 import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arch.appliance.atomic_write import FileEditError
 
@@ -30,6 +31,9 @@ PROC_ROOT = "/proc"
 ARCHCTL_NAME = "archctl"
 WATCH_EXITS = "watch-exits"
 ADDRESS_OPTION = "--address"
+# How long verify waits for a running watcher process of this containerd to announce itself.
+ANNOUNCE_WAIT_SECONDS = 15.0
+ANNOUNCE_POLL_SECONDS = 0.1
 EXIT_WATCHER_MISSING = (
     "not running: images of containers that exit 0 are never removed (start arch-exit-watch)"
 )
@@ -174,16 +178,16 @@ def check_exit_watcher(target: VerifyTarget) -> CheckResult:
     """A running `archctl watch-exits` on this containerd that records into this host's state
     dir: without it no exit status is recorded, delete keeps every image, and deletes do not
     wait for a status (arch.container.exit_watch.WatcherPresence)."""
-    from arch.container.exit_watch import running_watchers
-
     state_dir = target.config.state_dir
-    announced = running_watchers(state_dir)
+    scanned = exit_watchers()
+    # A watcher started without --address follows $CONTAINERD_ADDRESS or the default socket.
+    candidates = [pid for pid, address in scanned if address in (None, target.containerd_address)]
+    announced = _announced_watchers(state_dir, target.containerd_address, bool(candidates))
     pids = [w["pid"] for w in announced if w.get("address") == target.containerd_address]
     if pids:
         pid_list = ", ".join(map(str, pids))
         return CheckResult("exit watcher", OK, f"archctl watch-exits running (pid {pid_list})")
     detail = EXIT_WATCHER_MISSING
-    scanned = exit_watchers()
     others = sorted(
         {str(w.get("address")) for w in announced}
         | {address for _, address in scanned if address is not None}
@@ -191,19 +195,28 @@ def check_exit_watcher(target: VerifyTarget) -> CheckResult:
     )
     if others:
         detail += f"; watchers run only for other containerd sockets: {', '.join(others)}"
-    # A watcher started without --address follows $CONTAINERD_ADDRESS or the default socket.
-    unannounced = [
-        pid
-        for pid, address in scanned
-        if address in (None, target.containerd_address)
-        and pid not in {w["pid"] for w in announced}
-    ]
+    unannounced = [pid for pid in candidates if pid not in {w["pid"] for w in announced}]
     if unannounced:
         detail += (
             f"; archctl watch-exits (pid {', '.join(map(str, unannounced))}) does not record into "
             f"{state_dir}: another arch.toml, or an older ARCH (restart arch-exit-watch)"
         )
     return CheckResult("exit watcher", FAIL, detail)
+
+
+def _announced_watchers(state_dir: str, address: str, starting: bool) -> list[dict[str, Any]]:
+    """The watchers announced in the state dir; while a watcher process of this containerd
+    runs (`starting`) but none has announced itself for it, up to ANNOUNCE_WAIT_SECONDS for
+    it to do so (a watcher just started, e.g. by the role right before verify, takes a moment
+    to load)."""
+    from arch.container.exit_watch import running_watchers
+
+    deadline = time.monotonic() + (ANNOUNCE_WAIT_SECONDS if starting else 0.0)
+    while True:
+        announced = running_watchers(state_dir)
+        if any(w.get("address") == address for w in announced) or time.monotonic() >= deadline:
+            return announced
+        time.sleep(ANNOUNCE_POLL_SECONDS)
 
 
 def exit_watchers(proc_root: str | None = None) -> list[tuple[int, str | None]]:

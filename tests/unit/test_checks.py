@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -188,9 +189,33 @@ def test_exit_watcher_running_for_this_containerd_is_ok(tmp_path: Path) -> None:
         stop_process(watcher)
 
 
-def test_exit_watcher_that_records_elsewhere_fails(tmp_path: Path) -> None:
+def test_a_watcher_that_is_starting_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify right after the watcher was started (the role, user data): the process runs but
+    has not announced itself yet."""
+    monkeypatch.setattr(checks, "ANNOUNCE_WAIT_SECONDS", 60.0)
+    verify_target = target(tmp_path, None)
+    watcher = start_fake_watcher("--address", verify_target.containerd_address, "watch-exits")
+    late = threading.Timer(
+        0.5, announce, args=(tmp_path / "state", watcher, verify_target.containerd_address)
+    )
+    late.start()
+    try:
+        result = checks.check_exit_watcher(verify_target)
+        assert result.status == checks.OK, result
+    finally:
+        late.cancel()
+        late.join()
+        stop_process(watcher)
+
+
+def test_exit_watcher_that_records_elsewhere_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A watcher of this containerd that does not announce itself in this host's state dir
     (another arch.toml, an older ARCH): deletes here would not wait for it."""
+    monkeypatch.setattr(checks, "ANNOUNCE_WAIT_SECONDS", 0.3)
     verify_target = target(tmp_path, None)
     watcher = start_fake_watcher("--address", verify_target.containerd_address, "watch-exits")
     try:
