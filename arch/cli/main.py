@@ -18,7 +18,7 @@ from arch.cli import (
     verify,
     watch_exits,
 )
-from arch.cli.delivery import ami, remote, template, userdata
+from arch.cli.delivery import ami, bundle, remote, template, userdata
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     ami.add_parser(subcommands)
     userdata.add_parser(subcommands)
     remote.add_parser(subcommands)
+    bundle.add_parser(subcommands)
     return parser
 
 

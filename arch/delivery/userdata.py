@@ -22,6 +22,8 @@ from arch.delivery.render import render_template
 WHEEL_NAME = re.compile(
     r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.!+]+(-[0-9][A-Za-z0-9_.]*)?-[^-/]+-[^-/]+-[^-/]+\.whl$"
 )
+# What `archctl bundle` writes: any name ending in .tar.
+BUNDLE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+\.tar$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SSM_PARAMETER = re.compile(r"^[A-Za-z0-9_.\-/]{1,2048}$")
 S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/\S+$")
@@ -40,11 +42,15 @@ class UserdataError(Exception):
 class PackageSource:
     kind: str  # "url", "s3" or "file"
     location: str
-    wheel_name: str
+    wheel_name: str  # the file name: a wheel, or a bundle (.tar)
+
+    @property
+    def is_bundle(self) -> bool:
+        return self.wheel_name.endswith(".tar")
 
     @classmethod
     def parse(cls, text: str) -> PackageSource:
-        """A wheel URL (http/https), an s3:// path, or an absolute path on the instance."""
+        """A wheel or bundle: URL (http/https), s3:// path, or absolute path on the instance."""
         if text.startswith("s3://"):
             kind, path = "s3", text[len("s3://") :]
             if S3_URL.match(text) is None:
@@ -61,10 +67,10 @@ class PackageSource:
         if any(character.isspace() or character in "'\"\\`$" for character in text):
             raise UserdataError(f"--package {text!r}: quotes, spaces and $ are not allowed")
         name = PurePosixPath(path).name
-        if WHEEL_NAME.match(name) is None:
+        if WHEEL_NAME.match(name) is None and BUNDLE_NAME.match(name) is None:
             raise UserdataError(
                 f"--package {text!r} does not end in a wheel file name "
-                "(arch-VERSION-py3-none-any.whl)"
+                "(arch-VERSION-py3-none-any.whl) or a bundle's (NAME.tar, `archctl bundle`)"
             )
         return cls(kind, text, name)
 

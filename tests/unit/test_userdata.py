@@ -27,6 +27,9 @@ VARIANTS = {
         ecs_cluster="prod",
         fleet_key_ssm_parameter="/arch/fleet-key",
     ),
+    "bundle over https, ecs": UserdataOptions(
+        PackageSource.parse("https://example.com/dist/arch-bundle.tar"), ecs_cluster="prod"
+    ),
     "file, efs in another region, key file": UserdataOptions(
         PackageSource.parse(f"/opt/dist/{WHEEL}"),
         efs_file_system_id="fs-01234567",
