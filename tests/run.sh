@@ -42,7 +42,8 @@ newer_stack_tests=(
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
 # Test-only OS packages: a static busybox for the test containers' images; for the delivery
-# tests (tests/integration/delivery) packer, shellcheck and OpenSSH's server and client.
+# tests (tests/integration/delivery) packer, shellcheck, OpenSSH's server and client, and what
+# the first-boot test boots its Debian root with (debootstrap, systemd-nspawn, ip).
 install_test_packages() {
     is_root || return 0
     if ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
@@ -54,7 +55,8 @@ install_test_packages() {
     fi
     local missing=() command package
     for command in packer:packer shellcheck:shellcheck /usr/sbin/sshd:openssh-server \
-        ssh-keygen:openssh-client; do
+        ssh-keygen:openssh-client debootstrap:debootstrap systemd-nspawn:systemd-container \
+        ip:iproute2; do
         package=${command##*:}
         command=${command%:*}
         command -v "$command" >/dev/null 2>&1 || missing+=("$package")
