@@ -95,17 +95,25 @@ run_unit_tests_oldest_python() {
     "$test_venv-py39/bin/python" -m pytest -q -p no:cacheprovider tests/unit
 }
 
-# The installer Amazon Linux 2023 gets: ansible/requirements.txt under its python3 (3.9), which
-# pins ansible-core 2.15. The role's AL2023 check-mode test runs the role with it.
+# The installer Amazon Linux 2023 gets: ansible/requirements.txt under python3.11 (what install.sh
+# picks there: AL2023's python3 is 3.9), which pins a supported ansible-core; the role's modules
+# run on AL2023's python3, 3.9. The role's AL2023 check-mode test runs the role with both.
 make_al2023_controller() {
     if [ "$oldest_python" = none ] || [ -z "$oldest_python" ] || [ ! -x "$oldest_python" ]; then
+        return 0  # the test then reports the missing module interpreter
+    fi
+    local controller_python
+    controller_python=$(ls -d /usr/bin/python3.11 "$HOME"/.pyenv/versions/3.11.*/bin/python \
+        2>/dev/null | tail -n 1 || true)
+    if [ -z "$controller_python" ]; then
         return 0  # the test then reports the missing controller
     fi
-    local venv="$test_venv-al2023-controller"
-    [ -x "$venv/bin/python" ] || "$oldest_python" -m venv "$venv"
+    local venv="$test_venv-al2023-controller-py311"
+    [ -x "$venv/bin/python" ] || "$controller_python" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         -r "$repo/ansible/requirements.txt"
     export ARCH_TEST_AL2023_ANSIBLE_PLAYBOOK="$venv/bin/ansible-playbook"
+    export ARCH_TEST_AL2023_MODULE_PYTHON="$oldest_python"
 }
 
 run_newer_stack_lane() {

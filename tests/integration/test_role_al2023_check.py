@@ -11,9 +11,10 @@ records what it was asked to install, and the play's last task writes the role's
 (its variables, arch.toml rendered) to a file the test reads.
 
 It runs twice: with this host's installer (ansible/install.sh's bootstrap), and with the one
-install.sh makes on AL2023, whose python3 is 3.9: ansible-core 2.15 (ansible/requirements.txt
-pins it for Python < 3.10) in a Python 3.9 venv, modules run by Python 3.9. tests/run.sh makes
-that venv and names its ansible-playbook in $ARCH_TEST_AL2023_ANSIBLE_PLAYBOOK.
+install.sh makes on AL2023, whose python3 is 3.9: ansible/requirements.txt's ansible-core in a
+python3.11 venv (AL2023 packages python3.11), modules run by Python 3.9. tests/run.sh makes that
+venv and names its ansible-playbook in $ARCH_TEST_AL2023_ANSIBLE_PLAYBOOK, the 3.9 interpreter
+in $ARCH_TEST_AL2023_MODULE_PYTHON.
 
 Check mode must change nothing: every write in the chroot lands in its overlay's upper layer,
 and that layer is compared before and after (as are the host's ARCH files, byte for byte).
@@ -43,6 +44,7 @@ pytestmark = [pytest.mark.root]
 
 STAND_INS = Path(__file__).resolve().parent / "role_stand_ins"
 AL2023_CONTROLLER_ENV = "ARCH_TEST_AL2023_ANSIBLE_PLAYBOOK"
+AL2023_MODULE_PYTHON_ENV = "ARCH_TEST_AL2023_MODULE_PYTHON"
 HOST_ARCH_CONFIG = Path("/etc/arch/arch.toml")
 # What check mode must leave byte for byte as it was on the host.
 HOST_FILES = (
@@ -185,9 +187,14 @@ def controller(which: str) -> tuple[Path, list[str]]:
     if not playbook or not Path(playbook).is_file():
         unavailable(
             f"${AL2023_CONTROLLER_ENV} names no ansible-playbook: tests/run.sh makes one (the "
-            "installer AL2023 gets: ansible/requirements.txt in a Python 3.9 venv)"
+            "installer AL2023 gets: ansible/requirements.txt in a python3.11 venv)"
         )
-    python = Path(playbook).parent / "python"
+    python = os.environ.get(AL2023_MODULE_PYTHON_ENV, "")
+    if not python or not Path(python).is_file():
+        unavailable(
+            f"${AL2023_MODULE_PYTHON_ENV} names no Python 3.9: AL2023's python3, which runs "
+            "the role's modules there (tests/run.sh sets it)"
+        )
     return Path(playbook), ["-e", f"ansible_python_interpreter={python}"]
 
 
