@@ -7,6 +7,8 @@ containerd, runc and CRIU (issue 20).
   log: the checkpoint succeeds, the image records and holds the log under CRIU's name, the log
   reaches the work path under that name (as with runc), and the next create restores with the
   same configuration. A changed configuration is not restored (the container starts fresh).
+- A configuration whose work-dir moves CRIU's log out of the image: ARCH copies it in, and the
+  restore runs under the same configuration (its log lands in that work-dir).
 - A CRIU configuration that sets images-dir fails the checkpoint; the container keeps running.
 - A failed dump: containerd's error (`ctr task checkpoint`) carries CRIU's own error line, and
   the bundle's criu-dump.log (which containerd copies from the work path's dump.log) holds
@@ -191,3 +193,42 @@ def test_a_criu_config_that_moves_the_images_fails_the_checkpoint_cleanly(
     assert node.task_status("moved") == "RUNNING"
     assert not image_dir_of(node, "moved").exists()
     assert not elsewhere.exists()
+
+
+def test_a_criu_config_that_moves_the_log_still_gives_the_image_its_log(
+    working_criu: None,
+    containerd_node: ContainerdNode,
+    test_image: BusyboxImage,
+    real_runc_binary: Path,
+    tmp_path: Path,
+) -> None:
+    """work-dir in the configuration: CRIU writes its log outside the image; ARCH copies it in
+    (and into the caller's work path), and the restore runs under the same configuration."""
+    node = containerd_node
+    criu_work = tmp_path / "criu-work-dir"
+    criu_work.mkdir()
+    config_file = tmp_path / "criu.conf"
+    config_file.write_text(f"work-dir {criu_work}\nlog-file moved.log\n")
+    run_counter(node, test_image, "wd", config_file)
+    rootfs = cr.rootfs_of(real_runc_binary, node, "wd")
+    cr.wait_for(lambda: count_in(rootfs) >= 3, "the counter to reach 3")
+    work_path = tmp_path / "work"
+    checkpoint_into(node, "wd", work_path)
+    at_checkpoint = count_in(rootfs)
+    image_dir = image_dir_of(node, "wd")
+    print(f"{criu_work}: {sorted(p.name for p in criu_work.iterdir())}")
+    print(f"{image_dir}: moved.log {(image_dir / 'moved.log').exists()}")
+    written = cr.read_text(criu_work / "moved.log")
+    assert CRIU_DUMP_SUCCESS in written
+    assert (image_dir / "moved.log").read_text() == written
+    assert (work_path / "moved.log").read_text() == written
+    metadata = json.loads((image_dir / "metadata.json").read_text())
+    assert metadata["process"]["criu_config"]["work_dir"] == str(criu_work)
+
+    cr.remove_container(node, "wd")
+    run_counter(node, test_image, "wd", config_file)
+    restored = cr.rootfs_of(real_runc_binary, node, "wd")
+    cr.wait_for(lambda: count_in(restored) >= at_checkpoint + 3, "the restored counter to go on")
+    restore_log = cr.read_text(criu_work / "moved.log")
+    print(f"moved.log after the restore ends with: {restore_log.splitlines()[-1:]}")
+    assert "Restore finished successfully" in restore_log
