@@ -12,10 +12,10 @@ out like an ECS-optimized instance where it matters to ARCH's first boot:
   records what the agent would register with: ecs.config as it is when the agent starts, and
   whether cloud-final had finished;
 - the distribution's packages the role installs (containerd, runc, Docker, iptables, a compiler,
-  python3-venv) are preinstalled, as on the ECS AMI, so the role needs no package repository;
-- CRIU is the host's build of the role's pinned release, bound read-only at
-  /usr/local/sbin/criu (what a host the role built CRIU on has): the role then keeps it instead
-  of building it, and `criu check` passes inside (writable /proc/sys, all capabilities).
+  python3-venv, CRIU's build dependencies) are preinstalled, as on the ECS AMI, so the role needs
+  no package repository; what the distribution lacks, the pinned CRIU source, comes from the
+  bundle, and the role builds it there; `criu check` passes inside (writable /proc/sys, all
+  capabilities).
 
 Each boot runs on a throw-away overlay of the cached root (--volatile=overlay): the cache is
 never changed; /var/lib/containerd and /var/lib/docker are directories of the test (an overlay
@@ -66,11 +66,21 @@ PACKAGES = (
     "xz-utils",
     "ca-certificates",
     "curl",
-    # the shared libraries of the host's CRIU build (bound at /usr/local/sbin/criu)
-    "libprotobuf-c1",
-    "libnl-3-200",
-    "libnet1",
-    "libbsd0",
+    # CRIU's build dependencies (vars/Debian.yml arch_os_criu_build_packages): the role builds
+    # the pinned CRIU from the bundle's source (bookworm's criu 3.17.1 fails on these kernels)
+    "pkg-config",
+    "libprotobuf-dev",
+    "libprotobuf-c-dev",
+    "protobuf-c-compiler",
+    "protobuf-compiler",
+    "python3-protobuf",
+    "libnl-3-dev",
+    "libnet1-dev",
+    "libcap-dev",
+    "libbsd-dev",
+    "libgnutls28-dev",
+    "uuid-dev",
+    "libaio-dev",
 )
 CLOUD_CONFIG = """\
 # ARCH boot test: user data from the NoCloud seed only (no network metadata service).
@@ -235,7 +245,7 @@ class BootedInstance:
                  f"--network-namespace-path=/run/netns/{self.netns}", "--capability=all",
                  f"--bind-ro={self.seed}:/var/lib/cloud/seed/nocloud",
                  *(f"--bind={self.work / name}:/var/lib/{name}" for name in SNAPSHOT_DIRS),
-                 "--bind-ro=/usr/local/sbin/criu", "--boot"],
+                 "--boot"],
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, env=environment,
             )  # fmt: skip
         self.started = time.monotonic()
