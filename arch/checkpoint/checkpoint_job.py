@@ -73,8 +73,12 @@ class CheckpointJob:
         timeout: float | None = None,
         image_key: bytes | None = None,
         binary_facts_dir: str | None = None,
+        hold: bool = False,
     ) -> None:
         self.runc = runc
+        # Keep the processes frozen once the image is published instead of killing them (a
+        # Batch job during a Spot notice: arch.spot.platform).
+        self.hold = hold
         self.command = command
         self.binary_facts_dir = binary_facts_dir  # runc's/CRIU's cached facts (binary_facts)
         # With a key the image is signed (arch.checkpoint.image.signing).
@@ -105,7 +109,8 @@ class CheckpointJob:
                 self._pause()
             try:
                 image = self._dump_and_publish(state)
-                self._stop_frozen(image)
+                if not self.hold:
+                    self._stop_frozen(image)
             except BaseException:
                 if paused_here:
                     self._resume_after_failure()

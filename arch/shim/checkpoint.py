@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from arch.container.state import CHECKPOINTED, SKIP_RESUME, ContainerState
+from arch.shim import notice_rules
 from arch.shim.call import Call, image_key, location_of, skip_once
 from arch.shim.delete import remove_image
 
@@ -47,25 +48,40 @@ def handle_checkpoint(call: Call) -> int:
         return call.pass_through()
     if call.config_error is not None:
         return call.fail(str(call.config_error))
+    refusal = notice_rules.checkpoint_refusal(state)
+    if refusal is not None:
+        return call.fail(f"not checkpointed, the container keeps running: {refusal}")
+    hold = notice_rules.holds_now(call.config, location)
     with exclusive_checkpoint(state):
         if state.has(CHECKPOINTED):  # a stop during a Spot notice checkpointed it meanwhile
             state.set(SKIP_RESUME)
             logger.info("checkpoint %s: already checkpointed", call.where)
             return 0
         try:
-            published = checkpoint_and_stop(call, state, location, call.command)
+            published = checkpoint_and_stop(call, state, location, call.command, hold=hold)
         except CheckpointFailed as error:
             return call.fail(f"checkpoint failed, the container keeps running: {error}")
     state.set(SKIP_RESUME)
-    logger.info("checkpoint %s: image published at %s", call.where, published)
+    if hold:
+        logger.warning("checkpoint %s: image published at %s; the job is held frozen until "
+                       "the host goes (platform batch, Spot notice)", call.where,
+                       published)  # fmt: skip
+    else:
+        logger.info("checkpoint %s: image published at %s", call.where, published)
     return 0
 
 
 def checkpoint_and_stop(
-    call: Call, state: ContainerState, location: ImageLocation, command: RuncCommand
+    call: Call,
+    state: ContainerState,
+    location: ImageLocation,
+    command: RuncCommand,
+    *,
+    hold: bool = False,
 ) -> str:
-    """Checkpoint and stop the container; where its image is published. CheckpointFailed
-    leaves it running. The caller holds the container's checkpoint lock."""
+    """Checkpoint and stop the container (`hold`: keep it frozen instead); where its image is
+    published. CheckpointFailed leaves it running. The caller holds the container's checkpoint
+    lock."""
     from arch.checkpoint.checkpoint_job import CheckpointFailed, CheckpointJob
     from arch.checkpoint.image.signing import ImageKeyError
     from arch.container.interrupted import CHECKPOINT, Operation
@@ -92,6 +108,7 @@ def checkpoint_and_stop(
         call.config.checkpoint_timeout,
         image_key=key,
         binary_facts_dir=call.config.binary_facts_dir,
+        hold=hold,
     )
     try:
         image = job.run()
@@ -100,9 +117,23 @@ def checkpoint_and_stop(
         raise
     call.count("checkpoint", started, image_bytes=image.metadata.image_bytes)
     state.set(CHECKPOINTED)
+    if hold:
+        notice_rules.record_hold(state, runc.global_args, _identity_of(target))
     if location.pool_dir is not None:
         return _hand_to_pool(call, location, target.image_dir)
     return target.image_dir
+
+
+def _identity_of(location: ImageLocation) -> str | None:
+    """The published image's identity (what a later delete after exit 0 may remove)."""
+    from arch.checkpoint.storage.beneath import opened_root
+    from arch.checkpoint.storage.store import identity
+
+    try:
+        with opened_root(location.root) as root_fd:
+            return identity(root_fd, location.relative)
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from arch.container.exit_watch import new_instance
 from arch.container.state import SKIP_START, ContainerState, StateError
+from arch.shim import notice_rules
 from arch.shim.call import Call, image_key, opted_in_bundle, skip_once
 from arch.shim.sharedfs import with_sharedfs_workdir
 
@@ -55,8 +56,15 @@ def handle_create(call: Call) -> int:
         return call.fail(str(error))
     call.finish_interrupted(state)
     state.remove_all()
+    doomed = notice_rules.doomed(call.config)
+    refusal = notice_rules.create_refusal(location) if doomed else None
+    if refusal is not None:
+        return call.fail(refusal)
     instance = new_instance(call.command.get("pid-file"))
     _write_record(state, location, bundle, instance)
+    if doomed:  # neither restore nor claim on a host about to go
+        notice_rules.start_fresh_during_notice(call.where, state)
+        return call.pass_through()
     from arch.checkpoint.restore_job import RollbackFailed
 
     try:
@@ -114,19 +122,25 @@ def _restore_from_pool(
 
     assert location.pool_dir is not None
     where = call.where
+    wait_until = time.monotonic() + call.config.restore_wait
     try:
-        for claim in pool.claims(location.pool_dir, POOL_CLAIM_ATTEMPTS, location.root):
-            claimed = location.with_image_dir(claim.path)
-            _write_record(state, claimed, bundle, instance)  # named before it is used
-            outcome = _restore(call, bundle, claimed, state)
-            if outcome == RESTORED:
-                return True
-            if outcome == INVALID:
-                moved = pool.quarantine(claim.path, location.root)
-                logger.warning("create %s: pool image moved aside to %s", where, moved)
-            elif outcome == REFUSED:
-                pool.release(claim.path, location.root)
-            _write_record(state, location, bundle, instance)
+        while True:
+            for claim in pool.claims(location.pool_dir, POOL_CLAIM_ATTEMPTS, location.root):
+                claimed = location.with_image_dir(claim.path)
+                _write_record(state, claimed, bundle, instance)  # named before it is used
+                outcome = _restore(call, bundle, claimed, state)
+                if outcome == RESTORED:
+                    return True
+                if outcome == INVALID:
+                    moved = pool.quarantine(claim.path, location.root)
+                    logger.warning("create %s: pool image moved aside to %s", where, moved)
+                elif outcome == REFUSED:
+                    pool.release(claim.path, location.root)
+                _write_record(state, location, bundle, instance)
+            # None left: one a host under a Spot notice is still writing is worth waiting for.
+            left = wait_until - time.monotonic()
+            if not notice_rules.wait_for_pool_image(where, location, left):
+                break
     except OSError as error:
         logger.warning("create %s: pool %s unusable, starting fresh: %s", where,
                        location.pool_dir, error)  # fmt: skip

@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from arch.container.state import CHECKPOINTED, ContainerState
+from arch.shim import notice_rules
 from arch.shim.call import Call, location_of
 
 if TYPE_CHECKING:
@@ -40,7 +41,9 @@ def handle_delete(call: Call) -> int:
         logger.info("delete %s: pool member without a claimed image", where)
     else:
         exit_status = wait_for_exit_status(state)
-        if exit_status == 0:
+        if exit_status == 0 and notice_rules.exit_is_not_a_finish(call.config, state):
+            _keep_after_notice_stop(where, location)
+        elif exit_status == 0:
             try:
                 _remove_own_image(where, state, location)
             except OSError as error:
@@ -53,6 +56,14 @@ def handle_delete(call: Call) -> int:
                         location.image_dir)  # fmt: skip
     state.remove_all()
     return 0
+
+
+def _keep_after_notice_stop(where: str, location: ImageLocation) -> None:
+    """Exit 0 after a stop that belongs to this host's Spot notice: not a finish."""
+    logger.warning("delete %s: exited 0 after a stop during a Spot notice: not a finish, image "
+                   "%s kept", where, location.image_dir)  # fmt: skip
+    if location.pool_dir is not None:
+        _release_claim(where, location, 0)
 
 
 def remove_image(location: ImageLocation) -> bool:

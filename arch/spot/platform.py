@@ -34,8 +34,6 @@ HELD = "held"
 # A stop signal reached the container (arch-runc's native front or Python wrote it at `kill`);
 # its mtime is when.
 STOP_SIGNALLED = "stop_signalled"
-# arch.shim's flag of a container whose exit is its checkpoint's (the image stays at delete).
-CHECKPOINTED = "checkpointed"
 # Created while this host's notice was active: it neither restored nor claimed an image, and
 # its state must never replace one (no publication, no removal at exit).
 NOTICE_FRESH = "notice_fresh"
@@ -89,6 +87,8 @@ def thaw(state: ContainerState, runc: str) -> None:
     hold record."""
     import json
     import subprocess
+
+    from arch.container.state import CHECKPOINTED
 
     document = json.loads(state.get(HELD) or "{}")
     global_args = document.get("runc_global_args")
