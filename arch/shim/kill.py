@@ -11,23 +11,14 @@ from arch.container.state import CHECKPOINTED
 from arch.shim import notice_rules
 from arch.shim.call import Call, location_of
 from arch.shim.checkpoint import checkpoint_and_stop, exclusive_checkpoint
-from arch.spot.platform import HELD
+from arch.spot.platform import HELD, STOP_SIGNALS, is_stop_signal
+
+__all__ = ["STOP_SIGNALS", "handle_kill", "is_stop_signal"]
 
 if TYPE_CHECKING:
     from arch.container.state import ContainerState
 
 logger = logging.getLogger("arch")
-
-
-# The signals that stop a container (Docker's and ECS's default stop signal, SIGKILL after the
-# timeout, and the usual interactive ones), by name and by number as runc accepts them.
-STOP_SIGNALS = frozenset({"TERM", "KILL", "INT", "QUIT", "15", "9", "2", "3"})
-
-
-def is_stop_signal(signal_argument: list[str]) -> bool:
-    """runc kill's optional signal argument (default SIGTERM) names a stop signal."""
-    name = (signal_argument[0] if signal_argument else "TERM").upper()
-    return (name[3:] if name.startswith("SIG") else name) in STOP_SIGNALS
 
 
 def handle_kill(call: Call) -> int:

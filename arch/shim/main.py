@@ -16,6 +16,8 @@ from arch.shim import passthrough
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from arch.runc.parser import RuncCommand
+
 # Keep in sync with INTERCEPTED in launcher.c: the native front sends only these to Python.
 # kill concerns ARCH only while a Spot notice is active (see arch/shim/kill.py).
 INTERCEPTED_SUBCOMMANDS = frozenset({"create", "start", "checkpoint", "resume", "delete", "kill"})
@@ -28,7 +30,7 @@ def run(args: Sequence[str]) -> int:
             command = parse(args)
         except ParseError:
             return passthrough.pass_through(args)  # runc rejects it; let runc say so
-        if command.subcommand == "kill" and not _notice_active():
+        if command.subcommand == "kill" and _kill_outside_notice(command):
             return passthrough.pass_through(args)  # as fast as before kill was intercepted
         if command.subcommand in INTERCEPTED_SUBCOMMANDS and not command.has_unknown_flags:
             from arch.shim import lifecycle
@@ -37,15 +39,22 @@ def run(args: Sequence[str]) -> int:
     return passthrough.pass_through(args)
 
 
-def _notice_active() -> bool:
-    """Whether a Spot notice marker exists (a malformed arch.toml: kill passes through anyway)."""
+def _kill_outside_notice(command: RuncCommand) -> bool:
+    """Whether no Spot notice marker exists (a malformed arch.toml: kill passes through anyway);
+    a stop signal is then noted in the container's ARCH state, as the native front does."""
     from arch.config import ConfigError, load_config
     from arch.spot.notice import notice_active
+    from arch.spot.platform import is_stop_signal, note_stop_signal_at
 
     try:
-        return notice_active(load_config().state_dir)
+        state_dir = load_config().state_dir
     except ConfigError:
+        return True
+    if notice_active(state_dir):
         return False
+    if command.container_id and is_stop_signal(command.positionals[1:2]):
+        note_stop_signal_at(state_dir, command.namespace or "runc", command.container_id)
+    return True
 
 
 def main() -> int:

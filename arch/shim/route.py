@@ -50,7 +50,7 @@ def _claimed(command: RuncCommand, config: HostConfig) -> bool:
     from arch.container.state import SKIP_RESUME, SKIP_START, ContainerState, StateError
     from arch.shim.call import location_of, opted_in_bundle
     from arch.shim.checkpoint import PARTIAL_DUMP_FLAGS
-    from arch.shim.kill import is_stop_signal
+    from arch.spot.platform import is_stop_signal
 
     if command.subcommand == "create":
         return opted_in_bundle(command) is not None

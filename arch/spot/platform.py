@@ -45,6 +45,36 @@ NOTICE_FRESH = "notice_fresh"
 NOTICE_RACE_SECONDS = 3.0
 
 
+# The signals that stop a container (Docker's and ECS's default stop signal, SIGKILL after the
+# timeout, and the usual interactive ones), by name and by number as runc accepts them. Keep in
+# sync with stop_signals in launcher.c.
+STOP_SIGNALS = frozenset({"TERM", "KILL", "INT", "QUIT", "15", "9", "2", "3"})
+
+
+def is_stop_signal(signal_argument: list[str]) -> bool:
+    """runc kill's optional signal argument (default SIGTERM) names a stop signal."""
+    name = (signal_argument[0] if signal_argument else "TERM").upper()
+    return (name[3:] if name.startswith("SIG") else name) in STOP_SIGNALS
+
+
+def note_stop_signal_at(state_dir: str, namespace: str, container_id: str) -> None:
+    """Leave STOP_SIGNALLED (now) in the container's state, if it has ARCH state: what the
+    native front does for a kill outside a notice (no lock: a flag file, created or touched)."""
+    if not container_id or "/" in container_id or container_id in (".", ".."):
+        return
+    if "/" in namespace or namespace in ("", ".", ".."):
+        return
+    path = os.path.join(state_dir, namespace, container_id, STOP_SIGNALLED)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return  # no ARCH state: nothing to note
+    try:
+        os.utime(fd)
+    finally:
+        os.close(fd)
+
+
 def holds(platform: str, pool_member: bool) -> bool:
     """Whether a checkpoint during a notice keeps the job frozen instead of ending it (Batch
     jobs; pool members are replicas of a service and always end)."""

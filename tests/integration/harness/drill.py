@@ -58,7 +58,7 @@ def journal_workload(*, exit_0_on_term: bool = False, ballast_mib: int = 0) -> l
                if ballast_mib else "")  # fmt: skip
     return ["sh", "-c", (
         f"{trap}tok=$(cat /proc/sys/kernel/random/uuid); i=0; mkdir -p /state; {ballast}"
-        "while true; do i=$((i+1)); echo $i > /state/counter; "
+        "while true; do i=$((i+1)); echo $i > /state/next; mv /state/next /state/counter; "
         f"read host < {IDENTITY_IN_CONTAINER}; "
         f"echo \"$tok $i $host\" >> {JOURNAL_IN_CONTAINER}/log; sleep 0.2; done"
     )]  # fmt: skip
