@@ -25,7 +25,7 @@ from harness.docker import DOCKER_NAMESPACE, DockerDaemon
 from harness.images import BusyboxImage
 from test_checkpoint_docker import run_counter, wait_for_counter, wait_until_exited
 
-from arch.spot.notice import notice_active, read_marker, remove_marker
+from arch.spot.notice import notice_active, read_marker, remove_marker, write_marker
 from tests.imds_server import ImdsServer
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu, pytest.mark.docker]
@@ -100,17 +100,29 @@ def test_notice_checkpoints_containerd_and_docker_containers_and_docker_stop_too
         assert (web_image / "metadata.json").is_file(), cr.arch_log(node)
         assert (node.arch.checkpoint_root / NS / "svc" / "metadata.json").is_file()
 
-        # Each restores: ctr creates svc again, docker start creates web again.
+        # While the notice is active this host restores nothing: the job's image is for the
+        # next host, and the job is not started here.
         checkpointed = cr.counted(cr.count_log(rootfs))
         cr.remove_container(node, "svc")
+        refused = node.run_container(test_image.name, "svc", COUNT, env=OPTED, check=False)
+        assert refused.returncode != 0
+        assert "a Spot notice is active on this host" in refused.stderr, refused.stderr
+        assert not node.remove_container("svc")
+
+        # The notice goes away (withdrawn): each restores, ctr creates svc again, docker start
+        # creates web again.
+        imds.mode = "none"
+        spot_watch_once(node, imds)
+        assert not notice_active(str(node.arch.state_dir))
         restored = run_counting(node, test_image.name, "svc", OPTED, real_runc_binary)
         cr.wait_for(lambda: cr.counted(cr.count_log(restored)) > checkpointed + 2, "svc counts on")
         assert cr.count_log(restored).count("start") == 1, "svc started fresh"
         docker_daemon.docker("start", "web")
         assert wait_for_counter(docker_daemon, "web", above=0)[0] == token, "web started fresh"
 
-        # The notice is still active: `docker stop` of an ARCH container is a checkpoint too,
-        # and a container that did not opt in just stops.
+        # A notice again: `docker stop` of an ARCH container is a checkpoint too, and a
+        # container that did not opt in just stops.
+        write_marker(str(node.arch.state_dir), {"notice": imds.notice})
         first_image = (web_image / "metadata.json").stat().st_ino  # kept after the restore
         _, counter_before_stop = wait_for_counter(docker_daemon, "web", above=0)
         docker_daemon.docker("stop", "--time", "30", "web", timeout=120)
@@ -122,6 +134,7 @@ def test_notice_checkpoints_containerd_and_docker_containers_and_docker_stop_too
         plain_id = docker_daemon.container_id("web-plain")
         assert not (node.arch.checkpoint_root / DOCKER_NAMESPACE / plain_id).exists()
 
+        remove_marker(str(node.arch.state_dir))  # restored elsewhere; here, once it is gone
         docker_daemon.docker("start", "web")
         restored_token, counter = wait_for_counter(docker_daemon, "web", above=0)
         assert restored_token == token, "web started fresh after docker stop during the notice"
