@@ -36,6 +36,7 @@ newer_stack_tests=(
     tests/integration/test_restore_options.py
     tests/integration/test_operator_cli.py
     tests/integration/test_spot_notice.py
+    tests/integration/test_spot_drill.py
     tests/integration/test_docker_reload.py
 )
 
