@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 RUNC_TIMEOUT_SECONDS = 600
 DEFAULT_STATE_ROOT = "/run/runc"
-MNT_DETACH = 2
 
 
 class RuncError(Exception):
@@ -166,13 +165,13 @@ class Runc:
             return result
         if os.path.isdir(leftover) and self.capture(["state", container_id]).status != 0:
             # runc restore bind-mounts the rootfs at <dir>/criu-root while CRIU works.
+            from arch.runc.leftover_mounts import MountsLeft, remove_tree
+
             try:
-                for mount_point in mounts_under(leftover):
-                    detach_mount(mount_point)
-            except OSError as error:
+                remove_tree(leftover)
+            except MountsLeft as error:
                 message = f"{result.output}\ncannot unmount: {error}"
                 return RuncResult(result.status, message, result.stdout)
-            shutil.rmtree(leftover, ignore_errors=True)
             if not os.path.exists(leftover):
                 return RuncResult(0, f"{result.output}\nremoved the leftover {leftover}", "")
         return result
@@ -216,31 +215,3 @@ class GuardedRunc:
             ) from None
         # Captured: stdout and stderr together; else runc wrote to this process's stdio.
         return RuncResult(self.process.returncode, output or "", output or "")
-
-
-def mounts_under(directory: str) -> list[str]:
-    """Mount points at or below `directory`, deepest first."""
-    prefix = os.path.normpath(directory)
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
-        for line in mountinfo:
-            point = _unescape(line.split()[4])
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(point)
-    return sorted(found, key=lambda point: point.count("/"), reverse=True)
-
-
-def _unescape(field: str) -> str:
-    for escaped, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(escaped, char)
-    return field
-
-
-def detach_mount(mount_point: str) -> None:
-    """umount2(MNT_DETACH): the mount goes at once, its users keep what they hold."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.umount2(os.fsencode(mount_point), MNT_DETACH) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), mount_point)

@@ -1,0 +1,88 @@
+"""arch.runc.leftover_mounts with real mounts: a work directory holding what a killed CRIU
+leaves (its cgroup yard: a tmpfs with a cgroup hierarchy mounted below it) is unmounted and
+removed, and the removal never reaches into the mounted hierarchy (an empty cgroup of the host
+stays)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from arch.runc.leftover_mounts import mounts_under, remove_tree, unmount_under
+from tests.conftest import unavailable
+
+pytestmark = pytest.mark.root
+
+PIDS_HIERARCHY = Path("/sys/fs/cgroup/pids")
+
+
+def mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def host_cgroup() -> Iterator[Path]:
+    """An empty cgroup of this test's own in the host's pids hierarchy."""
+    if os.geteuid() != 0:
+        unavailable("mounting needs root")
+    if not (PIDS_HIERARCHY / "cgroup.procs").exists():
+        unavailable(f"no cgroup v1 pids hierarchy at {PIDS_HIERARCHY}")
+    cgroup = PIDS_HIERARCHY / f"arch-test-{uuid.uuid4().hex[:8]}"
+    cgroup.mkdir()
+    try:
+        yield cgroup
+    finally:
+        cgroup.rmdir()
+
+
+@pytest.fixture
+def cgroup_yard(tmp_path: Path, host_cgroup: Path) -> Iterator[Path]:
+    """A restore work directory as a SIGKILLed CRIU leaves it: restore.log, and a tmpfs yard
+    with the pids hierarchy mounted in it."""
+    work = tmp_path / "restore-abc123"
+    yard = work / ".criu.cgyard.Xy12Zw"
+    yard.mkdir(parents=True)
+    (work / "restore.log").write_text("(00.01) cg: Preparing cgroups yard\n")
+    mount("-t", "tmpfs", "none", str(yard))
+    (yard / "pids").mkdir()
+    mount("-t", "cgroup", "-o", "pids", "none", str(yard / "pids"))
+    try:
+        yield work
+    finally:
+        for point in mounts_under(str(work)):
+            subprocess.run(["umount", "-l", point], check=False, timeout=30)
+
+
+def test_remove_tree_unmounts_the_yard_first_and_leaves_the_hierarchy_alone(
+    cgroup_yard: Path, host_cgroup: Path
+) -> None:
+    yard = cgroup_yard / ".criu.cgyard.Xy12Zw"
+    assert (yard / "pids" / host_cgroup.name).is_dir()  # the host's cgroup, seen in the yard
+
+    detached = remove_tree(str(cgroup_yard))
+
+    print(f"detached: {detached}")
+    assert detached == [str(yard / "pids"), str(yard)]
+    assert not cgroup_yard.exists()
+    assert mounts_under(str(cgroup_yard.parent)) == []
+    assert host_cgroup.is_dir()
+
+
+def test_unmount_under_keeps_the_directory_and_reports_nothing_when_nothing_is_mounted(
+    cgroup_yard: Path,
+) -> None:
+    assert len(unmount_under(str(cgroup_yard))) == 2
+    assert (cgroup_yard / "restore.log").is_file()
+    assert unmount_under(str(cgroup_yard)) == []
+    assert remove_tree(str(cgroup_yard)) == []
+    assert not cgroup_yard.exists()
+
+
+def test_remove_tree_of_a_missing_or_relative_path_does_nothing(tmp_path: Path) -> None:
+    assert remove_tree(str(tmp_path / "absent")) == []
+    assert remove_tree("relative/path") == []
