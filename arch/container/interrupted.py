@@ -21,7 +21,9 @@ gone it finishes the job:
 - restore: runc's group (runc, CRIU) is SIGKILLed at once, `runc delete --force` removes a
   half-restored container runc registered, and every process left in the container's cgroup is
   SIGKILLed (CRIU restores into that cgroup before runc registers anything): nothing restored
-  runs outside containerd. The restore work directory is removed; the image is never touched.
+  runs outside containerd. What runc and CRIU mounted (runc's criu-root, CRIU's cgroup yard in
+  the work directory) is unmounted, the restore work directory removed; the image is never
+  touched. A restore cut off by restore_timeout is undone the same way (undo_restore).
 
 Imported by arch-runc on the create/start/resume/delete paths: module-level imports stay cheap.
 """
@@ -30,8 +32,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from arch.runc.leftover_mounts import MountsLeft, remove_tree, unmount_under
 from arch.runc.process_group import ProcessIdentity, kill_until_gone, stop_group
 
 if TYPE_CHECKING:
@@ -211,17 +214,34 @@ def in_progress(state: ContainerState) -> bool:
     return holder is not None and holder.alive()
 
 
-def finish_interrupted(state: ContainerState, runc_binary: str, criu: str | None) -> bool:
-    """Clean up after a checkpoint or restore whose arch-runc died. False when there was none
+class Finished(NamedTuple):
+    """What finishing an interrupted operation did."""
+
+    kind: str
+    killed: list[int]  # pids SIGKILLed: runc, CRIU, helpers, restored processes
+    unmounted: list[str]  # mount points runc or CRIU left, detached
+
+
+class RestoreUndone(NamedTuple):
+    """What undo_restore stopped and unmounted."""
+
+    killed: list[int]
+    unmounted: list[str]
+
+
+def finish_interrupted(
+    state: ContainerState, runc_binary: str, criu: str | None
+) -> Finished | None:
+    """Clean up after a checkpoint or restore whose arch-runc died. None when there was none
     (or its arch-runc still runs)."""
     record = _read(state)
     if record is None:
-        return False
+        return None
     holder = _identity(record.get("holder"))
     if holder is not None and holder.alive():
-        return False
+        return None
     where = f"{state.namespace}/{state.container_id}"
-    kind = record.get("operation")
+    kind = str(record.get("operation"))
     runc_child = _identity(record.get("runc"))
     grace = CHECKPOINT_GRACE_SECONDS if kind == CHECKPOINT else 0.0
     killed = stop_group(runc_child, grace) if runc_child is not None else []
@@ -230,22 +250,50 @@ def finish_interrupted(state: ContainerState, runc_binary: str, criu: str | None
         helper_group = _identity(helper)
         if helper_group is not None:
             killed += stop_group(helper_group)
+    unmounted: list[str] = []
     if kind == RESTORE:
-        killed += _stop_users_of(record.get("work_dir"))
-        killed += _remove_half_restored(state, record, runc_binary, criu)
+        bundle_path = record.get("bundle")
+        undone = undo_restore(
+            _runc(record, runc_binary, criu),
+            state.container_id,
+            bundle_path if isinstance(bundle_path, str) else None,
+            record.get("work_dir"),
+        )
+        killed += undone.killed
+        unmounted += undone.unmounted
     elif kind == CHECKPOINT and record.get("paused_here"):
         _runc(record, runc_binary, criu).capture(["resume", state.container_id])
     for key in ("staging", "work_dir"):
-        _remove_tree(record.get(key))
+        unmounted += _remove_tree(record.get(key))
     state.clear(OPERATION_FLAG)
     logger.warning(
-        "%s of %s was interrupted (arch-runc pid %s died): cleaned up%s",
+        "%s of %s was interrupted (arch-runc pid %s died): cleaned up%s%s",
         kind,
         where,
         holder.pid if holder else "?",
         f", killed pids {sorted(set(killed))}" if killed else "",
+        f", unmounted {' '.join(unmounted)}" if unmounted else "",
     )
-    return True
+    return Finished(kind, sorted(set(killed)), unmounted)
+
+
+def undo_restore(
+    runc: Runc, container_id: str, bundle_path: str | None, work_dir: object
+) -> RestoreUndone:
+    """Stop what is left of a restore whose runc group is already stopped (cut off by
+    restore_timeout, or its arch-runc died) and undo what runc and CRIU set up: CRIU's
+    processes outside runc's group, the half-restored container runc registered (its state
+    directory and criu-root mount), every process in the container's cgroup, and CRIU's
+    mounts (its cgroup yard) in the work directory. The work directory itself stays."""
+    killed = _stop_users_of(work_dir)
+    killed += _remove_half_restored(runc, container_id, bundle_path)
+    unmounted: list[str] = []
+    if isinstance(work_dir, str) and os.path.isabs(work_dir):
+        try:
+            unmounted = unmount_under(work_dir)
+        except MountsLeft as error:
+            logger.error("restore of %s: %s", container_id, error)
+    return RestoreUndone(sorted(set(killed)), unmounted)
 
 
 def _runc(record: dict[str, Any], runc_binary: str, criu: str | None) -> Runc:
@@ -257,21 +305,18 @@ def _runc(record: dict[str, Any], runc_binary: str, criu: str | None) -> Runc:
     return Runc(runc_binary, global_args, criu or "criu")
 
 
-def _remove_half_restored(
-    state: ContainerState, record: dict[str, Any], runc_binary: str, criu: str | None
-) -> list[int]:
-    deleted = _runc(record, runc_binary, criu).delete_force(state.container_id)
-    logger.info("runc delete --force %s: exit %s %s", state.container_id, deleted.status,
+def _remove_half_restored(runc: Runc, container_id: str, bundle_path: str | None) -> list[int]:
+    deleted = runc.delete_force(container_id)
+    logger.info("runc delete --force %s: exit %s %s", container_id, deleted.status,
                 deleted.output.strip()[-300:])  # fmt: skip
-    bundle_path = record.get("bundle")
-    if not isinstance(bundle_path, str):
+    if bundle_path is None:
         return []
     from arch.container.bundle import Bundle, BundleError
 
     try:
         linux = Bundle.load(bundle_path).spec.get("linux") or {}
     except BundleError as error:
-        logger.warning("cannot read the cgroup of %s: %s", state.container_id, error)
+        logger.warning("cannot read the cgroup of %s: %s", container_id, error)
         return []
     cgroups_path = linux.get("cgroupsPath") if isinstance(linux, dict) else None
     return kill_cgroup(cgroups_path) if isinstance(cgroups_path, str) else []
@@ -313,8 +358,12 @@ def _processes_using(directory: str) -> list[int]:
     return found
 
 
-def _remove_tree(path: object) -> None:
-    import shutil
-
-    if isinstance(path, str) and os.path.isabs(path):
-        shutil.rmtree(path, ignore_errors=True)
+def _remove_tree(path: object) -> list[str]:
+    """Remove a staging or work directory; the mount points left in it that were detached."""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        return []
+    try:
+        return remove_tree(path)
+    except MountsLeft as error:
+        logger.error("%s not removed: %s", path, error)
+        return []
