@@ -19,6 +19,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # A dump of hundreds of GiB to slow network storage takes many minutes; a hung CRIU must still
 # end one day. 0 in arch.toml: no limit.
 DEFAULT_CHECKPOINT_TIMEOUT = 3600.0
+# A restore runs inside the container's start: the ECS agent gives up on a container that has
+# not started within ECS_CONTAINER_START_TIMEOUT, 3 minutes on Linux by default ("Amazon ECS
+# container agent configuration",
+# https://docs.aws.amazon.com/AmazonECS/latest/developerguide/ecs-agent-config.html). A pool
+# member's create may first wait restore_wait (2 minutes) for an image, leaving a minute: a hung
+# runc restore is cut off after 45 s, so that the rollback and the fresh create still fit.
+# 0 in arch.toml: no limit.
+DEFAULT_RESTORE_TIMEOUT = 45.0
 KNOWN_KEYS = frozenset(
     {
         "runc",
@@ -34,6 +42,7 @@ KNOWN_KEYS = frozenset(
         "checkpoint_timeout",
         "platform",
         "restore_wait",
+        "restore_timeout",
     }
 )
 # What a Spot notice does to a checkpointed job (CONTRACT.md, arch.spot.platform).
@@ -65,6 +74,7 @@ class HostConfig:
         "metrics_file",
         "path",
         "platform",
+        "restore_timeout",
         "restore_wait",
         "runc",
         "state_dir",
@@ -86,6 +96,7 @@ class HostConfig:
         checkpoint_timeout: float | None = DEFAULT_CHECKPOINT_TIMEOUT,
         platform: str = "none",
         restore_wait: float = DEFAULT_RESTORE_WAIT,
+        restore_timeout: float | None = DEFAULT_RESTORE_TIMEOUT,
     ) -> None:
         self.path = path
         # "ecs", "batch" or "none": what a Spot notice does to a checkpointed job.
@@ -94,6 +105,9 @@ class HostConfig:
         self.restore_wait = restore_wait
         # Seconds a dump may take before runc and CRIU are stopped (None: no limit).
         self.checkpoint_timeout = checkpoint_timeout
+        # Seconds `runc restore` (and its CRIU) may take before it is cut off, what it set up
+        # undone and the container created fresh (None: no limit).
+        self.restore_timeout = restore_timeout
         self.runc = runc
         # The CRIU runc uses for ARCH's checkpoints and restores (None: runc's PATH lookup).
         self.criu = criu
@@ -189,7 +203,9 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         raise ConfigError(str(error)) from error
     return HostConfig(
         path,
-        checkpoint_timeout=_checkpoint_timeout(path, document),
+        checkpoint_timeout=_seconds(path, document, "checkpoint_timeout",
+                                    DEFAULT_CHECKPOINT_TIMEOUT),
+        restore_timeout=_seconds(path, document, "restore_timeout", DEFAULT_RESTORE_TIMEOUT),
         runc=runc,
         checkpoint_root=checkpoint_root,
         state_dir=state_dir,
@@ -223,11 +239,12 @@ def _restore_wait(path: str, document: dict[str, Any]) -> float:
     return float(value)
 
 
-def _checkpoint_timeout(path: str, document: dict[str, Any]) -> float | None:
-    value = document.get("checkpoint_timeout", DEFAULT_CHECKPOINT_TIMEOUT)
+def _seconds(path: str, document: dict[str, Any], key: str, default: float) -> float | None:
+    """A time limit in seconds; 0 means none (None)."""
+    value = document.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
         raise ConfigError(
-            f"{path}: checkpoint_timeout must be a number of seconds (0: no limit), got {value!r}"
+            f"{path}: {key} must be a number of seconds (0: no limit), got {value!r}"
         )
     return float(value) if value > 0 else None
 

@@ -140,6 +140,7 @@ static const struct known_key known_keys[] = {
 	{"image_key_file", PATH_VALUE},
 	{"checkpoint_timeout", SECONDS_VALUE}, /* whole seconds here; fractions go to Python */
 	{"platform", PLATFORM_VALUE},	    {"restore_wait", SECONDS_VALUE},
+	{"restore_timeout", SECONDS_VALUE},
 	{NULL, PATH_VALUE},
 };
 static const char *const log_levels[] = {"debug", "info", "warning", "error", NULL};

@@ -100,10 +100,20 @@ def test_checkpoint_timeout_defaults_to_an_hour_and_0_means_no_limit(tmp_path: P
     assert load_config(write(tmp_path, "checkpoint_timeout = 0\n")).checkpoint_timeout is None
 
 
+def test_restore_timeout_defaults_below_the_ecs_start_timeout_and_0_means_no_limit(
+    tmp_path: Path,
+) -> None:
+    assert load_config(str(tmp_path / "absent.toml")).restore_timeout == 45.0
+    assert load_config(write(tmp_path, "restore_timeout = 20\n")).restore_timeout == 20.0
+    assert load_config(write(tmp_path, "restore_timeout = 2.5\n")).restore_timeout == 2.5
+    assert load_config(write(tmp_path, "restore_timeout = 0\n")).restore_timeout is None
+
+
+@pytest.mark.parametrize("key", ["checkpoint_timeout", "restore_timeout"])
 @pytest.mark.parametrize("value", ['"60"', "-1", "true", "1e12"])
-def test_checkpoint_timeout_must_be_seconds(tmp_path: Path, value: str) -> None:
-    with pytest.raises(ConfigError, match="checkpoint_timeout must be a number of seconds"):
-        load_config(write(tmp_path, f"checkpoint_timeout = {value}\n"))
+def test_time_limits_must_be_seconds(tmp_path: Path, key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key} must be a number of seconds"):
+        load_config(write(tmp_path, f"{key} = {value}\n"))
 
 
 def test_platform_defaults_to_none_and_takes_ecs_or_batch(tmp_path: Path) -> None:

@@ -63,7 +63,8 @@ CORPUS = [
     Case("all known keys", BASE + 'criu = "/usr/local/sbin/criu"\ncheckpoint_root = '
          '"/checkpoint"\nlog_file = "/var/log/a.log"\nlog_level = "INFO"  # any case\n'
          'allowed_roots = ["/checkpoint", "/data",]\ncriu_options = ["--tcp-established", '
-         '"--manage-cgroups-mode=soft"]\nmetrics_file = "/var/lib/m/arch.prom"\n', None,
+         '"--manage-cgroups-mode=soft"]\nmetrics_file = "/var/lib/m/arch.prom"\n'
+         'checkpoint_timeout = 600\nrestore_timeout = 90\n', None,
          ["state", "job-9"], RUNC, DIRECT),
     Case("platform and restore_wait", BASE + 'platform = "batch"\nrestore_wait = 90\n', None,
          ["state", "job-9"], RUNC, DIRECT),
