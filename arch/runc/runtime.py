@@ -155,18 +155,28 @@ class Runc:
         self.check(["resume", container_id])
 
     def delete_force(self, container_id: str) -> RuncResult:
-        """`runc delete --force`; then, if runc no longer knows the container but its state
-        directory is left (a restore killed before runc wrote its state: runc itself then
-        fails on "directory not empty", and every later create on "already exists"), that
-        directory is removed."""
-        result = self.capture(["delete", "--force", container_id])
-        leftover = os.path.join(self.state_root(), container_id)
-        if "/" in container_id or container_id in ("", ".", ".."):
-            return result
-        if os.path.isdir(leftover) and self.capture(["state", container_id]).status != 0:
-            # runc restore bind-mounts the rootfs at <dir>/criu-root while CRIU works.
-            from arch.runc.leftover_mounts import MountsLeft, remove_tree
+        """`runc delete --force` of what a stopped or failed restore left.
 
+        runc restore bind-mounts the rootfs at <state dir>/<id>/criu-root while CRIU works; a
+        runc killed meanwhile leaves it mounted. It is detached first: runc's delete removes its
+        state directory recursively, and through that mount it would delete the container's
+        files (the rootfs a rollback then cannot restore). Then, if runc no longer knows the
+        container but its state directory is left (a restore killed before runc wrote its
+        state: runc itself then fails on "directory not empty", and every later create on
+        "already exists"), that directory is removed."""
+        from arch.runc.leftover_mounts import MountsLeft, remove_tree, unmount_under
+
+        if "/" in container_id or container_id in ("", ".", ".."):
+            return self.capture(["delete", "--force", container_id])
+        leftover = os.path.join(self.state_root(), container_id)
+        try:
+            unmounted = unmount_under(leftover) if os.path.isdir(leftover) else []
+        except MountsLeft as error:
+            return RuncResult(1, f"runc delete not run: {error}", "")
+        result = self.capture(["delete", "--force", container_id])
+        if unmounted:
+            result = result._replace(output=f"{result.output}\nunmounted {' '.join(unmounted)}")
+        if os.path.isdir(leftover) and self.capture(["state", container_id]).status != 0:
             try:
                 remove_tree(leftover)
             except MountsLeft as error:
