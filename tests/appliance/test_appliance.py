@@ -84,6 +84,7 @@ def test_arch_toml_points_to_the_real_runc(host: Host) -> None:
     assert config["log_file"] == "/var/log/arch/arch.log"
     assert config["log_level"] == "info"
     assert config["allowed_roots"] == ["/checkpoint"]
+    assert config["restore_timeout"] == 45
 
 
 @pytest.mark.parametrize(
