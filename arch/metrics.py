@@ -45,7 +45,7 @@ REASONS = (
     "invalid_image",  # the image failed validation
     "host_mismatch",  # CPU features, mounts or versions this host lacks
     "job_mismatch",  # the image was taken from another job (arch.checkpoint.image.job_identity)
-    "timeout",
+    "timeout",  # cut off by checkpoint_timeout / restore_timeout (runc and CRIU stopped)
     "other",
 )
 SPOT_ACTIONS = ("terminate", "stop", "hibernate", "rebalance", "other")
