@@ -2,18 +2,19 @@
 
 Validate the image and what this host would break, apply the filesystem changes to the
 new container's rootfs, then `runc restore --detach` with create's own options. Any failure
-rolls the filesystem back and removes what runc left, so the caller can create fresh.
+rolls the filesystem back and removes what runc left, so the caller can create fresh. A
+`runc restore` that outlives restore_timeout (a hung CRIU) is cut off: runc and CRIU are stopped
+and what they set up undone (arch.container.interrupted.undo_restore) before the rollback.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from arch.checkpoint import criu_config
 from arch.checkpoint.cpu_check import CpuCheck
@@ -26,7 +27,8 @@ from arch.checkpoint.layer.common import LayerError
 from arch.checkpoint.storage.lease import Lease
 from arch.checkpoint.storage.sweep import RESTORE_WORK_PREFIX
 from arch.runc.binary_facts import CPUINFO_IMAGE
-from arch.runc.runtime import RuncError
+from arch.runc.leftover_mounts import MountsLeft, remove_tree
+from arch.runc.runtime import RuncError, RuncTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -87,9 +89,11 @@ class RestoreJob:
         scratch_dir: str,
         operation: Operation,
         binary_facts_dir: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.runc = runc
         self.create = create
+        self.timeout = timeout  # restore_timeout: runc restore's limit in seconds (None: none)
         self.binary_facts_dir = binary_facts_dir  # remembered CPU checks (binary_facts)
         self.bundle = bundle
         self.image = image
@@ -159,7 +163,16 @@ class RestoreJob:
         finally:
             cpu_check.problems()  # reaped in every case
             lease.stop()
-            shutil.rmtree(work_dir, ignore_errors=True)
+            self._remove_work_dir(work_dir)
+
+    def _remove_work_dir(self, work_dir: str) -> None:
+        """Remove the work directory, with whatever CRIU left mounted in it (its cgroup yard,
+        when CRIU did not end on its own)."""
+        try:
+            remove_tree(work_dir)
+        except MountsLeft as error:
+            logger.error("restore %s: work directory %s kept: %s", self.container_id, work_dir,
+                         error)  # fmt: skip
 
     def _same_criu_config(self) -> CriuConfig:
         """The CRIU configuration runc will hand CRIU for the new container; RestoreRefused
@@ -226,7 +239,11 @@ class RestoreJob:
             name, _, value = option.lstrip("-").partition("=")
             restore = restore.with_option(name, value or None)
         args = self.runc.subcommand_args(restore)
-        status = self.runc.run_guarded(args, self.operation.runc_started, capture=False).status
+        runc_call = self.runc.start_guarded(args, self.operation.runc_started, capture=False)
+        try:
+            status = runc_call.wait(self.timeout).status
+        except RuncTimeout:
+            self._cut_off(work_dir)
         self.restored = status == 0
         if status != 0:
             log_path = self.criu_config.log_path(work_dir, RESTORE_LOG)
@@ -250,6 +267,22 @@ class RestoreJob:
                     f"the restored container's pidfd could not be sent to {pidfd_socket}: {error}",
                     "other",
                 ) from error
+
+    def _cut_off(self, work_dir: str) -> NoReturn:
+        """After runc restore outlived restore_timeout (its process group is stopped by now):
+        stop what is left of CRIU's work, undo what runc and CRIU set up, refuse the restore."""
+        from arch.container.interrupted import undo_restore
+
+        undone = undo_restore(self.runc, self.container_id, self.bundle.path, work_dir)
+        self.operation.runc_ended()
+        killed = f", killed pids {undone.killed}" if undone.killed else ""
+        unmounted = f", unmounted {' '.join(undone.unmounted)}" if undone.unmounted else ""
+        tail = log_tail(os.path.join(work_dir, "restore.log"))
+        raise RestoreRefused(
+            f"runc restore did not finish within restore_timeout ({self.timeout:g} s): runc and "
+            f"CRIU were stopped{killed}{unmounted}\nrestore.log (last lines):\n{tail}",
+            "timeout",
+        )
 
 
 def _described(config: CriuConfig) -> str:

@@ -211,7 +211,7 @@ def _restore_from(
     scratch = os.path.join(call.config.state_dir, ".work")
     operation = Operation(state, RESTORE, runc.global_args)
     job = RestoreJob(runc, call.command, bundle, image, call.container_id, scratch, operation,
-                     call.config.binary_facts_dir)
+                     call.config.binary_facts_dir, call.config.restore_timeout)
     started = time.monotonic()
     try:
         job.run()

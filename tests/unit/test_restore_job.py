@@ -17,18 +17,21 @@ from arch.checkpoint.image.validation import ValidImage
 from arch.checkpoint.layer import filesystem
 from arch.checkpoint.layer.filesystem import LayerError
 from arch.checkpoint.restore_job import RestoreJob, RestoreRefused, RollbackFailed
+from arch.container import interrupted
 from arch.container.bundle import Bundle
 from arch.container.interrupted import OPERATION_FLAG, Operation
 from arch.container.state import ContainerState
-from arch.runc.runtime import RuncResult
+from arch.runc.runtime import RuncResult, RuncTimeout
 
 
 class Journal:
     def __init__(self, rollback_error: bool = False, commit_error: bool = False) -> None:
         self.rollback_error = rollback_error
         self.commit_error = commit_error
+        self.rolled_back = False
 
     def rollback(self) -> None:
+        self.rolled_back = True
         if self.rollback_error:
             raise LayerError("rollback incomplete: data/file.txt: Read-only file system")
 
@@ -38,17 +41,26 @@ class Journal:
 
 
 class Runc:
+    """runc restore exits `status`; None: it hangs until restore_timeout cuts it off."""
+
     criu = "/bin/false"
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int | None) -> None:
         self.global_args: list[str] = []
         self.status = status
         self.deleted: list[str] = []
+        self.waited: list[float | None] = []
 
     def subcommand_args(self, command: Any) -> list[str]:
         return ["restore"]
 
-    def run_guarded(self, args: Any, on_start: Any, *, capture: bool = True) -> RuncResult:
+    def start_guarded(self, args: Any, on_start: Any, *, capture: bool = True) -> Runc:
+        return self
+
+    def wait(self, timeout: float | None) -> RuncResult:
+        self.waited.append(timeout)
+        if self.status is None:
+            raise RuncTimeout(f"runc restore did not finish within {timeout} s")
         return RuncResult(self.status, "", "")
 
     def delete_force(self, container_id: str) -> RuncResult:
@@ -68,7 +80,11 @@ class Create:
 
 
 def job(
-    tmp_path: Path, runc: Runc, journal: Journal, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    runc: Runc,
+    journal: Journal,
+    monkeypatch: pytest.MonkeyPatch,
+    timeout: float | None = None,
 ) -> RestoreJob:
     monkeypatch.setattr(filesystem, "apply_layer", lambda *args, **kwargs: journal)
     monkeypatch.setattr(restore_job, "job_differences", lambda *args: [])  # the same job
@@ -87,6 +103,7 @@ def job(
         "c1",
         str(tmp_path / "work"),
         Operation(state, "restore", []),
+        timeout=timeout,
     )
 
 
@@ -108,6 +125,31 @@ def test_a_failed_restore_with_a_good_rollback_is_refused(
     with pytest.raises(RestoreRefused):
         restore.run()
     assert runc.deleted == ["c1"]
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_restore_past_restore_timeout_is_undone_and_refused_as_a_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    undone: list[tuple[str, str, str]] = []
+
+    def undo_restore(runc: Any, container_id: str, bundle: str, work_dir: str) -> Any:
+        undone.append((container_id, bundle, work_dir))
+        return interrupted.RestoreUndone([4242], [f"{work_dir}/.criu.cgyard.Ab12Cd"])
+
+    monkeypatch.setattr(interrupted, "undo_restore", undo_restore)
+    runc, journal = Runc(status=None), Journal()
+    restore = job(tmp_path, runc, journal, monkeypatch, timeout=7.5)
+    with pytest.raises(RestoreRefused) as refused:
+        restore.run()
+    assert runc.waited == [7.5]
+    assert refused.value.reason == "timeout"
+    first_line = str(refused.value).splitlines()[0]
+    assert first_line.startswith("runc restore did not finish within restore_timeout (7.5 s): "
+                                 "runc and CRIU were stopped, killed pids [4242], unmounted ")
+    assert len(undone) == 1 and undone[0][:2] == ("c1", str(tmp_path / "bundle"))
+    assert undone[0][2].startswith(str(tmp_path / "work"))
+    assert journal.rolled_back and not restore.restored
     assert list((tmp_path / "work").iterdir()) == []
 
 
