@@ -2,7 +2,8 @@
 SWEEP_INTERVAL_SECONDS, so that nothing a killed or crashed operation left waits for the next
 operation on the same container or location:
 - checkpoints and restores whose arch-runc died (arch.container.interrupted),
-- restore work directories under `<state_dir>/.work` whose lease is not held,
+- restore work directories under `<state_dir>/.work` whose lease is not held, with whatever a
+  stopped CRIU left mounted in them (its cgroup yard): unmounted first, and reported,
 - leftovers beside images (`.staging-`, `.old-`, `.removing-`: store.cleanup_stale, lease-aware;
   reader markers of dead restores: arch.checkpoint.storage.readers)
   in every namespace directory of the checkpoint root and the allowed roots, and in the
@@ -13,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from typing import TYPE_CHECKING
 
 from arch.checkpoint.storage.beneath import opened_root
 from arch.checkpoint.storage.lease import is_held, lease_of
 from arch.checkpoint.storage.readers import remove_stale_markers
 from arch.checkpoint.storage.store import cleanup_stale
+from arch.runc.leftover_mounts import MountsLeft, remove_tree
 
 if TYPE_CHECKING:
     from arch.config import HostConfig
@@ -54,8 +55,12 @@ def _finish_interrupted_operations(config: HostConfig, runc_binary: str) -> list
     done = []
     for namespace, container_id in list_containers(config.state_dir):
         state = ContainerState(config.state_dir, namespace, container_id)
-        if state.has(OPERATION_FLAG) and finish_interrupted(state, runc_binary, config.criu):
-            done.append(f"finished the interrupted operation of {namespace}/{container_id}")
+        if not state.has(OPERATION_FLAG):
+            continue
+        finished = finish_interrupted(state, runc_binary, config.criu)
+        if finished is not None:
+            done.append(f"finished the interrupted {finished.kind} of {namespace}/{container_id}")
+            done += [f"unmounted {mount_point}" for mount_point in finished.unmounted]
     return done
 
 
@@ -73,8 +78,14 @@ def remove_dead_work_dirs(work_root: str) -> list[str]:
             lease = lease_of(root_fd, entry.name)
             if lease is not None and is_held(lease):
                 continue
-            shutil.rmtree(os.path.join(work_root, entry.name), ignore_errors=True)
-            done.append(f"removed {os.path.join(work_root, entry.name)}")
+            path = os.path.join(work_root, entry.name)
+            try:
+                unmounted = remove_tree(path)
+            except MountsLeft as error:
+                logger.error("%s not removed: %s", path, error)
+                continue
+            done += [f"unmounted {mount_point}" for mount_point in unmounted]
+            done.append(f"removed {path}")
     finally:
         os.close(root_fd)
     return done
