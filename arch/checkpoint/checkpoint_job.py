@@ -326,7 +326,7 @@ class CheckpointJob:
             raise CheckpointFailed(
                 f"the dump did not finish within checkpoint_timeout ({self.timeout:g} s): "
                 "runc and CRIU were stopped",
-                "criu",
+                "timeout",
             ) from error
         self.operation.runc_ended()
         self._log_to_caller(staging)
