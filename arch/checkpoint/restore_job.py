@@ -273,14 +273,16 @@ class RestoreJob:
         stop what is left of CRIU's work, undo what runc and CRIU set up, refuse the restore."""
         from arch.container.interrupted import undo_restore
 
-        undone = undo_restore(self.runc, self.container_id, self.bundle.path, work_dir)
+        undone = undo_restore(self.runc, self.container_id, self.bundle.path, work_dir,
+                              self.criu_config.work_dir)  # fmt: skip
         self.operation.runc_ended()
         killed = f", killed pids {undone.killed}" if undone.killed else ""
         unmounted = f", unmounted {' '.join(undone.unmounted)}" if undone.unmounted else ""
-        tail = log_tail(os.path.join(work_dir, "restore.log"))
+        log_path = self.criu_config.log_path(work_dir, RESTORE_LOG)
         raise RestoreRefused(
             f"runc restore did not finish within restore_timeout ({self.timeout:g} s): runc and "
-            f"CRIU were stopped{killed}{unmounted}\nrestore.log (last lines):\n{tail}",
+            f"CRIU were stopped{killed}{unmounted}\n{os.path.basename(log_path)} (last lines):\n"
+            f"{log_tail(log_path)}",
             "timeout",
         )
 

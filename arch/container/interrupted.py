@@ -34,7 +34,12 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from arch.runc.leftover_mounts import MountsLeft, remove_tree, unmount_under
+from arch.runc.leftover_mounts import (
+    MountsLeft,
+    remove_tree,
+    unmount_cgroup_yards,
+    unmount_under,
+)
 from arch.runc.process_group import ProcessIdentity, kill_until_gone, stop_group
 
 if TYPE_CHECKING:
@@ -278,19 +283,30 @@ def finish_interrupted(
 
 
 def undo_restore(
-    runc: Runc, container_id: str, bundle_path: str | None, work_dir: object
+    runc: Runc,
+    container_id: str,
+    bundle_path: str | None,
+    work_dir: object,
+    criu_work_dir: str | None = None,
 ) -> RestoreUndone:
     """Stop what is left of a restore whose runc group is already stopped (cut off by
     restore_timeout, or its arch-runc died) and undo what runc and CRIU set up: CRIU's
     processes outside runc's group, the half-restored container runc registered (its state
     directory and criu-root mount), every process in the container's cgroup, and CRIU's
-    mounts (its cgroup yard) in the work directory. The work directory itself stays."""
+    mounts (its cgroup yard) in the work directory. The work directory itself stays.
+    `criu_work_dir`: where a CRIU configuration file moved CRIU's work directory, if it did:
+    only CRIU's cgroup yards are unmounted there."""
     killed = _stop_users_of(work_dir)
     killed += _remove_half_restored(runc, container_id, bundle_path)
     unmounted: list[str] = []
     if isinstance(work_dir, str) and os.path.isabs(work_dir):
         try:
             unmounted = unmount_under(work_dir)
+        except MountsLeft as error:
+            logger.error("restore of %s: %s", container_id, error)
+    if criu_work_dir is not None and os.path.isabs(criu_work_dir):
+        try:
+            unmounted += unmount_cgroup_yards(criu_work_dir)
         except MountsLeft as error:
             logger.error("restore of %s: %s", container_id, error)
     return RestoreUndone(sorted(set(killed)), unmounted)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 MNT_DETACH = 2
+CGROUP_YARD_PREFIX = ".criu.cgyard."  # CRIU's mkdtemp(".criu.cgyard.XXXXXX"), criu/cgroup.c
 MOUNTINFO = "/proc/self/mountinfo"
 
 logger = logging.getLogger("arch")
@@ -79,6 +80,28 @@ def unmount_under(directory: str) -> list[str]:
         detached.append(mount_point)
     if detached:
         logger.info("unmounted what runc/CRIU left under %s: %s", directory, " ".join(detached))
+    return detached
+
+
+def unmount_cgroup_yards(directory: str) -> list[str]:
+    """Detach CRIU's cgroup yards (`.criu.cgyard.*` and what is mounted in them) directly in
+    `directory`, a work directory ARCH does not own (one a CRIU configuration file names):
+    nothing else mounted there is touched. MountsLeft when one stays mounted."""
+    prefix = os.path.join(os.path.normpath(directory), CGROUP_YARD_PREFIX)
+    detached = []
+    for mount_point in mounts_under(directory):
+        if not mount_point.startswith(prefix):
+            continue
+        try:
+            detach_mount(mount_point)
+        except OSError as error:
+            if mount_point in mounts_under(directory):
+                raise MountsLeft(error.errno, f"cannot unmount {mount_point}: "
+                                 f"{error.strerror}") from error  # fmt: skip
+            continue
+        detached.append(mount_point)
+    if detached:
+        logger.info("unmounted CRIU's cgroup yard under %s: %s", directory, " ".join(detached))
     return detached
 
 

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from arch.runc.leftover_mounts import mounts_under, remove_tree, unmount_under
+from arch.runc.leftover_mounts import (
+    mounts_under,
+    remove_tree,
+    unmount_cgroup_yards,
+    unmount_under,
+)
 from tests.conftest import unavailable
 
 pytestmark = pytest.mark.root
@@ -86,3 +91,18 @@ def test_unmount_under_keeps_the_directory_and_reports_nothing_when_nothing_is_m
 def test_remove_tree_of_a_missing_or_relative_path_does_nothing(tmp_path: Path) -> None:
     assert remove_tree(str(tmp_path / "absent")) == []
     assert remove_tree("relative/path") == []
+
+
+def test_in_a_directory_arch_does_not_own_only_criu_s_yards_are_unmounted(
+    cgroup_yard: Path,
+) -> None:
+    """A work directory a CRIU configuration file names: its other mounts are not ARCH's."""
+    other = cgroup_yard / "someone-elses"
+    other.mkdir()
+    mount("-t", "tmpfs", "none", str(other))
+    yard = cgroup_yard / ".criu.cgyard.Xy12Zw"
+
+    detached = unmount_cgroup_yards(str(cgroup_yard))
+
+    assert detached == [str(yard / "pids"), str(yard)]
+    assert mounts_under(str(cgroup_yard)) == [str(other)]

@@ -133,7 +133,10 @@ def test_a_restore_past_restore_timeout_is_undone_and_refused_as_a_timeout(
 ) -> None:
     undone: list[tuple[str, str, str]] = []
 
-    def undo_restore(runc: Any, container_id: str, bundle: str, work_dir: str) -> Any:
+    def undo_restore(
+        runc: Any, container_id: str, bundle: str, work_dir: str, criu_work_dir: Any
+    ) -> Any:
+        assert criu_work_dir is None  # no CRIU configuration file moves it here
         undone.append((container_id, bundle, work_dir))
         return interrupted.RestoreUndone([4242], [f"{work_dir}/.criu.cgyard.Ab12Cd"])
 
