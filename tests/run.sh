@@ -38,6 +38,7 @@ newer_stack_tests=(
     tests/integration/test_spot_notice.py
     tests/integration/test_spot_drill.py
     tests/integration/test_docker_reload.py
+    tests/integration/test_bounded_restore.py
 )
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
