@@ -3,7 +3,7 @@
 # host name) on one checkpoint storage, real ARCH, runc and CRIU, and the model of the AWS parts
 # (tests/integration/harness/platform_model.py). Each case prints its timeline.
 #
-#   tests/spot-drill.sh [CASE...]     CASE: batch batch-control service-100-200 service-50-100
+#   tests/spot-drill.sh [CASE...]     CASE: batch batch-thaw batch-control service-100-200 service-50-100
 #                                           twenty standalone sigterm restart-policy (default: all)
 #
 # Needs root and the installed appliance (bash ansible/install.sh): the drill starts its own
@@ -13,6 +13,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${ARCH_DRILL_PYTHON:-/opt/arch/venv/bin/python}
 declare -A filter=(
     [batch]=test_batch_job_is_held_and_its_retry_restores_on_b
+    [batch-thaw]=test_batch_host_that_outlives_its_notice_thaws_the_job
     [batch-control]=test_batch_job_that_exits_at_the_notice_fails_in_the_model
     [service-100-200]=test_ecs_service_100_200_replacement_waits_for_the_image
     [service-50-100]=test_ecs_service_50_100_stops_first_then_replaces

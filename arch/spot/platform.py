@@ -38,11 +38,12 @@ STOP_SIGNALLED = "stop_signalled"
 # its state must never replace one (no publication, no removal at exit).
 NOTICE_FRESH = "notice_fresh"
 # A stop this long before spot-watch's marker appears counts as a stop during the notice: the
-# ECS agent and spot-watch each poll instance metadata every second, either may see it first
-# ("Spot Instance interruption notices": "we recommend that you check for these interruption
-# notices every 5 seconds"; the agent: ECS_ENABLE_SPOT_INSTANCE_DRAINING, "Amazon ECS container
-# agent configuration"), and the marker is written right after spot-watch's read.
-NOTICE_RACE_SECONDS = 3.0
+# ECS agent (ECS_ENABLE_SPOT_INSTANCE_DRAINING, "Amazon ECS container agent configuration") and
+# spot-watch each poll instance metadata and either may see the notice first; AWS advises
+# checking "every 5 seconds" ("Spot Instance interruption notices", EC2 User Guide), so a
+# watcher that follows that advice writes its marker at most that long after the agent saw the
+# notice (spot-watch polls every second, plus its start and its HTTP round trip under load).
+NOTICE_RACE_SECONDS = 5.0
 
 
 # The signals that stop a container (Docker's and ECS's default stop signal, SIGKILL after the

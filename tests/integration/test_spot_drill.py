@@ -197,6 +197,41 @@ def test_batch_job_is_held_and_its_retry_restores_on_b(drill_factory) -> None:  
     drill.finish_timeline()
 
 
+def test_batch_host_that_outlives_its_notice_thaws_the_job(drill_factory) -> None:  # type: ignore[no-untyped-def]
+    """The host is still there well past the notice's time (a stop/hibernate notice, or one
+    withdrawn): the held job is thawed and goes on; its image stays until it finishes, and its
+    exit 0 then removes it."""
+    drill = drill_factory("AWS Batch host that outlives its notice", "batch")
+    a = drill.a
+    journal = drill.journal("thaw")
+    a.start_spot_watch("--thaw-after", "5")
+    a.run_task("job", {**OPTED, "AWS_BATCH_JOB_ID": "drill-batch-job-3"}, journal)
+    wait_for_lines(journal, 5)
+    end_at = a.post_notice(10)
+    image = drill.shared / IMAGE_NS / "drill-batch-job-3"
+    assert procs.wait_until(lambda: (image / "metadata.json").exists(), 30), cr.arch_log(a.node)
+    held = len((journal / "log").read_text().splitlines())
+    wait_for_time(end_at)
+    assert len((journal / "log").read_text().splitlines()) == held, "the held job ran on"
+    drill.timeline.add("A", f"the notice's time passed; the job is still held ({held} lines)")
+    wait_for_lines(journal, held + 5, timeout=120)  # thawed: it goes on
+    drill.timeline.add("A", "the job writes again: thawed")
+    assert (image / "metadata.json").exists(), "the image went while the job runs on"
+    (journal / "finish").touch()
+    assert procs.wait_until(lambda: not a.state("job")["Running"], 60)
+    assert a.state("job")["ExitCode"] == 0
+    drill.timeline.add("A", "the job finished (exit 0)")
+    assert procs.wait_until(lambda: not image.exists(), 60), cr.arch_log(a.node)[-3000:]
+    drill.timeline.add("A", "its image removed")
+    lines = read_journal(journal / "log")
+    assert {line.token for line in lines} == {lines[0].token}
+    assert [line.counter for line in lines] == list(range(1, len(lines) + 1))
+    assert {line.host for line in lines} == {"A"}
+    spot_watch_log = (a.work_dir / "spot-watch-A.log").read_text()
+    assert "thawing held jobs" in spot_watch_log, spot_watch_log[-2000:]
+    drill.finish_timeline()
+
+
 def test_batch_job_that_exits_at_the_notice_fails_in_the_model(drill_factory) -> None:  # type: ignore[no-untyped-def]
     """The control: on a host set up for ECS (the job's container ends at its checkpoint),
     Batch records an ordinary exit 137 and the job definition's rules fail the job. This is the
@@ -385,10 +420,12 @@ def test_a_job_exiting_0_on_sigterm_before_the_marker_keeps_its_image(drill_fact
                      record=lambda what: drill.timeline.add(a.name, what))  # fmt: skip
     agent.on_draining = lambda: agent.stop_task("job-a")
     agent.start()
-    end_at = a.post_notice(LEAD)
+    a.start_spot_watch()
+    end_at = a.post_notice(LEAD, watcher_too=False)
     assert agent.draining.wait(30)
     time.sleep(1.0)  # spot-watch sees the notice a second after the agent
-    a.start_spot_watch()
+    a.show_notice_to_watcher()
+    drill.timeline.add("A", "spot-watch's next poll sees the notice")
     assert procs.wait_until(lambda: not a.state("job-a")["Running"], 60)
     assert a.state("job-a")["ExitCode"] == 0
     drill.timeline.add("A", "job-a exited 0 on SIGTERM")

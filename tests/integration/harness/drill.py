@@ -60,7 +60,8 @@ def journal_workload(*, exit_0_on_term: bool = False, ballast_mib: int = 0) -> l
         f"{trap}tok=$(cat /proc/sys/kernel/random/uuid); i=0; mkdir -p /state; {ballast}"
         "while true; do i=$((i+1)); echo $i > /state/next; mv /state/next /state/counter; "
         f"read host < {IDENTITY_IN_CONTAINER}; "
-        f"echo \"$tok $i $host\" >> {JOURNAL_IN_CONTAINER}/log; sleep 0.2; done"
+        f"echo \"$tok $i $host\" >> {JOURNAL_IN_CONTAINER}/log; "
+        f"if [ -f {JOURNAL_IN_CONTAINER}/finish ]; then exit 0; fi; sleep 0.2; done"
     )]  # fmt: skip
 
 
@@ -130,7 +131,8 @@ class DrillHost:
                                    checkpoint_root=shared, wrapper=wrapper,
                                    config_lines=config)  # fmt: skip
         self.docker = DockerDaemon(self.node, wrapper=wrapper)
-        self.imds = ImdsServer()
+        self.imds = ImdsServer()  # what the ECS agent (the model) reads
+        self.watch_imds = ImdsServer()  # the same service, as spot-watch reads it (see below)
         self.spot_watch: subprocess.Popen[bytes] | None = None
         self.exit_watcher: cr.ExitWatcher | None = None
         self.ended = False
@@ -148,10 +150,11 @@ class DrillHost:
         self._image = image.docker_name
         self.exit_watcher = cr.start_exit_watcher(self.node, self.work_dir / f"exits-{self.name}")
         self.imds.start()
+        self.watch_imds.start()
 
-    def start_spot_watch(self) -> None:
-        argv = archctl_argv(self.node, "spot-watch", "--endpoint", self.imds.endpoint,
-                            "--interval", "1")  # fmt: skip
+    def start_spot_watch(self, *extra: str) -> None:
+        argv = archctl_argv(self.node, "spot-watch", "--endpoint", self.watch_imds.endpoint,
+                            "--interval", "1", *extra)  # fmt: skip
         with (self.work_dir / f"spot-watch-{self.name}.log").open("ab") as log:
             self.spot_watch = subprocess.Popen(
                 [*uts_wrapper(self.hostname), *argv], stdin=subprocess.DEVNULL, stdout=log,
@@ -159,15 +162,23 @@ class DrillHost:
             )  # fmt: skip
         self.timeline.add(self.name, "spot-watch started (polls every 1 s)")
 
-    def post_notice(self, lead_seconds: float) -> float:
-        """IMDS starts answering a terminate notice for now + lead; returns that time."""
+    def post_notice(self, lead_seconds: float, *, watcher_too: bool = True) -> float:
+        """IMDS starts answering a terminate notice for now + lead; returns that time.
+        `watcher_too=False`: spot-watch sees it only at show_notice_to_watcher() (which of the
+        two pollers reads it first is chance; a case can fix the order)."""
         action_time = int(time.time() + lead_seconds) + 1
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(action_time))
         self.imds.notice = {"action": "terminate", "time": when}
         self.imds.mode = "notice"
+        if watcher_too:
+            self.show_notice_to_watcher()
         self.timeline.notice_at = time.time()
         self.timeline.add(self.name, f"IMDS: Spot notice posted, terminate at {when}")
         return float(action_time)
+
+    def show_notice_to_watcher(self) -> None:
+        self.watch_imds.notice = dict(self.imds.notice)
+        self.watch_imds.mode = "notice"
 
     def stop(self) -> None:
         """Teardown (after the drill, or after the host's end)."""
@@ -180,6 +191,7 @@ class DrillHost:
             except AssertionError as error:
                 problems.append(str(error))
         self.imds.stop()
+        self.watch_imds.stop()
         for step in (self.docker.stop, self.node.stop):
             try:
                 step()
