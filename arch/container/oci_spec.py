@@ -53,6 +53,8 @@ _PROCESS: dict[str, GoType] = {
     "cwd": "string",
     "capabilities": ("ptr", _CAPABILITIES),
     "noNewPrivileges": "bool",
+    "apparmorProfile": "string",
+    "selinuxLabel": "string",
 }
 _MOUNT: dict[str, GoType] = {
     "destination": "string",
@@ -64,6 +66,8 @@ _LINUX: dict[str, GoType] = {
     "uidMappings": ("slice", _ID_MAPPING),
     "gidMappings": ("slice", _ID_MAPPING),
     "namespaces": ("slice", {"type": "string", "path": "string"}),
+    # Only whether there is one: the restore's credentials check (image/credentials.py).
+    "seccomp": ("ptr", {"defaultAction": "string"}),
 }
 SPEC: dict[str, GoType] = {
     "ociVersion": "string",
