@@ -39,6 +39,8 @@ KNOWN_KEYS = frozenset(
         "criu_options",
         "metrics_file",
         "image_key_file",
+        "image_verify_key_files",
+        "unsigned_images",
         "checkpoint_timeout",
         "platform",
         "restore_wait",
@@ -52,6 +54,9 @@ PLATFORMS = ("ecs", "batch", "none")
 # "Amazon ECS container agent configuration", docs.aws.amazon.com/AmazonECS/latest/developerguide/
 # ecs-agent-config.html), leaving a minute for the restore itself.
 DEFAULT_RESTORE_WAIT = 120.0
+# The host's signing key; the role generates it when no fleet key is given.
+DEFAULT_IMAGE_KEY_FILE = "/etc/arch/image.key"
+UNSIGNED_IMAGES = ("refuse", "allow")
 DEFAULT_METRICS_FILE = "/var/lib/node_exporter/textfile_collector/arch.prom"
 
 
@@ -69,6 +74,7 @@ class HostConfig:
         "criu",
         "criu_options",
         "image_key_file",
+        "image_verify_key_files",
         "log_file",
         "log_level",
         "metrics_file",
@@ -78,6 +84,7 @@ class HostConfig:
         "restore_wait",
         "runc",
         "state_dir",
+        "unsigned_images",
     )
 
     def __init__(
@@ -92,11 +99,13 @@ class HostConfig:
         criu_options: tuple[str, ...] = (),
         criu: str | None = None,
         metrics_file: str = DEFAULT_METRICS_FILE,
-        image_key_file: str | None = None,
+        image_key_file: str | None = DEFAULT_IMAGE_KEY_FILE,
         checkpoint_timeout: float | None = DEFAULT_CHECKPOINT_TIMEOUT,
         platform: str = "none",
         restore_wait: float = DEFAULT_RESTORE_WAIT,
         restore_timeout: float | None = DEFAULT_RESTORE_TIMEOUT,
+        image_verify_key_files: tuple[str, ...] = (),
+        unsigned_images: str = "refuse",
     ) -> None:
         self.path = path
         # "ecs", "batch" or "none": what a Spot notice does to a checkpointed job.
@@ -120,8 +129,19 @@ class HostConfig:
         self.criu_options = criu_options
         # Prometheus textfile-collector output of arch.metrics; "" turns metrics off.
         self.metrics_file = metrics_file
-        # The fleet's image signing key (checkpoint/image/signing.py); None: images are unsigned.
+        # The key that signs every image (checkpoint/image/signing.py); None ("" in arch.toml):
+        # images are not signed.
         self.image_key_file = image_key_file
+        # Further keys whose signatures a restore accepts (key rotation).
+        self.image_verify_key_files = image_verify_key_files
+        # "refuse": an image without a valid signature is never restored; "allow": it is.
+        self.unsigned_images = unsigned_images
+
+    @property
+    def verify_key_files(self) -> tuple[str, ...]:
+        """Every key a signature may verify with: the signing key first."""
+        signing = (self.image_key_file,) if self.image_key_file else ()
+        return signing + tuple(f for f in self.image_verify_key_files if f not in signing)
 
     @property
     def binary_facts_dir(self) -> str:
@@ -170,9 +190,19 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
     criu = document.get("criu")
     if criu is not None:
         criu = _absolute_path(path, "criu", criu)
-    image_key_file = document.get("image_key_file")
-    if image_key_file is not None:
-        image_key_file = _absolute_path(path, "image_key_file", image_key_file)
+    image_key_file = document.get("image_key_file", DEFAULT_IMAGE_KEY_FILE)
+    image_key_file = (
+        None if image_key_file == "" else _absolute_path(path, "image_key_file", image_key_file)
+    )
+    verify_key_files = document.get("image_verify_key_files", [])
+    if not isinstance(verify_key_files, list):
+        raise ConfigError(f"{path}: image_verify_key_files must be a list of absolute paths")
+    unsigned_images = document.get("unsigned_images", "refuse")
+    if unsigned_images not in UNSIGNED_IMAGES:
+        raise ConfigError(
+            f"{path}: unsigned_images must be one of {', '.join(UNSIGNED_IMAGES)}, "
+            f"got {unsigned_images!r}"
+        )
     defaults = HostConfig(path)
     checkpoint_root = _absolute_path(
         path, "checkpoint_root", document.get("checkpoint_root", defaults.checkpoint_root)
@@ -218,6 +248,10 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         image_key_file=image_key_file,
         platform=_platform(path, document),
         restore_wait=_restore_wait(path, document),
+        image_verify_key_files=tuple(
+            _absolute_path(path, "image_verify_key_files", f) for f in verify_key_files
+        ),
+        unsigned_images=unsigned_images,
     )
 
 

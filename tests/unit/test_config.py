@@ -86,12 +86,44 @@ def test_criu_path(tmp_path: Path) -> None:
         load_config(write(tmp_path, 'criu = "criu"\n'))
 
 
-def test_image_key_file(tmp_path: Path) -> None:
-    assert load_config(str(tmp_path / "absent.toml")).image_key_file is None
-    config = load_config(write(tmp_path, 'image_key_file = "/etc/arch//image.key"\n'))
+def test_images_are_signed_and_unsigned_ones_refused_by_default(tmp_path: Path) -> None:
+    config = load_config(str(tmp_path / "absent.toml"))
     assert config.image_key_file == "/etc/arch/image.key"
+    assert config.unsigned_images == "refuse"
+    assert config.verify_key_files == ("/etc/arch/image.key",)
+
+
+def test_image_key_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, 'image_key_file = "/srv/keys//fleet.key"\n'))
+    assert config.image_key_file == "/srv/keys/fleet.key"
+    assert load_config(write(tmp_path, 'image_key_file = ""\n')).image_key_file is None
     with pytest.raises(ConfigError, match="image_key_file must be an absolute path"):
         load_config(write(tmp_path, 'image_key_file = "image.key"\n'))
+
+
+def test_rotation_accepts_several_keys_and_signs_with_one(tmp_path: Path) -> None:
+    text = 'image_key_file = "/k/new.key"\nimage_verify_key_files = ["/k/old.key", "/k/new.key"]\n'
+    config = load_config(write(tmp_path, text))
+    assert config.image_key_file == "/k/new.key"
+    assert config.verify_key_files == ("/k/new.key", "/k/old.key")
+    unsigned = load_config(write(tmp_path, 'image_key_file = ""\n'
+                                 'image_verify_key_files = ["/k/old.key"]\n'))  # fmt: skip
+    assert unsigned.verify_key_files == ("/k/old.key",)
+    with pytest.raises(ConfigError, match="image_verify_key_files must be an absolute path"):
+        load_config(write(tmp_path, 'image_verify_key_files = ["old.key"]\n'))
+    with pytest.raises(ConfigError, match="image_verify_key_files must be a list"):
+        load_config(write(tmp_path, 'image_verify_key_files = "/k/old.key"\n'))
+
+
+@pytest.mark.parametrize("value", ["allow", "refuse"])
+def test_unsigned_images(tmp_path: Path, value: str) -> None:
+    assert load_config(write(tmp_path, f'unsigned_images = "{value}"\n')).unsigned_images == value
+
+
+@pytest.mark.parametrize("value", ['"Allow"', '"yes"', "true", '""'])
+def test_unsigned_images_is_refuse_or_allow(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="unsigned_images must be one of refuse, allow"):
+        load_config(write(tmp_path, f"unsigned_images = {value}\n"))
 
 
 def test_checkpoint_timeout_defaults_to_an_hour_and_0_means_no_limit(tmp_path: Path) -> None:
