@@ -124,7 +124,8 @@ enum value_kind {
 	PATH_LIST_VALUE,
 	CRIU_OPTIONS_VALUE,
 	SECONDS_VALUE,
-	PLATFORM_VALUE
+	PLATFORM_VALUE,
+	UNSIGNED_IMAGES_VALUE
 };
 struct known_key {
 	const char *name;
@@ -137,7 +138,9 @@ static const struct known_key known_keys[] = {
 	{"log_file", PATH_VALUE},	    {"log_level", LOG_LEVEL_VALUE},
 	{"allowed_roots", PATH_LIST_VALUE}, {"criu_options", CRIU_OPTIONS_VALUE},
 	{"metrics_file", OPTIONAL_PATH_VALUE}, /* "" turns metrics off */
-	{"image_key_file", PATH_VALUE},
+	{"image_key_file", OPTIONAL_PATH_VALUE}, /* "" turns signing off */
+	{"image_verify_key_files", PATH_LIST_VALUE},
+	{"unsigned_images", UNSIGNED_IMAGES_VALUE},
 	{"checkpoint_timeout", SECONDS_VALUE}, /* whole seconds here; fractions go to Python */
 	{"platform", PLATFORM_VALUE},	    {"restore_wait", SECONDS_VALUE},
 	{"restore_timeout", SECONDS_VALUE},
@@ -145,6 +148,8 @@ static const struct known_key known_keys[] = {
 };
 static const char *const log_levels[] = {"debug", "info", "warning", "error", NULL};
 static const char *const platforms[] = {"ecs", "batch", "none", NULL}; /* config.PLATFORMS */
+/* config.UNSIGNED_IMAGES */
+static const char *const unsigned_images_values[] = {"refuse", "allow", NULL};
 /* The CRIU options arch/checkpoint/criu_options.py accepts, in their normalised form. */
 static const char *const criu_option_values[] = {
 	"--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks",
@@ -281,6 +286,10 @@ static int scan_key_line(const char *line, struct host_config *config, unsigned 
 		break;
 	case PLATFORM_VALUE:
 		if (!scan_plain_string(&p, &start, &len) || !in_list(platforms, start, len))
+			return 0;
+		break;
+	case UNSIGNED_IMAGES_VALUE:
+		if (!scan_plain_string(&p, &start, &len) || !in_list(unsigned_images_values, start, len))
 			return 0;
 		break;
 	case PATH_LIST_VALUE:

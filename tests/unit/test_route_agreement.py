@@ -73,6 +73,12 @@ CORPUS = [
     Case("platform in capitals", BASE + 'platform = "ECS"\n', None, ["state", "job-9"],
          PATH_RUNC, PYTHON),
     Case("metrics off", BASE + 'metrics_file = ""\n', None, ["state", "job-9"], RUNC, DIRECT),
+    Case("signing keys", BASE + 'image_key_file = "/etc/arch/image.key"\nimage_verify_key_files'
+         ' = ["/etc/arch/old.key"]\nunsigned_images = "allow"\n', None, ["state", "job-9"], RUNC,
+         DIRECT),
+    Case("signing off", BASE + 'image_key_file = ""\n', None, ["state", "job-9"], RUNC, DIRECT),
+    Case("bad unsigned_images", BASE + 'unsigned_images = "Allow"\n', None, ["state", "job-9"],
+         PATH_RUNC, PYTHON),
     Case("relative metrics file", BASE + 'metrics_file = "arch.prom"\n', None, ["state", "job-9"],
          PATH_RUNC, PYTHON),
     Case("CRLF line ends", BASE.replace("\n", "\r\n"), None, ["state", "job-9"], RUNC, DIRECT),
