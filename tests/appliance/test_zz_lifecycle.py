@@ -232,24 +232,40 @@ def test_absent_restores_configs_byte_for_byte_then_present_reinstalls() -> None
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def test_image_key_is_provisioned_root_only_and_never_logged() -> None:
-    """arch_image_key: the key file is root's, 0600, named in arch.toml, verify reports signing
-    on; the key never appears in the role's output. A run without it turns signing off again."""
-    key = os.urandom(32).hex()
+def assert_root_only_key(text: str) -> None:
+    info = IMAGE_KEY_FILE.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, 0, 0o600)
+    assert IMAGE_KEY_FILE.read_text() == text
+
+
+def test_image_key_is_generated_once_replaced_by_a_fleet_key_and_never_logged() -> None:
+    """Without a fleet key the role generated this host's key at install and keeps it across
+    runs; arch_image_key replaces it (root's, 0600, named in arch.toml, verify reports signing
+    on, never in the role's output); without the file a run generates a new one."""
+    host_key = IMAGE_KEY_FILE.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", host_key)
+    fleet_key = os.urandom(32).hex()
     try:
-        recap = run_playbook("-e", f"arch_image_key={key}")
-        assert key not in recap.output
-        info = IMAGE_KEY_FILE.stat()
-        assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, 0, 0o600)
-        assert IMAGE_KEY_FILE.read_text() == key + "\n"
+        run_playbook()
+        assert_root_only_key(host_key)
+        recap = run_playbook("-e", f"arch_image_key={fleet_key}")
+        assert fleet_key not in recap.output
+        assert_root_only_key(fleet_key + "\n")
         assert f'image_key_file = "{IMAGE_KEY_FILE}"' in ARCH_TOML.read_text()
+        assert 'unsigned_images = "refuse"' in ARCH_TOML.read_text()
         verify = subprocess.run(
             ["/usr/local/bin/archctl", "verify", "--json"],
             capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
-        assert key not in verify.stdout + verify.stderr
-        assert f"on: images signed with {IMAGE_KEY_FILE}" in verify.stdout, verify.stdout
+        assert fleet_key not in verify.stdout + verify.stderr
+        assert f"on: images signed with {IMAGE_KEY_FILE}; unsigned images refused" in (
+            verify.stdout
+        ), verify.stdout
     finally:
-        run_playbook()
         IMAGE_KEY_FILE.unlink(missing_ok=True)
-    assert "image_key_file" not in ARCH_TOML.read_text()
+        recap = run_playbook()
+        generated = IMAGE_KEY_FILE.read_text()
+        IMAGE_KEY_FILE.write_text(host_key)  # images this host signed before stay valid
+    assert generated not in recap.output
+    assert re.fullmatch(r"[0-9a-f]{64}\n", generated) and generated != fleet_key + "\n"
+    assert_root_only_key(host_key)
