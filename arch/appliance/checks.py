@@ -344,30 +344,49 @@ def _private_directory_problems(directory: str) -> list[str]:
 
 
 def check_signing(target: VerifyTarget, mountinfo: str | None = None) -> CheckResult:
-    """Whether images are signed; a warning when unsigned images live on shared storage."""
-    from arch.appliance.mounts import MOUNTINFO, filesystem_type, is_network_filesystem
+    """Which mode the host is in: whether its images are signed, with which key, which keys a
+    restore accepts, and whether unsigned images restore (a warning on shared storage)."""
     from arch.checkpoint.image.signing import ImageKeyError, load_key
 
     config = target.config
-    if config.image_key_file is not None:
-        try:
-            load_key(config.image_key_file)
-        except ImageKeyError as error:
-            return CheckResult("signing", FAIL, f"{error}: checkpoints fail, nothing restores")
-        return CheckResult("signing", OK, f"on: images signed with {config.image_key_file}")
+    try:
+        for key_file in config.verify_key_files:
+            load_key(key_file)
+    except ImageKeyError as error:
+        return CheckResult("signing", FAIL, f"{error}: checkpoints or restores fail")
+    signing = (
+        f"on: images signed with {config.image_key_file}"
+        if config.image_key_file
+        else 'off: images are not signed (image_key_file = "")'
+    )
+    others = [f for f in config.verify_key_files if f != config.image_key_file]
+    accepted = f"; also accepted: {', '.join(others)}" if others else ""
+    if config.unsigned_images == "refuse":
+        if not config.image_key_file:
+            return CheckResult("signing", FAIL, f"{signing}, and unsigned_images = \"refuse\": "
+                               "this host's own images never restore")  # fmt: skip
+        return CheckResult("signing", OK, f"{signing}{accepted}; unsigned images refused")
+    detail = f"{signing}{accepted}; unsigned images restore (unsigned_images = \"allow\")"
+    shared = _shared_roots(config, mountinfo)
+    if shared:
+        return CheckResult(
+            "signing",
+            WARN,
+            f"{detail}, and images live on shared storage: {', '.join(shared)}; whoever can write "
+            'there decides what is restored here. Set unsigned_images = "refuse" in arch.toml',
+        )
+    return CheckResult("signing", OK, detail)
+
+
+def _shared_roots(config: HostConfig, mountinfo: str | None) -> list[str]:
+    from arch.appliance.mounts import MOUNTINFO, filesystem_type, is_network_filesystem
+
     shared = []
     for root in dict.fromkeys((config.checkpoint_root, *config.allowed_roots)):
         fstype = filesystem_type(root, mountinfo or MOUNTINFO)
         if is_network_filesystem(fstype):
             shared.append(f"{root} ({fstype})")
-    if shared:
-        return CheckResult(
-            "signing",
-            WARN,
-            f"off, and images live on shared storage: {', '.join(shared)}; whoever can write "
-            "there decides what is restored here. Set image_key_file in arch.toml",
-        )
-    return CheckResult("signing", OK, "off: images are not signed (no image_key_file)")
+    return shared
 
 
 def check_checkpoint_mount(target: VerifyTarget) -> CheckResult:

@@ -336,22 +336,37 @@ def test_filesystem_type_of_a_path(tmp_path: Path, path: str, fstype: str) -> No
     assert filesystem_type(path, str(tmp_path / "mountinfo")) == fstype
 
 
-def test_signing_is_reported_and_unsigned_shared_storage_warned(tmp_path: Path) -> None:
+def test_unsigned_modes_are_reported_and_allowing_them_on_shared_storage_warned(
+    tmp_path: Path,
+) -> None:
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(MOUNTINFO)
-    local = target(tmp_path, None)
-    result = checks.check_signing(local, str(mountinfo))
-    assert (result.status, result.detail) == (
-        checks.OK, "off: images are not signed (no image_key_file)"
+    path = str(tmp_path / "arch.toml")
+    allowing = target(tmp_path, None)._replace(
+        config=HostConfig(path, image_key_file=None, unsigned_images="allow")
     )
-    shared = local._replace(config=HostConfig(
-        str(tmp_path / "arch.toml"), checkpoint_root="/checkpoint",
-        allowed_roots=("/checkpoint", "/mnt/efs/teams"),
-    ))
+    result = checks.check_signing(allowing, str(mountinfo))
+    assert (result.status, result.detail) == (checks.OK, 'off: images are not signed '
+        '(image_key_file = ""); unsigned images restore (unsigned_images = "allow")')  # fmt: skip
+    refusing = allowing._replace(config=HostConfig(path, image_key_file=None))
+    result = checks.check_signing(refusing, str(mountinfo))
+    assert result.status == checks.FAIL
+    assert "this host's own images never restore" in result.detail
+    shared = allowing._replace(config=HostConfig(
+        path, checkpoint_root="/checkpoint", allowed_roots=("/checkpoint", "/mnt/efs/teams"),
+        image_key_file=None, unsigned_images="allow",
+    ))  # fmt: skip
     result = checks.check_signing(shared, str(mountinfo))
     assert result.status == checks.WARN
     assert "shared storage: /mnt/efs/teams (nfs4)" in result.detail
-    assert "image_key_file" in result.detail
+    assert 'unsigned_images = "refuse"' in result.detail
+
+
+def test_a_missing_default_key_fails_the_check(tmp_path: Path) -> None:
+    config = HostConfig(str(tmp_path / "arch.toml"), image_key_file=str(tmp_path / "none.key"))
+    result = checks.check_signing(target(tmp_path, None)._replace(config=config))
+    assert result.status == checks.FAIL
+    assert "none.key: No such file or directory" in result.detail
 
 
 @pytest.mark.root  # the key file must be owned by root
@@ -363,7 +378,19 @@ def test_signing_on_needs_a_usable_key_file(tmp_path: Path) -> None:
         str(tmp_path / "arch.toml"), image_key_file=str(key_file),
     ))
     result = checks.check_signing(signed)
-    assert (result.status, result.detail) == (checks.OK, f"on: images signed with {key_file}")
+    assert (result.status, result.detail) == (
+        checks.OK, f"on: images signed with {key_file}; unsigned images refused"
+    )
+    old_key = tmp_path / "old.key"
+    old_key.write_text("o" * 64 + "\n")
+    os.chmod(old_key, 0o400)
+    rotating = signed._replace(config=HostConfig(
+        str(tmp_path / "arch.toml"), image_key_file=str(key_file),
+        image_verify_key_files=(str(old_key),),
+    ))  # fmt: skip
+    assert checks.check_signing(rotating).detail == (
+        f"on: images signed with {key_file}; also accepted: {old_key}; unsigned images refused"
+    )
     os.chmod(key_file, 0o644)
     result = checks.check_signing(signed)
     assert result.status == checks.FAIL and "mode 0644" in result.detail
