@@ -26,6 +26,12 @@ WHEEL_NAME = re.compile(
 BUNDLE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+\.tar$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SSM_PARAMETER = re.compile(r"^[A-Za-z0-9_.\-/]{1,2048}$")
+# Secrets Manager, GetSecretValue: SecretId is "the ARN or name of the secret"; CreateSecret: a
+# name "can contain ASCII letters, numbers, and the following characters: /_+=.@-" (at most
+# 512). https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_GetSecretValue.html
+SECRET_ID = re.compile(
+    r"^(arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:)?[A-Za-z0-9/_+=.@-]{1,512}$"
+)
 S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/\S+$")
 ROLE_VARIABLE = re.compile(r"^arch_[a-z0-9_]+$")
 # Where the instance keeps the wheel, the unpacked role and the bootstrap log.
@@ -86,6 +92,7 @@ class UserdataOptions:
     spot_watch: bool = True
     fleet_key_file: str = ""
     fleet_key_ssm_parameter: str = ""
+    fleet_key_secret: str = ""  # a Secrets Manager secret (name or ARN) holding the key
     role_variables: dict[str, str] = field(default_factory=dict)
     # ECS/Batch instances: write the ECS agent's settings (hosts pushed to by `archctl remote`
     # without an ECS cluster are not assumed to run the agent).
@@ -118,8 +125,15 @@ class UserdataOptions:
             raise UserdataError(f"--platform {self.platform!r}: ecs, batch or none")
         if self.ecs_cluster and ECS_NAME.match(self.ecs_cluster) is None:
             raise UserdataError(f"--ecs-cluster {self.ecs_cluster!r} is not an ECS cluster name")
-        if self.fleet_key_file and self.fleet_key_ssm_parameter:
-            raise UserdataError("give the fleet key either from a file or from SSM, not both")
+        sources = [self.fleet_key_file, self.fleet_key_ssm_parameter, self.fleet_key_secret]
+        if sum(1 for source in sources if source) > 1:
+            raise UserdataError(
+                "give the fleet key from one of a file, SSM or Secrets Manager, not several"
+            )
+        if self.fleet_key_secret and not SECRET_ID.match(self.fleet_key_secret):
+            raise UserdataError(
+                f"--fleet-key-secret {self.fleet_key_secret!r} is not a Secrets Manager name or ARN"
+            )
         if self.fleet_key_file and not re.fullmatch(r"/[A-Za-z0-9_./-]+", self.fleet_key_file):
             raise UserdataError(f"--fleet-key-file {self.fleet_key_file!r}: an absolute path")
         if self.fleet_key_ssm_parameter and not SSM_PARAMETER.match(self.fleet_key_ssm_parameter):

@@ -38,6 +38,10 @@ VARIANTS = {
         fleet_key_file="/etc/arch/fleet.key",
         role_variables={"arch_log_level": "debug"},
     ),
+    "url, secrets manager key": UserdataOptions(
+        PackageSource.parse(f"https://example.com/dist/{WHEEL}"),
+        fleet_key_secret="arn:aws:secretsmanager:eu-west-1:123456789012:secret:arch/fleet-AbCdEf",
+    ),
 }
 
 
@@ -126,7 +130,10 @@ def test_bad_package_sources(source: str, message: str) -> None:
         ({"efs_region": "Europe"}, "AWS region"),
         ({"checkpoint_root": "/x/../etc"}, "absolute path"),
         ({"ecs_cluster": "a b"}, "cluster name"),
-        ({"fleet_key_file": "/k", "fleet_key_ssm_parameter": "/k"}, "not both"),
+        ({"fleet_key_file": "/k", "fleet_key_ssm_parameter": "/k"}, "not several"),
+        ({"fleet_key_ssm_parameter": "/k", "fleet_key_secret": "k"}, "not several"),
+        ({"fleet_key_secret": "a b"}, "not a Secrets Manager name or ARN"),
+        ({"fleet_key_secret": "arn:aws:s3:::bucket"}, "not a Secrets Manager name or ARN"),
         ({"fleet_key_ssm_parameter": "a b"}, "SSM name"),
         ({"role_variables": {"ansible_user": "x"}}, "arch_*"),
     ],

@@ -61,6 +61,9 @@ def add_parser(subcommands: Any) -> None:
         "--fleet-key-file", default="", help="fleet signing key: a file on the instance"
     )
     key.add_argument("--fleet-key-ssm", default="", help="fleet signing key: an SSM SecureString")
+    key.add_argument(
+        "--fleet-key-secret", default="", help="fleet signing key: a Secrets Manager secret"
+    )
     parser.add_argument(
         "--role-var",
         action="append",
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             spot_watch=args.spot_watch,
             fleet_key_file=args.fleet_key_file,
             fleet_key_ssm_parameter=args.fleet_key_ssm,
+            fleet_key_secret=args.fleet_key_secret,
             role_variables=parse_assignments(args.role_var),
         )
         script = render_userdata(options)
