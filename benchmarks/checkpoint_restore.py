@@ -44,6 +44,8 @@ prints ARCH / OTHER per phase. `--signed` adds the arm "signed": the same arch-r
 image_key_file set (images signed at checkpoint; the signature and every file's sha256 checked
 at restore), printed as signed / ARCH (and signed / OTHER). `--lower-copy DIR` adds a copy of
 DIR to the image's lower layer (e.g. a distribution's /usr/lib, for an image of realistic size).
+The ARCH arm runs with signing off (image_key_file = "", unsigned_images = "allow"); OTHER gets
+an arch.toml of the keys every version reads (its own defaults apply).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ MEMORY_READY_SHARE = 0.95  # VmRSS at or above this share of --mem-mib: the memo
 BUSYBOX_APPLETS = ("sh", "sleep", "cat", "ls")
 OTHER = "other"  # the --compare-arch-runc arm
 SIGNED = "signed"  # the --signed arm
-SIGNED_CONFIG = "arch-signed.toml"
+CONFIGS = {"ARCH": "arch.toml", SIGNED: "arch-signed.toml", OTHER: "arch-other.toml"}
 
 
 class BenchError(Exception):
@@ -164,9 +166,11 @@ def build_lower(
         write_file(os.path.join(lower, LOWER_BIG), big_mib * MIB, block, offset=1)
 
 
-def write_arch_host(workspace: Workspace, runc: str, signed: bool = False) -> str:
-    """A private arch.toml (its checkpoint_root, state_dir and log in the workspace); `signed`:
-    arch-signed.toml, the same plus image_key_file naming a fresh key (root, 0600)."""
+def write_arch_host(workspace: Workspace, runc: str, kind: str = "ARCH") -> str:
+    """A private arch.toml (its checkpoint_root, state_dir and log in the workspace) for an arm:
+    ARCH: images unsigned (image_key_file = "", unsigned_images = "allow"); SIGNED:
+    arch-signed.toml, image_key_file naming a fresh key (root, 0600); OTHER: arch-other.toml,
+    only the keys every version reads (an older ARCH refuses keys it does not know)."""
     os.makedirs(workspace.checkpoint_root, mode=0o700, exist_ok=True)
     lines = [
         f"runc = {json.dumps(runc)}",
@@ -175,13 +179,15 @@ def write_arch_host(workspace: Workspace, runc: str, signed: bool = False) -> st
         f"log_file = {json.dumps(workspace.arch_log)}",
         'log_level = "info"',
     ]
-    if signed:
+    if kind == SIGNED:
         key_file = os.path.join(workspace.arch_host, "image.key")
         descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as key:
             key.write(os.urandom(32).hex() + "\n")
         lines.append(f"image_key_file = {json.dumps(key_file)}")
-    config_file = os.path.join(workspace.arch_host, SIGNED_CONFIG if signed else "arch.toml")
+    elif kind == "ARCH":
+        lines += ['image_key_file = ""', 'unsigned_images = "allow"']
+    config_file = os.path.join(workspace.arch_host, CONFIGS[kind])
     with open(config_file, "w") as config:
         config.write("\n".join([*lines, ""]))
     return config_file
@@ -679,10 +685,12 @@ def run_rounds(run: Round, count: int, first_index: int) -> dict[str, list[Sampl
     ]  # fmt: skip
     other = run.args.compare_arch_runc
     if other:
+        config_file = os.path.join(run.workspace.arch_host, CONFIGS[OTHER])
+        older = dataclasses.replace(run.tools, env={**run.tools.env, "ARCH_CONFIG": config_file})
         samples[OTHER] = []
-        arms.append((OTHER, lambda run, index: arch_round(run, index, other)))
+        arms.append((OTHER, lambda run, index: arch_round(run, index, other, older)))
     if run.args.signed:
-        config_file = os.path.join(run.workspace.arch_host, SIGNED_CONFIG)
+        config_file = os.path.join(run.workspace.arch_host, CONFIGS[SIGNED])
         signed = dataclasses.replace(run.tools, env={**run.tools.env, "ARCH_CONFIG": config_file})
         samples[SIGNED] = []
         arms.append((SIGNED, lambda run, index: arch_round(run, index, None, signed)))
@@ -782,7 +790,9 @@ def main() -> int:
         mount_run_tmpfs(workspace)
         write_arch_host(workspace, args.runc)
         if args.signed:
-            write_arch_host(workspace, args.runc, signed=True)
+            write_arch_host(workspace, args.runc, SIGNED)
+        if args.compare_arch_runc:
+            write_arch_host(workspace, args.runc, OTHER)
         block = os.urandom(4 * MIB)
         workload = build_workload(workspace)
         build_lower(
