@@ -465,10 +465,17 @@ class Round:
 
 
 def start_container(
-    run: Round, arm_dir: str, container_id: str, opted_in: bool, runc: str
+    run: Round,
+    arm_dir: str,
+    container_id: str,
+    opted_in: bool,
+    runc: str,
+    tools: Tools | None = None,
 ) -> tuple[str, str, int]:
-    """A fresh overlay, the changes written, the container created, started and resident.
-    Returns (bundle, merged rootfs, bytes written under /data)."""
+    """A fresh overlay, the changes written, the container created, started and resident
+    (`tools`: the arm's arch.toml, default ARCH's). Returns (bundle, merged rootfs, bytes
+    written under /data)."""
+    tools = tools or run.tools
     bundle = os.path.join(arm_dir, "bundle")
     write_bundle(run.tools, bundle, run.args.mem_mib, opted_in)
     merged = os.path.join(bundle, "rootfs")
@@ -479,12 +486,12 @@ def start_container(
     log = os.path.join(bundle, "log.json")
     timed(
         [*prefix, "create", "--bundle", bundle, "--pid-file", pid_file, container_id],
-        run.tools,
+        tools,
         "create",
         log,
     )
-    timed([*prefix, "start", container_id], run.tools, "start", log)
-    wait_until_resident(run.tools, run.workspace, container_id, run.args.mem_mib)
+    timed([*prefix, "start", container_id], tools, "start", log)
+    wait_until_resident(tools, run.workspace, container_id, run.args.mem_mib)
     os.sync()  # the changes' writeback must not fall into either arm's timed window
     return bundle, merged, written
 
@@ -503,7 +510,7 @@ def arch_round(
     tools, workspace = tools or run.tools, run.workspace
     arch_runc = arch_runc or tools.arch_runc
     arm_dir = workspace.path(f"round-{index}", "arch")
-    bundle, merged, written = start_container(run, arm_dir, ARCH_ID, True, arch_runc)
+    bundle, merged, written = start_container(run, arm_dir, ARCH_ID, True, arch_runc, tools)
     prefix = [arch_runc, *runc_global(workspace, bundle)]
     log = os.path.join(bundle, "log.json")
     image_path = os.path.join(arm_dir, "containerd-image")  # ARCH ignores it (own location)
