@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from harness import checkpointing as cr
 from harness import procs
+from harness.arch_host import set_config_value
 from harness.archctl import archctl, archctl_json, describe
 from harness.containerd import ContainerdNode
 
@@ -107,13 +108,14 @@ def test_inspect_checks_the_signature_when_a_key_is_configured(
     node: ContainerdNode, workload_image: cr.WorkloadImage, real_runc_binary: Path,
     tmp_path: Path,
 ) -> None:  # fmt: skip
+    config = node.arch.config_file
+    set_config_value(config, "image_key_file", '""')
     start(node, workload_image, "plain", "plain-1", real_runc_binary)
-    checkpoint(node, "plain")  # made before the key: unsigned
+    checkpoint(node, "plain")  # made with signing off: unsigned
     key_file = tmp_path / "image.key"
     key_file.write_text(os.urandom(32).hex() + "\n")
     key_file.chmod(0o600)
-    config = node.arch.config_file
-    config.write_text(config.read_text() + f"image_key_file = {json.dumps(str(key_file))}\n")
+    set_config_value(config, "image_key_file", json.dumps(str(key_file)))
     start(node, workload_image, "signed", "signed-1", real_runc_binary)
     checkpoint(node, "signed")
 

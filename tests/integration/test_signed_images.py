@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from harness import checkpointing as cr
+from harness.arch_host import set_config_value
 from harness.containerd import ContainerdNode
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
@@ -37,8 +38,7 @@ def key_file(tmp_path: Path) -> Path:
 def signing_nodes(two_nodes: Nodes, key_file: Path) -> Nodes:
     """The two nodes sharing one checkpoint root (conftest), both given the same key."""
     for node in two_nodes:
-        config = node.arch.config_file
-        config.write_text(config.read_text() + f"image_key_file = {json.dumps(str(key_file))}\n")
+        set_config_value(node.arch.config_file, "image_key_file", json.dumps(str(key_file)))
     return two_nodes
 
 

@@ -7,8 +7,12 @@ runc used in arch-runc's place would never reach the recorder.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +110,7 @@ def write_arch_host(
                 f"state_dir = {json.dumps(str(host.state_dir))}",
                 f"log_file = {json.dumps(str(host.log_file))}",
                 f"metrics_file = {json.dumps(str(host.metrics_file))}",
+                f"image_key_file = {json.dumps(str(fleet_key_file()))}",
                 'log_level = "debug"',
                 *config_lines,
                 "",
@@ -113,6 +118,31 @@ def write_arch_host(
         )
     )
     return host
+
+
+_fleet_key: list[Path] = []
+
+
+def fleet_key_file() -> Path:
+    """One signing key for every node of this test session (as a fleet shares one): images
+    are signed by default, and nodes sharing a checkpoint root restore each other's."""
+    if not _fleet_key:
+        directory = Path(tempfile.mkdtemp(prefix="arch-test-fleet-key-"))
+        atexit.register(shutil.rmtree, directory, True)
+        key = directory / "image.key"
+        key.touch(mode=0o600)
+        key.write_text(os.urandom(32).hex() + "\n")
+        _fleet_key.append(key)
+    return _fleet_key[0]
+
+
+def set_config_value(config_file: Path, key: str, toml_value: str) -> None:
+    """Set `key` in the node's arch.toml (replacing its line, else adding one)."""
+    line = f"{key} = {toml_value}"
+    text = config_file.read_text()
+    pattern = re.compile(rf"^{re.escape(key)} = .*$", re.M)
+    text = pattern.sub(lambda _: line, text) if pattern.search(text) else text + line + "\n"
+    config_file.write_text(text)
 
 
 def _appliance_criu() -> str | None:
