@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from arch.checkpoint.criu_images import CORE_MAGIC, IMG_COMMON_MAGIC, CriuImageError
 from arch.checkpoint.image.credentials import (
     CAPABILITY_NAMES,
     CredentialsError,
@@ -25,6 +24,7 @@ from arch.checkpoint.image.credentials import (
     thread_excess,
 )
 from arch.checkpoint.image.criu_creds import ThreadCreds, read_thread_creds
+from arch.checkpoint.image.criu_images import CORE_MAGIC, IMG_COMMON_MAGIC, CriuImageError
 
 DATA = Path(__file__).parent / "data" / "criu-pstree"
 ALL = list(CAPABILITY_NAMES)

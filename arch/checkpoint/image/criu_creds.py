@@ -24,10 +24,15 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from arch.checkpoint.criu_images import CORE_MAGIC, PSTREE_FILE, PSTREE_MAGIC, CriuImageError
-from arch.checkpoint.criu_images import _entries as decode_entries
-from arch.checkpoint.criu_images import _fields as decode_fields
-from arch.checkpoint.criu_images import _ints as packed_ints
+from arch.checkpoint.image.criu_images import (
+    CORE_MAGIC,
+    PSTREE_FILE,
+    PSTREE_MAGIC,
+    CriuImageError,
+    decode_entries,
+    decode_fields,
+    packed_ints,
+)
 
 SECCOMP_MAGIC = 0x64413049
 SECCOMP_FILE = "seccomp.img"

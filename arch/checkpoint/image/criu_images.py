@@ -50,12 +50,12 @@ class Process(NamedTuple):
 
 def read_process_tree(image_dir: str) -> list[Process]:
     """The image's processes (pids as the container saw them), in pstree.img order."""
-    entries = _entries(_read(os.path.join(image_dir, PSTREE_FILE)), PSTREE_MAGIC, PSTREE_FILE)
+    entries = decode_entries(_read(os.path.join(image_dir, PSTREE_FILE)), PSTREE_MAGIC, PSTREE_FILE)
     if len(entries) > MAX_PROCESSES:
         raise CriuImageError(f"{PSTREE_FILE}: more than {MAX_PROCESSES} processes")
     processes = []
     for entry in entries:
-        fields = _fields(entry)
+        fields = decode_fields(entry)
         pid = _first_int(fields, 1, PSTREE_FILE)
         comm, state = _core_summary(image_dir, pid)
         processes.append(
@@ -64,7 +64,7 @@ def read_process_tree(image_dir: str) -> list[Process]:
                 ppid=_first_int(fields, 2, PSTREE_FILE),
                 pgid=_first_int(fields, 3, PSTREE_FILE),
                 sid=_first_int(fields, 4, PSTREE_FILE),
-                threads=tuple(_ints(fields.get(5, []))),
+                threads=tuple(packed_ints(fields.get(5, []))),
                 comm=comm,
                 state=state,
             )
@@ -75,13 +75,13 @@ def read_process_tree(image_dir: str) -> list[Process]:
 def _core_summary(image_dir: str, pid: int) -> tuple[str | None, str | None]:
     name = f"core-{pid}.img"
     try:
-        entries = _entries(_read(os.path.join(image_dir, name)), CORE_MAGIC, name)
+        entries = decode_entries(_read(os.path.join(image_dir, name)), CORE_MAGIC, name)
         if not entries:
             return None, None
-        task_core = _fields(entries[0]).get(3)
+        task_core = decode_fields(entries[0]).get(3)
         if not task_core or not isinstance(task_core[0], bytes):
             return None, None
-        fields = _fields(task_core[0])
+        fields = decode_fields(task_core[0])
     except (OSError, CriuImageError):
         return None, None
     comm = fields.get(6)
@@ -103,7 +103,7 @@ def _read(path: str) -> bytes:
     return data
 
 
-def _entries(data: bytes, magic: int, name: str) -> list[bytes]:
+def decode_entries(data: bytes, magic: int, name: str) -> list[bytes]:
     if len(data) < 8:
         raise CriuImageError(f"{name}: too short for a CRIU image")
     first, second = struct.unpack_from("<II", data)
@@ -123,7 +123,7 @@ def _entries(data: bytes, magic: int, name: str) -> list[bytes]:
     return entries
 
 
-def _fields(message: bytes) -> dict[int, list[int | bytes]]:
+def decode_fields(message: bytes) -> dict[int, list[int | bytes]]:
     """Field number -> values (ints for varint/fixed fields, bytes for length-delimited)."""
     fields: dict[int, list[int | bytes]] = {}
     position = 0
@@ -163,7 +163,7 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
         shift += 7
 
 
-def _ints(values: list[int | bytes]) -> list[int]:
+def packed_ints(values: list[int | bytes]) -> list[int]:
     """Repeated integers, packed (one bytes value) or not."""
     numbers: list[int] = []
     for value in values:
