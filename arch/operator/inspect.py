@@ -261,24 +261,32 @@ def _cpu_check(image: Any, config: HostConfig) -> Check:
 
 
 def _signature_check(path: str, config: HostConfig) -> Check:
-    """With image_key_file, what a restore here verifies: metadata.sig over metadata.json, and
-    every CRIU file against the sha256 the signed metadata records (the tar: see checksum)."""
-    from arch.checkpoint.image.signing import ImageKeyError, load_key
-    from arch.checkpoint.image.validation import verify_criu_files
+    """What a restore here verifies: metadata.sig, by one of this host's keys, over the place
+    the image says it belongs to and metadata.json, and every CRIU file against the sha256 the
+    signed metadata records (the tar: see checksum)."""
+    from arch.checkpoint.image.signing import ImageKeyError, Trust, load_key
+    from arch.checkpoint.image.validation import read_metadata, verify_criu_files
 
-    if not config.image_key_file:
-        return Check("signature", SKIPPED, "no image_key_file configured: images are not verified")
+    if not config.verify_key_files:
+        return Check("signature", SKIPPED, 'signing is off (image_key_file = ""): images are '
+                     "not verified")  # fmt: skip
     try:
-        key = load_key(config.image_key_file)
+        keys = tuple(load_key(key_file) for key_file in config.verify_key_files)
+        claimed = read_metadata(path)
+        trust = Trust(keys, False, claimed.namespace, claimed.checkpoint_id)
+        verify_criu_files(validate(path, trust=trust))
     except ImageKeyError as error:
         return Check("signature", FAIL, str(error))
-    try:
-        verify_criu_files(validate(path, key=key))
     except InvalidImage as error:
         return Check("signature", FAIL, error.reason)
     except OSError as error:
         return Check("signature", FAIL, f"cannot read the image: {error}")
-    return Check("signature", OK, "signed with this host's key; the CRIU files match their sha256")
+    return Check(
+        "signature",
+        OK,
+        f"signed with a key this host accepts, for {claimed.namespace}/{claimed.checkpoint_id}; "
+        "the CRIU files match their sha256",
+    )
 
 
 def _process_tree(path: str) -> tuple[list[Process], str | None]:

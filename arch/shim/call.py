@@ -20,6 +20,7 @@ from arch.shim.passthrough import pass_through, resolve_runc, run_runc
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from arch.checkpoint.image.signing import Trust
     from arch.container.bundle import Bundle
     from arch.container.identity import ImageLocation
     from arch.runc.parser import RuncCommand
@@ -179,6 +180,17 @@ def image_key(config: HostConfig) -> bytes | None:
     from arch.checkpoint.image.signing import load_key
 
     return None if config.image_key_file is None else load_key(config.image_key_file)
+
+
+def image_trust(config: HostConfig, location: ImageLocation) -> Trust:
+    """The signatures a restore of the image at `location` accepts (ImageKeyError when a key
+    file cannot be used): the signing key's and image_verify_key_files', bound to the image's
+    namespace and checkpoint id (a pool member's: the pool)."""
+    from arch.checkpoint.image.signing import Trust, load_key
+
+    keys = tuple(load_key(key_file) for key_file in config.verify_key_files)
+    unsigned = config.unsigned_images == "allow"
+    return Trust(keys, unsigned, location.namespace, location.checkpoint_id)
 
 
 def skip_once(call: Call, flag: str) -> int:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from arch.container.exit_watch import new_instance
 from arch.container.state import SKIP_START, ContainerState, StateError
 from arch.shim import notice_rules
-from arch.shim.call import Call, image_key, opted_in_bundle, skip_once
+from arch.shim.call import Call, image_trust, opted_in_bundle, skip_once
 from arch.shim.sharedfs import with_sharedfs_workdir
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ def _restore_from(
     where = call.where
     runc = call.runc()
     try:
-        key = image_key(call.config)
+        trust = image_trust(call.config, location)
         with opened_root(location.root) as root_fd:
             recover(root_fd, location.relative)
             for leftover in cleanup_leftovers_of(root_fd, location.relative):
@@ -190,8 +190,9 @@ def _restore_from(
                 root_fd,
                 location.relative,
                 binary_facts.version(runc.criu, call.config.binary_facts_dir),
+                namespace=location.namespace,
                 checkpoint_id=location.checkpoint_id,
-                key=key,
+                trust=trust,
             )
     except ImageMissing:
         logger.info("create %s: no image at %s, starting fresh", where, location.image_dir)

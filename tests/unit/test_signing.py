@@ -11,7 +11,7 @@ import pytest
 
 from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.metadata import METADATA_FILE, ROOTFS_TAR, SIGNATURE_FILE
-from arch.checkpoint.image.signing import ImageKeyError, load_key, signature
+from arch.checkpoint.image.signing import ImageKeyError, Trust, load_key, signature
 from arch.checkpoint.image.validation import validate, verify_criu_files, verify_tar_checksum
 from tests.unit.test_image import begin, fill_staging
 
@@ -72,6 +72,12 @@ def test_a_symlinked_missing_or_short_key_file_is_refused(tmp_path: Path) -> Non
 # --- signing and verification ----------------------------------------------------------------
 
 
+def trust(*keys: bytes, unsigned: bool = False, namespace: str = "default",
+          checkpoint_id: str = "job-1") -> Trust:  # fmt: skip
+    """What a restore of default/job-1 (fill_staging's image) accepts."""
+    return Trust(keys, unsigned, namespace, checkpoint_id)
+
+
 def publish_signed(image_dir: Path, key: bytes | None = KEY) -> None:
     with begin(image_dir) as staging:
         metadata = fill_staging(staging)
@@ -88,20 +94,61 @@ def image_dir(tmp_path: Path) -> Path:
 def test_a_signed_image_records_every_digest_and_verifies(image_dir: Path) -> None:
     publish_signed(image_dir)
     metadata_bytes = (image_dir / METADATA_FILE).read_bytes()
-    assert (image_dir / SIGNATURE_FILE).read_bytes() == signature(KEY, metadata_bytes)
+    assert (image_dir / SIGNATURE_FILE).read_bytes() == signature(
+        KEY, metadata_bytes, "default", "job-1"
+    )
+    assert (image_dir / SIGNATURE_FILE).read_bytes().startswith(b"hmac-sha256-v2:")
     listed = json.loads(metadata_bytes)["process"]["criu_files"]
     for entry in listed:
         content = (image_dir / entry["name"]).read_bytes()
         assert entry["sha256"] == hashlib.sha256(content).hexdigest()
-    valid = validate(str(image_dir), key=KEY)
+    valid = validate(str(image_dir), trust=trust(KEY))
     verify_criu_files(valid)
     verify_tar_checksum(valid)
     assert oct(os.stat(image_dir / SIGNATURE_FILE).st_mode & 0o777) == "0o600"
 
 
-def test_a_signed_image_still_restores_where_no_key_is_set(image_dir: Path) -> None:
+def test_a_signed_image_restores_unchecked_where_signing_is_off_and_unsigned_allowed(
+    image_dir: Path,
+) -> None:
     publish_signed(image_dir)
-    verify_criu_files(validate(str(image_dir)))
+    verify_criu_files(validate(str(image_dir), trust=trust(unsigned=True)))
+
+
+def test_a_signed_image_is_refused_where_no_key_can_verify_it_and_unsigned_are_refused(
+    image_dir: Path,
+) -> None:
+    publish_signed(image_dir)
+    with pytest.raises(InvalidImage, match="this host has no key to verify it"):
+        validate(str(image_dir), trust=trust())
+
+
+def test_rotation_accepts_any_listed_key(image_dir: Path) -> None:
+    publish_signed(image_dir, key=OTHER_KEY)
+    validate(str(image_dir), trust=trust(KEY, OTHER_KEY))
+    with pytest.raises(InvalidImage, match="does not verify with this host's key as an image"):
+        validate(str(image_dir), trust=trust(KEY))
+
+
+@pytest.mark.parametrize(("namespace", "checkpoint_id"), [("other", "job-1"), ("default", "job-2")])
+def test_an_image_moved_to_another_namespace_or_id_does_not_verify(
+    image_dir: Path, namespace: str, checkpoint_id: str
+) -> None:
+    publish_signed(image_dir)
+    with pytest.raises(InvalidImage, match=f"as an image of {namespace}/{checkpoint_id}"):
+        validate(str(image_dir), trust=trust(KEY, namespace=namespace, checkpoint_id=checkpoint_id))
+
+
+def test_a_signature_of_the_old_format_is_refused(image_dir: Path) -> None:
+    """hmac-sha256: over metadata.json alone: not bound to a place, so not accepted."""
+    import hmac
+
+    publish_signed(image_dir)
+    data = (image_dir / METADATA_FILE).read_bytes()
+    old = b"hmac-sha256:" + hmac.new(KEY, data, hashlib.sha256).hexdigest().encode() + b"\n"
+    (image_dir / SIGNATURE_FILE).write_bytes(old)
+    with pytest.raises(InvalidImage, match="signature does not verify"):
+        validate(str(image_dir), trust=trust(KEY))
 
 
 def test_a_tar_changed_with_recomputed_checksums_is_refused(image_dir: Path) -> None:
@@ -112,35 +159,37 @@ def test_a_tar_changed_with_recomputed_checksums_is_refused(image_dir: Path) -> 
     document["filesystem"].update(sha256=hashlib.sha256(tampered).hexdigest(), size=len(tampered))
     (image_dir / METADATA_FILE).write_text(json.dumps(document))
     with pytest.raises(InvalidImage, match="signature does not verify"):
-        validate(str(image_dir), key=KEY)
+        validate(str(image_dir), trust=trust(KEY))
+    with pytest.raises(InvalidImage, match="signature does not verify"):
+        validate(str(image_dir), trust=trust(KEY, unsigned=True))  # a bad signature is no excuse
 
 
-def test_an_unsigned_image_is_refused_when_a_key_is_set(image_dir: Path) -> None:
+def test_an_unsigned_image_is_refused_unless_unsigned_images_are_allowed(image_dir: Path) -> None:
     publish_signed(image_dir, key=None)
     with pytest.raises(InvalidImage, match="not signed"):
-        validate(str(image_dir), key=KEY)
-    validate(str(image_dir))  # without a key: as before
+        validate(str(image_dir), trust=trust(KEY))
+    validate(str(image_dir), trust=trust(KEY, unsigned=True))
 
 
 def test_an_image_signed_with_another_key_is_refused(image_dir: Path) -> None:
     publish_signed(image_dir, key=OTHER_KEY)
     with pytest.raises(InvalidImage, match="signature does not verify"):
-        validate(str(image_dir), key=KEY)
+        validate(str(image_dir), trust=trust(KEY))
 
 
 def test_a_signed_metadata_without_file_digests_is_refused(image_dir: Path) -> None:
     publish_signed(image_dir, key=None)
     data = (image_dir / METADATA_FILE).read_bytes()
-    (image_dir / SIGNATURE_FILE).write_bytes(signature(KEY, data))
+    (image_dir / SIGNATURE_FILE).write_bytes(signature(KEY, data, "default", "job-1"))
     with pytest.raises(InvalidImage, match="records no sha256 for"):
-        validate(str(image_dir), key=KEY)
+        validate(str(image_dir), trust=trust(KEY))
 
 
 def test_a_changed_criu_file_is_refused_before_use(image_dir: Path) -> None:
     publish_signed(image_dir)
     pages = image_dir / "pages-1.img"
     pages.write_bytes(b"\x90" * pages.stat().st_size)  # same size: validation cannot tell
-    valid = validate(str(image_dir), key=KEY)
+    valid = validate(str(image_dir), trust=trust(KEY))
     verify_criu_files(valid, ["inventory.img"])  # only the files asked for are read
     with pytest.raises(InvalidImage, match=r"pages-1\.img: contents differ"):
         verify_criu_files(valid)

@@ -1,16 +1,25 @@
-"""Signed images: an HMAC-SHA256 over metadata.json, which lists a sha256 of every image file.
+"""Signed images: an HMAC-SHA256 over the image's place and metadata.json, which lists a sha256
+of every image file.
 
-With `image_key_file` set in arch.toml, publication records the sha256 of every CRIU file (the
-tar's is recorded anyway) in metadata.json and writes SIGNATURE_FILE beside it:
-`hmac-sha256:<64 lowercase hex digits>\\n`, the MAC of metadata.json's exact bytes under the key.
+Publication records the sha256 of every CRIU file (the tar's is recorded anyway) in
+metadata.json and, with a key (arch.toml's image_key_file, on by default), writes SIGNATURE_FILE
+beside it: `hmac-sha256-v2:<64 lowercase hex digits>\\n`, the MAC under the key of
+
+    "arch-image-v2" NUL <namespace> NUL <checkpoint id or pool> NUL <metadata.json's bytes>
+
+Binding the place means an image moved to another namespace, id or pool does not verify there.
 Signing the bytes as stored needs no canonical JSON encoding, and a restore verifies the MAC over
 the very bytes it then parses, before it uses anything in the image. Each file is then checked
 against its digest before it is read: the tar while it is applied, the CRIU files before runc
-restore (and `criu cpuinfo check`) read them.
+restore, `criu cpuinfo check` and the credentials check read them.
 
-The key file holds the fleet's secret: a regular file owned by root, no access for group or
-others (0600 or 0400), at least MIN_KEY_BYTES bytes once surrounding whitespace is stripped
-(`openssl rand -hex 32` makes one). Its contents never appear in errors or logs.
+A restore accepts a signature by any of its keys (`Trust`: the signing key and
+image_verify_key_files, for rotation); an image without one restores only with
+unsigned_images = "allow".
+
+A key file holds a secret: a regular file owned by root, no access for group or others (0600 or
+0400), at least MIN_KEY_BYTES bytes once surrounding whitespace is stripped (`openssl rand -hex
+32` makes one). Its contents never appear in errors or logs.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import hashlib
 import hmac
 import os
 import stat
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from arch.checkpoint.image.errors import InvalidImage
@@ -27,7 +37,8 @@ from arch.checkpoint.image.errors import InvalidImage
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-SIGNATURE_PREFIX = b"hmac-sha256:"
+SIGNATURE_PREFIX = b"hmac-sha256-v2:"
+SIGNED_CONTEXT = b"arch-image-v2"
 SIGNATURE_MAX_BYTES = 256
 MIN_KEY_BYTES = 32
 KEY_MAX_BYTES = 4096
@@ -72,18 +83,47 @@ def load_key(path: str) -> bytes:
     return key
 
 
-def signature(key: bytes, metadata: bytes) -> bytes:
-    """The contents of SIGNATURE_FILE for these metadata.json bytes."""
-    mac = hmac.new(key, metadata, hashlib.sha256).hexdigest()
+def signature(key: bytes, metadata: bytes, namespace: str, checkpoint_id: str) -> bytes:
+    """The contents of SIGNATURE_FILE for these metadata.json bytes of the image of
+    `namespace`/`checkpoint_id` (a pool member's: the pool's name)."""
+    signed = b"\0".join(
+        (SIGNED_CONTEXT, namespace.encode("utf-8"), checkpoint_id.encode("utf-8"), metadata)
+    )
+    mac = hmac.new(key, signed, hashlib.sha256).hexdigest()
     return SIGNATURE_PREFIX + mac.encode("ascii") + b"\n"
 
 
-def check_signature(key: bytes, metadata: bytes, stored: bytes | None) -> None:
-    """InvalidImage unless `stored` (None: no signature file) signs `metadata` under `key`."""
-    if stored is None:
-        raise InvalidImage("the image is not signed, and this host requires signed images")
-    if not hmac.compare_digest(stored.strip(), signature(key, metadata).strip()):
-        raise InvalidImage("the image's signature does not verify with this host's key")
+@dataclass(frozen=True)
+class Trust:
+    """What a restore of the image at `namespace`/`checkpoint_id` accepts: a signature by one of
+    `keys` (the signing key first, then the rotation keys), and with `unsigned` also none."""
+
+    keys: tuple[bytes, ...]
+    unsigned: bool
+    namespace: str
+    checkpoint_id: str
+
+    def check(self, metadata: bytes, stored: bytes | None) -> bool:
+        """True when `stored` (None: no signature file) signs `metadata` here; False for an
+        unsigned image this host accepts; InvalidImage otherwise."""
+        if stored is None or not self.keys:
+            if self.unsigned:
+                return False
+            if stored is None:
+                raise InvalidImage("the image is not signed, and this host requires signed images")
+            raise InvalidImage(
+                'the image is signed, but this host has no key to verify it (image_key_file = "")'
+                " and refuses unsigned images"
+            )
+        expected = (signature(k, metadata, self.namespace, self.checkpoint_id) for k in self.keys)
+        if not any(hmac.compare_digest(stored.strip(), e.strip()) for e in expected):
+            keys = "key" if len(self.keys) == 1 else f"{len(self.keys)} keys"
+            raise InvalidImage(
+                f"the image's signature does not verify with this host's {keys} as an image of "
+                f"{self.namespace}/{self.checkpoint_id} (another key, changed contents, or "
+                "moved from elsewhere)"
+            )
+        return True
 
 
 def file_sha256(dir_fd: int, name: str) -> str:

@@ -70,17 +70,17 @@ def validate(
     *,
     namespace: str | None = None,
     checkpoint_id: str | None = None,
-    key: bytes | None = None,
+    trust: signing.Trust | None = None,
 ) -> ValidImage:
     """Check that the image at `image_dir` is complete and usable; raise InvalidImage if not.
 
     `criu_version` is the restoring host's CRIU version: an image dumped by a newer CRIU major
-    is refused. `namespace`/`checkpoint_id`, when given, must match the metadata. With a `key`
-    the image must be signed with it. File digests are not computed here (see
-    verify_tar_checksum and verify_criu_files).
+    is refused. `namespace`/`checkpoint_id`, when given, must match the metadata. With a
+    `trust`, its signature must be one the trust accepts. File digests are not computed here
+    (see verify_tar_checksum and verify_criu_files).
     """
     with open_image_dir(image_dir) as dir_fd:
-        metadata = validate_contents(dir_fd, key)
+        metadata = validate_contents(dir_fd, trust)
     _check_usable(metadata, criu_version, namespace, checkpoint_id)
     return ValidImage(image_dir, metadata)
 
@@ -92,7 +92,7 @@ def validate_beneath(
     *,
     namespace: str | None = None,
     checkpoint_id: str | None = None,
-    key: bytes | None = None,
+    trust: signing.Trust | None = None,
 ) -> ValidImage:
     """`validate` for the image `relative` beneath `root_fd`, resolved following no symlink
     (NotBeneath, an OSError, otherwise). The result holds the directory's descriptor."""
@@ -103,7 +103,7 @@ def validate_beneath(
     except NotADirectoryError as error:
         raise InvalidImage(f"{relative} is not a directory") from error
     try:
-        metadata = validate_contents(dir_fd, key)
+        metadata = validate_contents(dir_fd, trust)
         _check_usable(metadata, criu_version, namespace, checkpoint_id)
     except BaseException:
         os.close(dir_fd)
@@ -150,23 +150,25 @@ def verify_tar_checksum(image: ValidImage) -> None:
         )
 
 
-def validate_contents(dir_fd: int, key: bytes | None = None) -> ImageMetadata:
+def validate_contents(dir_fd: int, trust: signing.Trust | None = None) -> ImageMetadata:
     """Everything `validate` checks about the files, against the metadata on disk.
 
-    With a `key`, the signature is verified over the metadata's bytes before they are parsed,
-    and every file must have a recorded sha256 (arch.checkpoint.image.signing).
+    With a `trust`, the signature is verified over the metadata's bytes before they are parsed,
+    and a signed image must have a recorded sha256 for every file
+    (arch.checkpoint.image.signing). Without one, signatures are not looked at.
     """
     entries = regular_entries(dir_fd)
     if METADATA_FILE not in entries:
         raise InvalidImage(f"{METADATA_FILE} is missing (incomplete image)")
     data = _read_small(dir_fd, METADATA_FILE, METADATA_MAX_BYTES)
-    if key is not None:
+    signed = False
+    if trust is not None:
         stored = None
         if SIGNATURE_FILE in entries:
             stored = _read_small(dir_fd, SIGNATURE_FILE, signing.SIGNATURE_MAX_BYTES)
-        signing.check_signature(key, data, stored)
+        signed = trust.check(data, stored)
     metadata = ImageMetadata.from_json(data)
-    if key is not None:
+    if signed:
         unsigned = [f.name for f in metadata.criu_files if f.sha256 is None]
         if unsigned:
             raise InvalidImage(f"{METADATA_FILE} records no sha256 for {', '.join(unsigned)}")

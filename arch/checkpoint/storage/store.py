@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.metadata import METADATA_FILE, ROOTFS_TAR, SIGNATURE_FILE, CriuFile
-from arch.checkpoint.image.signing import file_sha256, signature
+from arch.checkpoint.image.signing import Trust, file_sha256, signature
 from arch.checkpoint.image.validation import (
     OPEN_DIR,
     read_metadata_at,
@@ -173,10 +173,13 @@ class ImageStaging:
         _seal_files(dir_fd, lambda name: name not in self._sealed)
         document = metadata.to_json()
         _write_file(dir_fd, METADATA_FILE, document)
+        trust = None
         if key is not None:
-            _write_file(dir_fd, SIGNATURE_FILE, signature(key, document))
+            place = (metadata.namespace, metadata.checkpoint_id)
+            _write_file(dir_fd, SIGNATURE_FILE, signature(key, document, *place))
+            trust = Trust((key,), False, *place)
         os.fsync(dir_fd)
-        validate_contents(dir_fd, key)
+        validate_contents(dir_fd, trust)
         parent, final_name = _split(self.relative)
         parent_fd = open_beneath(self._root_fd, parent)
         try:
