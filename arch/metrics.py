@@ -45,6 +45,7 @@ REASONS = (
     "invalid_image",  # the image failed validation
     "host_mismatch",  # CPU features, mounts or versions this host lacks
     "job_mismatch",  # the image was taken from another job (arch.checkpoint.image.job_identity)
+    "credentials",  # its processes would hold more than config.json grants (image.credentials)
     "timeout",  # cut off by checkpoint_timeout / restore_timeout (runc and CRIU stopped)
     "other",
 )

@@ -22,7 +22,7 @@ from arch.checkpoint.criu_config import RESTORE_LOG, CriuConfig, CriuConfigError
 from arch.checkpoint.criu_log import log_tail
 from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.fingerprint import rootfs_fingerprint
-from arch.checkpoint.image.validation import ValidImage, verify_criu_files
+from arch.checkpoint.image.validation import ValidImage, image_dir_of, verify_criu_files
 from arch.checkpoint.layer.common import LayerError
 from arch.checkpoint.storage.lease import Lease
 from arch.checkpoint.storage.sweep import RESTORE_WORK_PREFIX
@@ -125,9 +125,12 @@ class RestoreJob:
         if problems:
             raise RestoreRefused("; ".join(problems), "host_mismatch")
         self.criu_config = self._same_criu_config()
-        # Files with a recorded sha256 are checked before they are read: cpuinfo.img now, the
-        # other CRIU files while the filesystem changes apply.
-        self._verify_criu_files((CPUINFO_IMAGE,))
+        # Files with a recorded sha256 are checked before they are read: cpuinfo.img and the
+        # process images the credentials check reads now, the others while the filesystem
+        # changes apply.
+        checked_first = [CPUINFO_IMAGE, *self._credential_files()]
+        self._verify_criu_files(checked_first)
+        self._check_credentials()
         # Runs while the files apply.
         cpu_check = CpuCheck.start(self.image, self.runc.criu, self.operation.helper_started,
                                    self.binary_facts_dir)
@@ -135,7 +138,7 @@ class RestoreJob:
         work_dir = tempfile.mkdtemp(prefix=RESTORE_WORK_PREFIX, dir=self.scratch_dir)
         self.operation.begin(bundle=self.bundle.path, work_dir=work_dir)
         lease = Lease(work_dir).start()  # the sweep removes work dirs of dead restores only
-        others = [f.name for f in self.image.metadata.criu_files if f.name != CPUINFO_IMAGE]
+        others = [f.name for f in self.image.metadata.criu_files if f.name not in checked_first]
         try:
             with ThreadPoolExecutor(max_workers=1) as background:
                 digests = background.submit(self._verify_criu_files, others)
@@ -196,6 +199,28 @@ class RestoreJob:
                 "host_mismatch",
             )
         return now
+
+    def _credential_files(self) -> list[str]:
+        from arch.checkpoint.image.credentials import CREDENTIAL_FILES
+
+        return [f.name for f in self.image.metadata.criu_files if CREDENTIAL_FILES.match(f.name)]
+
+    def _check_credentials(self) -> None:
+        """RestoreRefused when a restored thread would hold more than config.json grants
+        (arch.checkpoint.image.credentials), or its credentials cannot be read."""
+        from arch.checkpoint.image.credentials import CredentialsError, check_image, own_lsm_label
+        from arch.checkpoint.image.criu_images import CriuImageError
+
+        names = [f.name for f in self.image.metadata.criu_files]
+        try:
+            with image_dir_of(self.image) as dir_fd:
+                check_image(dir_fd, self.bundle.spec, names, own_lsm_label())
+        except CredentialsError as error:
+            raise RestoreRefused(str(error), "credentials") from error
+        except (CriuImageError, OSError) as error:
+            raise RestoreRefused(
+                f"the image's process credentials cannot be read: {error}", "invalid_image"
+            ) from error
 
     def _verify_criu_files(self, names: Collection[str]) -> None:
         try:

@@ -89,6 +89,7 @@ def job(
     monkeypatch.setattr(filesystem, "apply_layer", lambda *args, **kwargs: journal)
     monkeypatch.setattr(restore_job, "job_differences", lambda *args: [])  # the same job
     monkeypatch.setattr(RestoreJob, "_verify_criu_files", lambda self, names: None)
+    monkeypatch.setattr(RestoreJob, "_check_credentials", lambda self: None)  # no real image
     metadata = ImageMetadata.new(
         namespace="default", container_id="c1", checkpoint_id="c1", runc_version="1",
         criu_version="4.2", filesystem=FilesystemInfo.overlay("0" * 64, 10), criu_files=(),

@@ -28,6 +28,7 @@ for them, or nothing does (see the README's Security section).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,8 @@ CAPABILITY_NUMBERS = {name: number for number, name in enumerate(CAPABILITY_NAME
 CAP_SETGID, CAP_SETUID, CAP_SETPCAP = (CAPABILITY_NUMBERS[name] for name in
                                        ("CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP"))  # fmt: skip
 APPARMOR_IMAGE = "apparmor.img"
+# The image files check_image reads.
+CREDENTIAL_FILES = re.compile(r"(pstree|seccomp|core-[0-9]+)\.img\Z")
 MAX_PROBLEMS = 8  # per image, in the refusal's message
 
 
