@@ -55,7 +55,7 @@ def test_inspect_verdicts_sizes_and_process_tree(
     assert report["restorable"] is True and report["reasons"] == [], report["checks"]
     statuses = {check["name"]: check["status"] for check in report["checks"]}
     assert statuses == {"image": "ok", "criu": "ok", "checksum": "ok", "cpu": "ok",
-                        "signature": "skipped"}  # fmt: skip
+                        "signature": "ok"}  # fmt: skip
     assert report["metadata"]["checkpoint_id"] == "job-1"
     assert report["metadata"]["container_id"] == "job"
     sizes = report["sizes"]

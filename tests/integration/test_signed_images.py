@@ -70,7 +70,7 @@ def test_a_signed_image_restores_on_the_other_node_and_back(
     image_dir = shared_checkpoints / cr.NAMESPACE / "signed"
     run_job(a, workload_image, "signed-first", "signed")
     checkpoint_job(a, "signed-first", real_runc_binary)
-    assert (image_dir / "metadata.sig").read_text().startswith("hmac-sha256:")
+    assert (image_dir / "metadata.sig").read_text().startswith("hmac-sha256-v2:")
     listed = json.loads((image_dir / "metadata.json").read_text())["process"]["criu_files"]
     assert listed and all(len(entry["sha256"]) == 64 for entry in listed)
 
