@@ -18,9 +18,18 @@ from pathlib import Path
 
 import pytest
 from harness import checkpointing as cr
+from harness.arch_host import allow_unsigned
 from harness.containerd import ContainerdNode
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
+
+
+@pytest.fixture
+def node(node: ContainerdNode) -> ContainerdNode:
+    """Unsigned images allowed: a changed image must meet validation and CRIU, not the signature."""
+    allow_unsigned(node.arch.config_file)
+    return node
+
 
 NodeFactory = Callable[..., ContainerdNode]
 ARCH_ENV = {"ARCH_ENABLE": "1"}
@@ -46,11 +55,20 @@ def truncate_criu_file(image_dir: Path) -> Reasons:
 
 
 def garble_criu_file(image_dir: Path) -> Reasons:
-    """Same size, wrong content: only CRIU itself can notice, after the filesystem changes were
+    """Same size, wrong content in a file ARCH does not read itself (the credentials check
+    reads pstree.img and core-*.img): only CRIU can notice, after the filesystem changes were
     applied (so this exercises their rollback). The log carries restore.log's verdict."""
+    inventory = image_dir / "inventory.img"
+    inventory.write_bytes(b"\xff" * inventory.stat().st_size)
+    return ("restore refused, starting fresh: runc restore exited", "restore.log", "inventory.img")
+
+
+def garble_process_image(image_dir: Path) -> Reasons:
+    """pstree.img, which the credentials check decodes before anything is applied."""
     pstree = image_dir / "pstree.img"
     pstree.write_bytes(b"\xff" * pstree.stat().st_size)
-    return ("restore refused, starting fresh: runc restore exited", "restore.log", "pstree.img")
+    return ("restore refused, starting fresh: the image's process credentials cannot be read: "
+            "pstree.img: not this kind of CRIU image",)  # fmt: skip
 
 
 def flip_tar_byte(image_dir: Path) -> Reasons:
@@ -77,6 +95,7 @@ def future_format_version(image_dir: Path) -> Reasons:
 CORRUPTIONS: dict[str, Callable[[Path], Reasons]] = {
     "truncated-criu-file": truncate_criu_file,
     "garbled-criu-file": garble_criu_file,
+    "garbled-process-image": garble_process_image,
     "bad-tar-checksum": flip_tar_byte,
     "missing-metadata": remove_metadata,
     "wrong-format-version": future_format_version,

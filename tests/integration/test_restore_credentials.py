@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 from harness import checkpointing as cr
 from harness import criu_protos
-from harness.arch_host import set_config_value
+from harness.arch_host import allow_unsigned
 from harness.containerd import ContainerdNode
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
@@ -34,8 +34,7 @@ def messages(tmp_path_factory: pytest.TempPathFactory) -> criu_protos.CriuMessag
 
 @pytest.fixture
 def unsigned_node(node: ContainerdNode) -> ContainerdNode:
-    set_config_value(node.arch.config_file, "image_key_file", '""')
-    set_config_value(node.arch.config_file, "unsigned_images", '"allow"')
+    allow_unsigned(node.arch.config_file)
     return node
 
 

@@ -145,6 +145,13 @@ def set_config_value(config_file: Path, key: str, toml_value: str) -> None:
     config_file.write_text(text)
 
 
+def allow_unsigned(config_file: Path) -> None:
+    """Signing off and unsigned images restored: for tests of what a writer of the storage
+    without a key meets beyond the signature (archive policy, credentials, corrupt images)."""
+    set_config_value(config_file, "image_key_file", '""')
+    set_config_value(config_file, "unsigned_images", '"allow"')
+
+
 def _appliance_criu() -> str | None:
     """The CRIU the installed appliance uses (one that works on this kernel), if configured."""
     from arch.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
