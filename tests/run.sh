@@ -45,7 +45,8 @@ is_root() { [ "$(id -u)" -eq 0 ]; }
 
 # Test-only OS packages: a static busybox for the test containers' images; for the delivery
 # tests (tests/integration/delivery) packer, shellcheck, OpenSSH's server and client, and what
-# the first-boot test boots its Debian root with (debootstrap, systemd-nspawn, ip).
+# the first-boot test boots its Debian root with (debootstrap, systemd-nspawn, ip); protoc and
+# protobuf's own .proto files for the tests that edit CRIU images.
 install_test_packages() {
     is_root || return 0
     if ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
@@ -58,11 +59,13 @@ install_test_packages() {
     local missing=() command package
     for command in packer:packer shellcheck:shellcheck /usr/sbin/sshd:openssh-server \
         ssh-keygen:openssh-client debootstrap:debootstrap systemd-nspawn:systemd-container \
-        ip:iproute2; do
+        ip:iproute2 protoc:protobuf-compiler; do
         package=${command##*:}
         command=${command%:*}
         command -v "$command" >/dev/null 2>&1 || missing+=("$package")
     done
+    # CRIU's core.proto imports protobuf's descriptor.proto (tests/integration/harness/criu_protos.py).
+    [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
     if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
         # A policy-rc.d that denies service starts: installing openssh-server must not start a
         # system sshd (the tests start their own). An existing policy-rc.d is left as it is.
