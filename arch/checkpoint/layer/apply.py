@@ -96,7 +96,7 @@ def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size:
         root_fd = os.open(rootfs, DIR_OPEN_FLAGS)
         try:
             if policy is not None:
-                policy.check(members, root_fd)
+                policy.check(members, root_fd, archive_fd)
             target = _Target.prepare(rootfs, root_fd, overlay, members)
             journal = Journal(root_fd, target.sources)
             # The digest is checked while the members are applied (hashing runs without the
