@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -127,3 +128,35 @@ def test_fd_path_names_the_directory_after_it_moved(root: Path, tmp_path: Path) 
         assert inode(fd_path(fd)) == inode(tmp_path / "moved" / "b")
     finally:
         os.close(fd)
+
+
+def test_remove_tree_at_removes_any_depth_and_never_follows_a_symlink(tmp_path: Path) -> None:
+    """A chain deeper than Python's recursion limit and than the descriptors it may hold goes;
+    a symlink inside is removed, not followed."""
+    from arch.checkpoint.storage.beneath import REMOVAL_OPEN_DIRS, remove_tree_at
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    tree = tmp_path / "parent" / "doomed"
+    tree.mkdir(parents=True)
+    fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    depth = 1500
+    assert depth > sys.getrecursionlimit() and depth > REMOVAL_OPEN_DIRS
+    for level in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        if level % 100 == 0:
+            os.symlink(str(outside), "link", dir_fd=fd)
+            os.mkfifo("fifo", dir_fd=fd)
+        next_fd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = next_fd
+    os.close(fd)
+    parent_fd = os.open(tmp_path / "parent", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        remove_tree_at(parent_fd, "doomed")
+        remove_tree_at(parent_fd, "absent")  # nothing to do
+    finally:
+        os.close(parent_fd)
+    assert os.listdir(tmp_path / "parent") == []
+    assert (outside / "keep").read_text() == "keep"

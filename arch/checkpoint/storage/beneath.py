@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ RESOLVE_BENEATH = 0x08
 SYS_OPENAT2 = 437
 # openat2 with RESOLVE_BENEATH fails with EAGAIN when a rename raced the lookup.
 OPENAT2_ATTEMPTS = 8
+# Directory descriptors remove_tree_at holds at most (a deeper tree is flattened as it goes).
+REMOVAL_OPEN_DIRS = 64
 
 _openat2_function: Callable[[int, bytes, int, int, int], int] | None = None
 _openat2_missing = False
@@ -121,6 +124,92 @@ def make_dirs_beneath(root_fd: int, relative: str, mode: int) -> int:
     return fd
 
 
+def remove_tree_at(parent_fd: int, name: str) -> None:
+    """Remove `name` in the directory (a file, a symlink, or a directory with everything in
+    it), never following a symlink; nothing when it is absent.
+
+    Iterative, so a tree of any depth goes (a recursive removal of a planted chain of nested
+    directories ends in RecursionError): at most REMOVAL_OPEN_DIRS descriptors are held, and a
+    directory met deeper than that is first moved up into the top directory being removed
+    (a rename within the tree), never reached through `..`.
+    """
+    try:
+        info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=parent_fd)
+        return
+    try:
+        top_fd = os.open(name, DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return
+    try:
+        _empty_tree(top_fd)
+    finally:
+        os.close(top_fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(name, dir_fd=parent_fd)
+
+
+def _empty_tree(top_fd: int) -> None:
+    """Remove everything in the directory `top_fd` (see remove_tree_at)."""
+    # Each frame: (descriptor, its name in the frame below, subdirectories still to empty).
+    frames: list[tuple[int, str, list[str]]] = [(top_fd, "", _unlink_files(top_fd))]
+    try:
+        while frames:
+            fd, name, pending = frames[-1]
+            if pending:
+                child = pending.pop()
+                if len(frames) >= REMOVAL_OPEN_DIRS:
+                    moved = f".arch-removing-{os.urandom(6).hex()}"
+                    os.rename(child, moved, src_dir_fd=fd, dst_dir_fd=top_fd)
+                    frames[0][2].append(moved)
+                    continue
+                try:
+                    child_fd = os.open(child, DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as error:
+                    if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    with contextlib.suppress(FileNotFoundError):  # replaced meanwhile
+                        os.unlink(child, dir_fd=fd)
+                    continue
+                frames.append((child_fd, child, _unlink_files(child_fd)))
+                continue
+            left = _unlink_files(fd)  # written meanwhile?
+            if left:
+                pending.extend(left)
+                continue
+            frames.pop()
+            if not frames:
+                return
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(name, dir_fd=frames[-1][0])
+    finally:
+        for fd, _, _ in frames[1:]:
+            os.close(fd)
+
+
+def _unlink_files(dir_fd: int) -> list[str]:
+    """Unlink every entry of the directory that is not a directory; the subdirectories."""
+    directories = []
+    for name in os.listdir(dir_fd):
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            directories.append(name)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+    return directories
+
+
 def fd_path(fd: int) -> str:
     """A path naming what `fd` refers to, usable by this process and its children."""
     return f"/proc/{os.getpid()}/fd/{fd}"
@@ -161,8 +250,6 @@ def _open_component(dir_fd: int, name: str, relative: str, flags: int, mode: int
 
 
 def _is_symlink(dir_fd: int, name: str) -> bool:
-    import stat
-
     try:
         return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except OSError:

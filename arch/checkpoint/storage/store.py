@@ -41,6 +41,7 @@ from arch.checkpoint.storage.beneath import (
     fd_path,
     make_dirs_beneath,
     open_beneath,
+    remove_tree_at,
     same_file,
 )
 from arch.checkpoint.storage.lease import LEASE_FILE, Lease, is_held, lease_of
@@ -302,11 +303,17 @@ def identity(root_fd: int, relative: str) -> str | None:
 def _identity_of(dir_fd: int, sha256: Any) -> str:
     info = os.fstat(dir_fd)
     try:
-        fd = os.open(METADATA_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        # Never blocking on a FIFO planted under the name (O_NONBLOCK), never a symlink.
+        fd = os.open(METADATA_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dir_fd)  # fmt: skip
     except OSError:
         return f"inode:{info.st_dev}:{info.st_ino}"
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"inode:{info.st_dev}:{info.st_ino}"
         return "metadata:" + str(sha256(os.read(fd, IDENTITY_READ_BYTES)).hexdigest())
+    except OSError:
+        return f"inode:{info.st_dev}:{info.st_ino}"
     finally:
         os.close(fd)
 
@@ -501,30 +508,7 @@ def _rename_exchange(parent_fd: int, first: str, second: str) -> bool:
 
 def _remove_entry(parent_fd: int, name: str) -> None:
     """Remove a file, symlink or directory tree in the parent, never following symlinks."""
-    try:
-        info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(info.st_mode):
-        _unlink_at(parent_fd, name)
-        return
-    dir_fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
-    try:
-        for entry in os.scandir(dir_fd):
-            _remove_entry(dir_fd, entry.name)
-    finally:
-        os.close(dir_fd)
-    try:
-        os.rmdir(name, dir_fd=parent_fd)
-    except FileNotFoundError:
-        return
-
-
-def _unlink_at(dir_fd: int, name: str) -> None:
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return
+    remove_tree_at(parent_fd, name)
 
 
 def lexists(dir_fd: int, name: str) -> bool:
