@@ -248,9 +248,11 @@ class ImageMetadata:
     @classmethod
     def from_json(cls, data: bytes) -> ImageMetadata:
         """Parse and validate metadata.json; InvalidImage names what is wrong."""
+        from arch.bounded_json import loads
+
         try:
-            document = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
-        except (UnicodeDecodeError, ValueError) as error:
+            document = loads(data)
+        except ValueError as error:  # bounded_json: nesting, numbers, UTF-8, syntax
             raise InvalidImage(f"{METADATA_FILE} is not valid JSON: {error}") from error
         return cls.from_dict(document)
 
@@ -338,10 +340,6 @@ def host_cpu_summary(cpuinfo_path: str = "/proc/cpuinfo") -> CpuInfo | None:
     if model is None and flags is None:
         return None
     return CpuInfo(model or "", flags or ())
-
-
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _required(document: Mapping[str, Any], key: str, where: str) -> object:

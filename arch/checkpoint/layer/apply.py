@@ -84,7 +84,7 @@ def apply_layer(tar_path: str, rootfs: str, expected_sha256: str, expected_size:
     With a `policy`, a member the job could not have created refuses the whole layer
     (ArchiveRefused) before anything is touched.
     """
-    archive_fd = os.open(tar_path, os.O_RDONLY | os.O_CLOEXEC)
+    archive_fd = os.open(tar_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # never a FIFO
     try:
         check_file(archive_fd, tar_path, expected_size)
         try:

@@ -23,6 +23,8 @@ import threading
 import time
 from typing import Any
 
+from arch.bounded_json import read_at
+
 LEASE_FILE = ".arch-lease"
 TTL_SECONDS = 120.0
 REFRESH_SECONDS = 30.0
@@ -107,19 +109,12 @@ def lease_of(parent_fd: int, name: str) -> dict[str, Any] | None:
     except OSError:
         return None
     try:
-        fd = os.open(LEASE_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
+        # Bounded, never through a symlink, never blocking on a FIFO (arch.bounded_json).
+        document = read_at(dir_fd, LEASE_FILE, LEASE_MAX_BYTES)
+    except (OSError, ValueError):
         return None
     finally:
         os.close(dir_fd)
-    try:
-        data = os.read(fd, LEASE_MAX_BYTES)
-    finally:
-        os.close(fd)
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return None
     return document if isinstance(document, dict) else None
 
 
