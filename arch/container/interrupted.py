@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arch.runc.leftover_mounts import (
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from arch.runc.runtime import Runc
 
 OPERATION_FLAG = "operation"
+STAGING_PREFIX = ".staging-"  # arch.checkpoint.storage.store's, not imported on this path
 CHECKPOINT = "checkpoint"
 RESTORE = "restore"
 CHECKPOINT_GRACE_SECONDS = 10.0
@@ -268,8 +270,13 @@ def finish_interrupted(
         unmounted += undone.unmounted
     elif kind == CHECKPOINT and record.get("paused_here"):
         _runc(record, runc_binary, criu).capture(["resume", state.container_id])
-    for key in ("staging", "work_dir"):
-        unmounted += _remove_tree(record.get(key))
+    staging_root, staging_relative = record.get("staging_root"), record.get("staging_relative")
+    legacy = record.get("staging")
+    if staging_root is None and isinstance(legacy, str) and os.path.isabs(legacy):
+        # A record of an older ARCH names only the path: beneath "/", no symlink anywhere.
+        staging_root, staging_relative = "/", os.path.normpath(legacy).lstrip("/")
+    _remove_beneath(staging_root, staging_relative)
+    unmounted += _remove_tree(record.get("work_dir"))
     state.clear(OPERATION_FLAG)
     logger.warning(
         "%s of %s was interrupted (arch-runc pid %s died): cleaned up%s%s",
@@ -375,7 +382,8 @@ def _processes_using(directory: str) -> list[int]:
 
 
 def _remove_tree(path: object) -> list[str]:
-    """Remove a staging or work directory; the mount points left in it that were detached."""
+    """Remove a restore's work directory (under ARCH's own state directory); the mount points
+    left in it that were detached."""
     if not isinstance(path, str) or not os.path.isabs(path):
         return []
     try:
@@ -383,3 +391,25 @@ def _remove_tree(path: object) -> list[str]:
     except MountsLeft as error:
         logger.error("%s not removed: %s", path, error)
         return []
+
+
+def _remove_beneath(root: object, relative: object) -> None:
+    """Remove the checkpoint's staging directory, resolved beneath the root that holds it
+    following no symlink (the storage may be writable by others)."""
+    from arch.checkpoint.storage.beneath import open_beneath, opened_root, remove_tree_at
+
+    if not (isinstance(root, str) and isinstance(relative, str) and relative):
+        return
+    parent, name = posixpath.split(relative)
+    if not name.startswith(STAGING_PREFIX):
+        return  # only ever a staging directory
+    try:
+        with opened_root(root) as root_fd:
+            parent_fd = open_beneath(root_fd, parent)
+        try:
+            remove_tree_at(parent_fd, name)
+        finally:
+            os.close(parent_fd)
+    except (OSError, ValueError) as error:
+        logger.warning("staging directory %s not removed: %s", posixpath.join(root, relative),
+                       error)  # fmt: skip

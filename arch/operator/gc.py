@@ -34,8 +34,12 @@ from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.metadata import ImageMetadata
 from arch.checkpoint.image.validation import read_metadata, validate
 from arch.checkpoint.storage import pool
-from arch.checkpoint.storage.beneath import opened_root
-from arch.checkpoint.storage.readers import readers_of, stale_markers
+from arch.checkpoint.storage.beneath import open_beneath, opened_root
+from arch.checkpoint.storage.readers import (
+    readers_at,
+    readers_of,
+    remove_stale_markers_at,
+)
 from arch.checkpoint.storage.store import (
     LEFTOVER_PREFIXES,
     REMOVING_PREFIX,
@@ -196,9 +200,12 @@ def sweep_leftovers(directories: Iterable[str], dry_run: bool, now: float) -> li
         try:
             with _beneath_slash(directory) as (root_fd, relative):
                 swept = cleanup_stale(root_fd, relative, now=now)
-            markers = stale_markers(directory, now)
-            for marker in markers:
-                os.unlink(marker)
+                parent_fd = open_beneath(root_fd, relative)
+            try:
+                markers = [os.path.join(directory, name)
+                           for name in remove_stale_markers_at(parent_fd, now)]  # fmt: skip
+            finally:
+                os.close(parent_fd)
         except Exception as error:  # the next directory is still swept: reported
             outcomes.append(Outcome(Action(directory, LEFTOVER, REMOVE, ""), False,
                                     _error_text(error)))  # fmt: skip
@@ -381,17 +388,22 @@ def _apply(action: Action) -> bool:
         return claim is not None and _remove(claim.path)
     # Moved aside first, then checked for readers: a restore that starts meanwhile finds no
     # image instead of one being deleted; one that started before puts it back.
-    aside = os.path.join(parent, f"{REMOVING_PREFIX}{name}-{os.urandom(6).hex()}")
+    aside = f"{REMOVING_PREFIX}{name}-{os.urandom(6).hex()}"
+    with opened_root("/") as root_fd:
+        parent_fd = open_beneath(root_fd, parent.lstrip("/"))  # no symlink on the way
     try:
-        os.rename(action.path, aside)
-    except FileNotFoundError:
-        return False
-    restoring = readers_of(action.path)
-    if restoring:
-        os.rename(aside, action.path)
-        hosts = ", ".join(reader.host for reader in restoring)
-        raise GcSkipped(f"being restored on {hosts}: left in place")
-    return _remove(aside)
+        try:
+            os.rename(name, aside, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except FileNotFoundError:
+            return False
+        restoring = readers_at(parent_fd, name)
+        if restoring:
+            os.rename(aside, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            hosts = ", ".join(reader.host for reader in restoring)
+            raise GcSkipped(f"being restored on {hosts}: left in place")
+    finally:
+        os.close(parent_fd)
+    return _remove(os.path.join(parent, aside))
 
 
 def _remove(path: str) -> bool:

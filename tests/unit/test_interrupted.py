@@ -117,6 +117,8 @@ def test_an_interrupted_checkpoint_loses_its_staging_directory_and_its_runc(
             "holder": finished_process(),
             "runc": list(runc_child),
             "staging": str(staging),
+            "staging_root": str(tmp_path),
+            "staging_relative": "images/.staging-c1-0123456789ab",
         },
     )
     monkeypatch.setattr(interrupted, "CHECKPOINT_GRACE_SECONDS", 0.2)
@@ -128,3 +130,30 @@ def test_an_interrupted_checkpoint_loses_its_staging_directory_and_its_runc(
     assert not staging.exists()
     assert not state.has(OPERATION_FLAG)
     assert not in_progress(state)
+
+
+@pytest.mark.parametrize("record_has", ["a symlink on the way", "a path only (older ARCH)",
+                                        "no staging name"])  # fmt: skip
+def test_a_staging_directory_is_removed_only_beneath_its_root(
+    tmp_path: Path, record_has: str
+) -> None:
+    """The storage's writer swapped the namespace directory for a symlink to another
+    directory: nothing there is removed (the path is resolved beneath the root; an older
+    ARCH's record names only the path, resolved beneath "/", where the symlink stops it too)."""
+    victim = tmp_path / "victim" / ".staging-c1-0123456789ab"
+    victim.mkdir(parents=True)
+    (victim / "keep").write_text("other data")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "images").symlink_to(tmp_path / "victim")
+    record: dict[str, object] = {"operation": "checkpoint", "holder": finished_process(),
+                                 "staging": str(tmp_path / "root" / "images" / victim.name)}
+    if record_has == "a symlink on the way":
+        record.update(staging_root=str(tmp_path / "root"),
+                      staging_relative=f"images/{victim.name}")  # fmt: skip
+    elif record_has == "no staging name":
+        (tmp_path / "root" / "data").mkdir()
+        record.update(staging_root=str(tmp_path), staging_relative="root/data")
+    state = state_with(tmp_path, record)
+    assert finish_interrupted(state, "/bin/false", None)
+    assert (victim / "keep").read_text() == "other data"
+    assert (tmp_path / "root" / "data").exists() or record_has != "no staging name"

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 READER_PREFIX = ".reading~"
 SEPARATOR = "~"
 READ_TTL_SECONDS = 1800.0
+PID_DIGITS_MAX = 10
+PID_LIMIT = 2**31  # pid_t: os.kill of a larger number overflows
 
 
 class Reader(NamedTuple):
@@ -64,14 +66,21 @@ def reading(root: str, relative: str) -> Iterator[None]:
 
 
 def readers_of(image_dir: str, now: float | None = None) -> list[Reader]:
-    """The live readers of `image_dir` (see the module's rule)."""
+    """The live readers of `image_dir` (see the module's rule); its parent is opened beneath
+    "/" following no symlink (after resolving the path once, as gc lists it)."""
+    parent, name = os.path.split(os.path.normpath(image_dir))
+    with _opened(parent) as parent_fd:
+        return [] if parent_fd is None else readers_at(parent_fd, name, now)
+
+
+def readers_at(parent_fd: int, image_name: str, now: float | None = None) -> list[Reader]:
+    """The live readers of the image `image_name` in the directory `parent_fd`."""
     from arch.checkpoint.storage.pool import host_label
 
     now = time.time() if now is None else now
     here = host_label()
-    parent, name = os.path.split(os.path.normpath(image_dir))
     live = []
-    for reader in _markers(parent, name, now):
+    for reader in _markers(parent_fd, image_name, now):
         if reader.host == here:
             if _pid_alive(reader.pid):
                 live.append(reader)
@@ -81,33 +90,61 @@ def readers_of(image_dir: str, now: float | None = None) -> list[Reader]:
 
 
 def stale_markers(parent: str, now: float | None = None) -> list[str]:
-    """Paths of markers in `parent` that no longer protect anything."""
+    """Paths of markers in `parent` that no longer protect anything (looked at as in
+    readers_of)."""
+    with _opened(parent) as parent_fd:
+        names = [] if parent_fd is None else stale_markers_at(parent_fd, now)
+    return [os.path.join(parent, name) for name in names]
+
+
+def stale_markers_at(parent_fd: int, now: float | None = None) -> list[str]:
+    """Names of the markers in the directory that no longer protect anything."""
     from arch.checkpoint.storage.pool import host_label
 
     now = time.time() if now is None else now
     here = host_label()
     return [
-        os.path.join(parent, reader.name)
-        for reader in _markers(parent, None, now)
+        reader.name
+        for reader in _markers(parent_fd, None, now)
         if (reader.host == here and not _pid_alive(reader.pid))
         or (reader.host != here and reader.age >= READ_TTL_SECONDS)
     ]
 
 
-def remove_stale_markers(parent: str) -> list[str]:
-    """Remove the markers in `parent` that no longer protect anything (their restore's
-    arch-runc was killed); the paths removed."""
+def remove_stale_markers_at(parent_fd: int, now: float | None = None) -> list[str]:
+    """Remove the markers in the directory that no longer protect anything (their restore's
+    arch-runc was killed), never following a symlink; the names removed. Whatever else has a
+    marker's name there (a directory, a FIFO) goes too: the name is ARCH's."""
+    from arch.checkpoint.storage.beneath import remove_tree_at
+
     removed = []
-    for path in stale_markers(parent):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            removed.append(path)
+    for name in stale_markers_at(parent_fd, now):
+        remove_tree_at(parent_fd, name)
+        removed.append(name)
     return removed
 
 
-def _markers(parent: str, image_name: str | None, now: float) -> list[Reader]:
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[int | None]:
+    """`path` resolved once, then opened beneath "/" following no symlink; None when absent."""
+    from arch.checkpoint.storage.beneath import open_beneath, opened_root
+
+    resolved = os.path.realpath(path).lstrip("/")
     try:
-        names = os.listdir(parent)
+        with opened_root("/") as root_fd:
+            parent_fd = open_beneath(root_fd, resolved)
+    except OSError:
+        yield None
+        return
+    try:
+        yield parent_fd
+    finally:
+        os.close(parent_fd)
+
+
+def _markers(parent_fd: int, image_name: str | None, now: float) -> list[Reader]:
+    try:
+        names = os.listdir(parent_fd)
     except OSError:
         return []
     found = []
@@ -115,12 +152,13 @@ def _markers(parent: str, image_name: str | None, now: float) -> list[Reader]:
         if not name.startswith(READER_PREFIX):
             continue
         parts = name[len(READER_PREFIX) :].split(SEPARATOR)
-        if len(parts) != 4 or not parts[2].isdigit():
+        pid = parts[2] if len(parts) == 4 else ""
+        if not (pid.isascii() and pid.isdigit()) or len(pid) > PID_DIGITS_MAX:
             continue
         if image_name is not None and parts[0] != image_name:
             continue
         try:
-            mtime = os.stat(os.path.join(parent, name), follow_symlinks=False).st_mtime
+            mtime = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mtime
         except FileNotFoundError:
             continue
         found.append(Reader(name, parts[1], int(parts[2]), now - mtime))
@@ -128,6 +166,8 @@ def _markers(parent: str, image_name: str | None, now: float) -> list[Reader]:
 
 
 def _pid_alive(pid: int) -> bool:
+    if not 0 < pid < PID_LIMIT:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -16,9 +16,9 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from arch.checkpoint.storage.beneath import opened_root
+from arch.checkpoint.storage.beneath import open_beneath, opened_root
 from arch.checkpoint.storage.lease import is_held, lease_of
-from arch.checkpoint.storage.readers import remove_stale_markers
+from arch.checkpoint.storage.readers import remove_stale_markers_at
 from arch.checkpoint.storage.store import cleanup_stale
 from arch.runc.leftover_mounts import MountsLeft, remove_tree
 
@@ -38,14 +38,29 @@ def sweep_host(config: HostConfig, runc_binary: str) -> list[str]:
     done += remove_dead_work_dirs(os.path.join(config.state_dir, WORK_DIR))
     for root, parent in sorted(location_dirs(config)):
         try:
-            with opened_root(root) as root_fd:
-                removed = cleanup_stale(root_fd, parent)
-        except OSError as error:
-            logger.warning("clean-up of %s skipped: %s", os.path.join(root, parent), error)
-            continue
-        done += [f"removed {os.path.join(root, parent, action.name)}" for action in removed]
-        done += [f"removed {path}" for path in remove_stale_markers(os.path.join(root, parent))]
+            done += _clean_up(root, parent)
+        except Exception as error:  # whatever the storage holds, the sweep goes on: reported
+            logger.warning("clean-up of %s skipped: %s", os.path.join(root, parent),
+                           error if isinstance(error, OSError)
+                           else f"{type(error).__name__}: {error}")  # fmt: skip
     return done
+
+
+def _clean_up(root: str, parent: str) -> list[str]:
+    """Leftovers and stale reader markers in `parent` beneath `root`, never through a
+    symlink."""
+    with opened_root(root) as root_fd:
+        removed = cleanup_stale(root_fd, parent)
+        done = [f"removed {os.path.join(root, parent, action.name)}" for action in removed]
+        try:
+            parent_fd = open_beneath(root_fd, parent)
+        except FileNotFoundError:
+            return done
+    try:
+        markers = remove_stale_markers_at(parent_fd)
+    finally:
+        os.close(parent_fd)
+    return done + [f"removed {os.path.join(root, parent, name)}" for name in markers]
 
 
 def _finish_interrupted_operations(config: HostConfig, runc_binary: str) -> list[str]:
@@ -54,10 +69,15 @@ def _finish_interrupted_operations(config: HostConfig, runc_binary: str) -> list
 
     done = []
     for namespace, container_id in list_containers(config.state_dir):
-        state = ContainerState(config.state_dir, namespace, container_id)
-        if not state.has(OPERATION_FLAG):
+        try:
+            state = ContainerState(config.state_dir, namespace, container_id)
+            if not state.has(OPERATION_FLAG):
+                continue
+            finished = finish_interrupted(state, runc_binary, config.criu)
+        except Exception as error:  # the other containers are still looked after: reported
+            logger.warning("interrupted operation of %s/%s not finished: %s: %s", namespace,
+                           container_id, type(error).__name__, error)  # fmt: skip
             continue
-        finished = finish_interrupted(state, runc_binary, config.criu)
         if finished is not None:
             done.append(f"finished the interrupted {finished.kind} of {namespace}/{container_id}")
             done += [f"unmounted {mount_point}" for mount_point in finished.unmounted]
@@ -112,7 +132,7 @@ def location_dirs(config: HostConfig) -> set[tuple[str, str]]:
         try:
             record = ContainerState(config.state_dir, namespace, container_id).read_record()
             location = ImageLocation.from_dict((record or {}).get("location") or {})
-        except (StateError, ValueError):
+        except (StateError, ValueError, OSError):
             continue
         if location.image_dir and location.relative:
             found.add((location.root, os.path.dirname(location.relative)))
