@@ -102,6 +102,8 @@ class RestoreJob:
         self.operation = operation  # what a later call needs if this arch-runc is killed
         self.restored = False  # runc restore succeeded: the container exists in runc
         self.criu_config = CriuConfig()  # what runc hands CRIU for this restore (run())
+        # The image's identity matched this job's: the image is the job's own.
+        self.identity_matched = False
 
     def run(self) -> None:
         """Restore the container, or raise RestoreRefused with everything rolled back
@@ -121,6 +123,7 @@ class RestoreJob:
                 "the image was taken from another job: it differs in " + ", ".join(differing),
                 "job_mismatch",
             )
+        self.identity_matched = True
         problems = missing_bind_sources(self.bundle) + missing_mounts(self.image, self.bundle)
         if problems:
             raise RestoreRefused("; ".join(problems), "host_mismatch")

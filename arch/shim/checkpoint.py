@@ -115,6 +115,10 @@ def checkpoint_and_stop(
     except CheckpointFailed as error:
         call.count("checkpoint", started, failure=error.reason)
         raise
+    except Exception as error:  # a bug, or storage it did not expect: the job resumed it
+        logger.exception("checkpoint %s: unexpected error", call.where)
+        call.count("checkpoint", started, failure="other")
+        raise CheckpointFailed(f"unexpected {type(error).__name__}: {error}") from error
     call.count("checkpoint", started, image_bytes=image.metadata.image_bytes)
     state.set(CHECKPOINTED)
     if hold:

@@ -157,13 +157,32 @@ def _restore(call: Call, bundle: Bundle, location: ImageLocation, state: Contain
     is unusable anywhere) or REFUSED (this host cannot restore it). RollbackFailed: neither is
     possible. A reader marker keeps `archctl gc` off the image meanwhile.
     """
-    from arch.checkpoint.storage.readers import reading, remove_stale_markers
+    from arch.checkpoint.storage.readers import reading
 
-    for marker in remove_stale_markers(os.path.dirname(location.image_dir)):
-        logger.info("create %s: removed the reader marker of a dead restore %s", call.where,
-                    marker)  # fmt: skip
+    _remove_stale_markers(call, location)
     with reading(location.root, location.relative):
         return _restore_from(call, bundle, location, state)
+
+
+def _remove_stale_markers(call: Call, location: ImageLocation) -> None:
+    """Reader markers of dead restores next to the image, removed beneath its root (best
+    effort: a marker left protects an image from gc a while longer, nothing else)."""
+    from arch.checkpoint.storage.beneath import open_beneath, opened_root
+    from arch.checkpoint.storage.readers import remove_stale_markers_at
+
+    try:
+        with opened_root(location.root) as root_fd:
+            parent_fd = open_beneath(root_fd, os.path.dirname(location.relative))
+        try:
+            removed = remove_stale_markers_at(parent_fd)
+        finally:
+            os.close(parent_fd)
+    except OSError as error:
+        logger.info("create %s: reader markers not cleaned up: %s", call.where, error)
+        return
+    for name in removed:
+        logger.info("create %s: removed the reader marker of a dead restore %s", call.where,
+                    name)  # fmt: skip
 
 
 def _restore_from(
@@ -200,14 +219,23 @@ def _restore_from(
     except InvalidImage as error:
         logger.warning("create %s: image %s not restored: %s", where, location.image_dir, error)
         call.count("restore", time.monotonic(), failure="invalid_image")
+        _not_this_jobs_image(state, f"not validated: {error}")
         return INVALID
     except OSError as error:
         logger.warning("create %s: image %s not restored: %s", where, location.image_dir, error)
         call.count("restore", time.monotonic(), failure="storage")
+        _not_this_jobs_image(state, f"unreadable: {error}")
         return REFUSED
     except ImageKeyError as error:
         logger.error("create %s: image %s not restored: %s", where, location.image_dir, error)
         call.count("restore", time.monotonic(), failure="other")
+        _not_this_jobs_image(state, f"not verified: {error}")
+        return REFUSED
+    except Exception as error:  # whatever the storage holds, the container starts fresh
+        logger.warning("create %s: image %s not restored, starting fresh: unexpected %s: %s",
+                       where, location.image_dir, type(error).__name__, error, exc_info=True)
+        call.count("restore", time.monotonic(), failure="other")
+        _not_this_jobs_image(state, f"not looked at: {type(error).__name__}")
         return REFUSED
     scratch = os.path.join(call.config.state_dir, ".work")
     operation = Operation(state, RESTORE, runc.global_args)
@@ -220,6 +248,8 @@ def _restore_from(
         operation.end()
         logger.warning("create %s: restore refused, starting fresh: %s", where, error)
         call.count("restore", started, failure=error.reason)
+        if not job.identity_matched:
+            _not_this_jobs_image(state, str(error))
         return REFUSED
     except RollbackFailed:
         operation.end()
@@ -231,6 +261,8 @@ def _restore_from(
             runc.delete_force(call.container_id)  # whatever runc registered
             operation.end()
             call.count("restore", started, failure="other")
+            if not job.identity_matched:
+                _not_this_jobs_image(state, "restore failed before its identity was checked")
             return REFUSED
         logger.exception("create %s: restored, but a later step failed", where)
     finally:
@@ -240,6 +272,18 @@ def _restore_from(
     logger.info("create %s: restored from %s", where, location.image_dir)
     call.count("restore", started, image_bytes=image.metadata.image_bytes)
     return RESTORED
+
+
+def _not_this_jobs_image(state: ContainerState, why: str) -> None:
+    """The image at the location is not known to be this job's (another job's, by its identity,
+    or one that did not validate): this instance's exit 0 must not remove it (a task definition
+    naming a victim's ARCH_CHECKPOINT_ID would otherwise delete the victim's image)."""
+
+    def forget(record: dict[str, object]) -> None:
+        record["image_identity"] = None
+        record["image_not_removed"] = why.splitlines()[0] if why else "refused"
+
+    state.update_record(forget)
 
 
 def handle_start(call: Call) -> int:

@@ -85,6 +85,11 @@ def _remove_own_image(where: str, state: ContainerState, location: ImageLocation
 
     record = state.read_record() or {}
     expected = record.get("image_identity")
+    refused = record.get("image_not_removed")
+    if isinstance(refused, str):
+        logger.info("delete %s: exited 0; the image at %s was refused at create (%s): kept",
+                    where, location.image_dir, refused)  # fmt: skip
+        return
     if not isinstance(expected, str):
         logger.info("delete %s: exited 0; no image was at %s when it was created: nothing "
                     "removed", where, location.image_dir)  # fmt: skip
