@@ -526,8 +526,8 @@ def _set_size(document: dict[str, Any], name: str, size: int) -> None:
 
 def test_unknown_format_version(image_dir: Path) -> None:
     publish_image(image_dir)
-    rewrite_metadata(image_dir, lambda document: document.update(format_version=3))
-    with pytest.raises(InvalidImage, match="format_version 3 is not supported"):
+    rewrite_metadata(image_dir, lambda document: document.update(format_version=4))
+    with pytest.raises(InvalidImage, match="format_version 4 is not supported"):
         validate(str(image_dir))
 
 

@@ -32,7 +32,13 @@ if TYPE_CHECKING:
 # Format 1 images lack it and are refused: an ARCH that knew only format 1 would restore a
 # format 2 image without comparing the identity, so the version had to change.
 FORMAT_VERSION = 2
-SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
+# 3: pages and tar may be stored zstd-compressed (arch.checkpoint.image.compression). Only
+# images that use compression carry it, so that an ARCH knowing only format 2 refuses them with
+# a clear reason instead of handing CRIU files it cannot read; all others stay format 2.
+COMPRESSED_FORMAT_VERSION = 3
+SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION, COMPRESSED_FORMAT_VERSION})
+COMPRESSIONS = ("zstd",)
+COMPRESSED_SUFFIX = ".zst"
 PRE_IDENTITY_FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 # The MAC of metadata.json when images are signed (arch.checkpoint.image.signing).
@@ -52,30 +58,81 @@ _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
 @dataclass(frozen=True)
 class CriuFile:
+    """One CRIU file as stored: with a `compression`, `name` ends in COMPRESSED_SUFFIX, `size`
+    and `sha256` are the stored bytes' and `content_size` the size CRIU reads."""
+
     name: str
     size: int
     # Recorded when images are signed (arch.checkpoint.image.signing), else None.
     sha256: str | None = None
+    compression: str | None = None
+    content_size: int | None = None
+
+    @property
+    def criu_name(self) -> str:
+        """The name CRIU reads the file under."""
+        if self.compression is None:
+            return self.name
+        return self.name[: -len(COMPRESSED_SUFFIX)]
+
+    @property
+    def content_bytes(self) -> int:
+        return self.size if self.content_size is None else self.content_size
 
     def to_dict(self) -> dict[str, Any]:
         listed: dict[str, Any] = {"name": self.name, "size": self.size}
         if self.sha256 is not None:
             listed["sha256"] = self.sha256
+        if self.compression is not None:
+            listed["compression"] = self.compression
+            listed["content_size"] = self.content_size
         return listed
 
 
 @dataclass(frozen=True)
 class FilesystemInfo:
-    """How the container's filesystem was captured: an overlay diff tar, or not at all."""
+    """How the container's filesystem was captured: an overlay diff tar, or not at all.
+
+    `sha256` and `size` are the stored file's; a compressed tar (`compression`, stored as
+    ROOTFS_TAR + COMPRESSED_SUFFIX) also records the tar's own (`content_sha256`,
+    `content_size`), which the apply path checks as it checks an uncompressed one.
+    """
 
     mode: str
     tar: str | None = None
     sha256: str | None = None
     size: int | None = None
+    compression: str | None = None
+    content_sha256: str | None = None
+    content_size: int | None = None
 
     @classmethod
     def overlay(cls, sha256: str, size: int) -> FilesystemInfo:
         return cls("overlay", ROOTFS_TAR, sha256, size)
+
+    @classmethod
+    def compressed_overlay(cls, compression: str, stored_sha256: str, stored_size: int,
+                           content_sha256: str, content_size: int) -> FilesystemInfo:
+        return cls("overlay", ROOTFS_TAR + COMPRESSED_SUFFIX, stored_sha256, stored_size,
+                   compression, content_sha256, content_size)  # fmt: skip
+
+    @property
+    def tar_sha256(self) -> str | None:
+        """The digest of the tar itself (what the apply path verifies)."""
+        return self.sha256 if self.compression is None else self.content_sha256
+
+    @property
+    def tar_size(self) -> int | None:
+        return self.size if self.compression is None else self.content_size
+
+    def to_dict(self) -> dict[str, Any]:
+        section: dict[str, Any] = {
+            "mode": self.mode, "tar": self.tar, "sha256": self.sha256, "size": self.size,
+        }
+        if self.compression is not None:
+            section.update(compression=self.compression, content_sha256=self.content_sha256,
+                           content_size=self.content_size)  # fmt: skip
+        return section
 
     @classmethod
     def none(cls) -> FilesystemInfo:
@@ -154,6 +211,8 @@ class ImageMetadata:
     # The CRIU configuration file runc handed CRIU (arch.checkpoint.criu_config); None in
     # images made before it was recorded.
     criu_config: CriuConfig | None = None
+    # The zstd level the compressed files were written with (None: nothing compressed).
+    compression_level: int | None = None
 
     @classmethod
     def new(
@@ -172,9 +231,13 @@ class ImageMetadata:
         identity: JobIdentity | None = None,
         criu_log: str = CRIU_DUMP_LOG,
         criu_config: CriuConfig | None = None,
+        compression_level: int | None = None,
     ) -> ImageMetadata:
         """Metadata for an image made now on this host (created, host and kernel filled in)."""
         uname = os.uname()
+        compressed = filesystem.compression is not None or any(
+            criu_file.compression is not None for criu_file in criu_files
+        )
         return cls(
             namespace=namespace,
             container_id=container_id,
@@ -192,6 +255,15 @@ class ImageMetadata:
             identity=identity,
             criu_log=criu_log,
             criu_config=criu_config,
+            format_version=COMPRESSED_FORMAT_VERSION if compressed else FORMAT_VERSION,
+            compression_level=compression_level if compressed else None,
+        )
+
+    @property
+    def compressed(self) -> bool:
+        """Whether any file is stored compressed (such an image is format 3)."""
+        return self.filesystem.compression is not None or any(
+            criu_file.compression is not None for criu_file in self.criu_files
         )
 
     @property
@@ -218,12 +290,7 @@ class ImageMetadata:
             "cpu": None
             if self.cpu is None
             else {"model": self.cpu.model, "flags": list(self.cpu.flags)},
-            "filesystem": {
-                "mode": self.filesystem.mode,
-                "tar": self.filesystem.tar,
-                "sha256": self.filesystem.sha256,
-                "size": self.filesystem.size,
-            },
+            "filesystem": self.filesystem.to_dict(),
             "process": {
                 "criu_files": [f.to_dict() for f in self.criu_files],
                 "criu_options": list(self.criu_options),
@@ -240,6 +307,8 @@ class ImageMetadata:
                 ],
             },
             "identity": None if self.identity is None else self.identity.to_dict(),
+            **({} if self.compression_level is None
+               else {"compression": {"algorithm": "zstd", "level": self.compression_level}}),
         }
 
     def to_json(self) -> bytes:
@@ -291,6 +360,17 @@ class ImageMetadata:
         criu_config = _criu_config_from(top["process"])
 
         identity = JobIdentity.from_dict(_required(top, "identity", "metadata"))
+        compression_level = _compression_level_from(top.get("compression"))
+        compressed = filesystem.compression is not None or any(
+            criu_file.compression is not None for criu_file in criu_files
+        )
+        if compressed != (version == COMPRESSED_FORMAT_VERSION) or compressed != (
+            compression_level is not None
+        ):
+            raise InvalidImage(
+                f"{METADATA_FILE}: compressed files, the compression section and format_version "
+                f"{COMPRESSED_FORMAT_VERSION} go together"
+            )
         return cls(
             namespace=text["namespace"],
             container_id=text["container_id"],
@@ -309,6 +389,7 @@ class ImageMetadata:
             identity=identity,
             criu_log=criu_log,
             criu_config=criu_config,
+            compression_level=compression_level,
         )
 
 
@@ -422,14 +503,51 @@ def _filesystem_from(value: object) -> FilesystemInfo:
         if any(section.get(key) is not None for key in ("tar", "sha256", "size")):
             raise InvalidImage(f"{METADATA_FILE}: filesystem mode 'none' names a tar")
         return FilesystemInfo.none()
+    compression = _compression_from(section.get("compression"), "filesystem.compression")
     tar = _string(_required(section, "tar", "filesystem"), "filesystem.tar")
-    if tar != ROOTFS_TAR:
-        raise InvalidImage(f"{METADATA_FILE}: filesystem.tar must be {ROOTFS_TAR!r}, got {tar!r}")
-    sha256 = _string(_required(section, "sha256", "filesystem"), "filesystem.sha256")
-    if not _SHA256_HEX.match(sha256):
-        raise InvalidImage(f"{METADATA_FILE}: filesystem.sha256 is not 64 lowercase hex digits")
+    expected_tar = ROOTFS_TAR if compression is None else ROOTFS_TAR + COMPRESSED_SUFFIX
+    if tar != expected_tar:
+        raise InvalidImage(
+            f"{METADATA_FILE}: filesystem.tar must be {expected_tar!r}, got {tar!r}"
+        )
+    sha256 = _sha256(_required(section, "sha256", "filesystem"), "filesystem.sha256")
     size = _size(_required(section, "size", "filesystem"), "filesystem.size")
-    return FilesystemInfo(mode, tar, sha256, size)
+    if compression is None:
+        if any(section.get(key) is not None for key in ("content_sha256", "content_size")):
+            raise InvalidImage(f"{METADATA_FILE}: an uncompressed tar has a content digest")
+        return FilesystemInfo(mode, tar, sha256, size)
+    return FilesystemInfo(
+        mode, tar, sha256, size, compression,
+        _sha256(_required(section, "content_sha256", "filesystem"), "filesystem.content_sha256"),
+        _size(_required(section, "content_size", "filesystem"), "filesystem.content_size"),
+    )  # fmt: skip
+
+
+def _sha256(value: object, where: str) -> str:
+    digest = _string(value, where)
+    if not _SHA256_HEX.match(digest):
+        raise InvalidImage(f"{METADATA_FILE}: {where} is not 64 lowercase hex digits")
+    return digest
+
+
+def _compression_from(value: object, where: str) -> str | None:
+    if value is None:
+        return None
+    if value not in COMPRESSIONS:
+        raise InvalidImage(f"{METADATA_FILE}: {where} {value!r} is not one of "
+                           f"{', '.join(COMPRESSIONS)}")  # fmt: skip
+    return str(value)
+
+
+def _compression_level_from(value: object) -> int | None:
+    if value is None:
+        return None
+    section = _object(value, "compression")
+    _compression_from(_required(section, "algorithm", "compression"), "compression.algorithm")
+    level = _integer(_required(section, "level", "compression"), "compression.level")
+    if not -131072 <= level <= 22:  # zstd's range (negative: its fast levels)
+        raise InvalidImage(f"{METADATA_FILE}: compression.level {level} is not a zstd level")
+    return level
 
 
 def _criu_files_from(
@@ -448,15 +566,27 @@ def _criu_files_from(
         sha256 = _optional_string(entry.get("sha256"), f"{name}.sha256")
         if sha256 is not None and not _SHA256_HEX.match(sha256):
             raise InvalidImage(f"{METADATA_FILE}: {name}.sha256 is not 64 lowercase hex digits")
-        files.append(CriuFile(name, size, sha256))
+        compression = _compression_from(entry.get("compression"), f"{name}.compression")
+        content_size = None
+        if compression is not None:
+            if not name.endswith(COMPRESSED_SUFFIX) or name == COMPRESSED_SUFFIX:
+                raise InvalidImage(f"{METADATA_FILE}: compressed {name} lacks the "
+                                   f"{COMPRESSED_SUFFIX} suffix")  # fmt: skip
+            content_size = _size(_required(entry, "content_size", name), f"{name}.content_size")
+        elif entry.get("content_size") is not None:
+            raise InvalidImage(f"{METADATA_FILE}: uncompressed {name} has a content_size")
+        files.append(CriuFile(name, size, sha256, compression, content_size))
     names = [f.name for f in files]
-    if len(set(names)) != len(names):
+    criu_names = [f.criu_name for f in files]
+    # A stored name and the name a compressed file decompresses to: no two alike.
+    claimed = names + [f.criu_name for f in files if f.compression is not None]
+    if len(set(claimed)) != len(claimed):
         raise InvalidImage(f"{METADATA_FILE}: process.criu_files lists a file twice")
-    for reserved in (METADATA_FILE, SIGNATURE_FILE, filesystem.tar):
-        if reserved in names:
+    for reserved in (METADATA_FILE, SIGNATURE_FILE, filesystem.tar, ROOTFS_TAR):
+        if reserved in names or reserved in criu_names:
             raise InvalidImage(f"{METADATA_FILE}: process.criu_files lists {reserved}")
     for required in (CRIU_INVENTORY, criu_log):
-        if required not in names:
+        if required not in names:  # stored as they are, never compressed
             raise InvalidImage(f"{METADATA_FILE}: process.criu_files lacks {required}")
     return tuple(files)
 
