@@ -45,8 +45,12 @@ KNOWN_KEYS = frozenset(
         "platform",
         "restore_wait",
         "restore_timeout",
+        "compression",
     }
 )
+# How images store memory pages and the filesystem tar (arch.checkpoint.image.compression):
+# "zstd" where it pays (the default), "off" never.
+COMPRESSIONS = ("zstd", "off")
 # What a Spot notice does to a checkpointed job (CONTRACT.md, arch.spot.platform).
 PLATFORMS = ("ecs", "batch", "none")
 # Seconds a new pool member's create waits for an image a host under a notice is still writing.
@@ -71,6 +75,7 @@ class HostConfig:
         "allowed_roots",
         "checkpoint_root",
         "checkpoint_timeout",
+        "compression",
         "criu",
         "criu_options",
         "image_key_file",
@@ -106,8 +111,11 @@ class HostConfig:
         restore_timeout: float | None = DEFAULT_RESTORE_TIMEOUT,
         image_verify_key_files: tuple[str, ...] = (),
         unsigned_images: str = "refuse",
+        compression: str = "zstd",
     ) -> None:
         self.path = path
+        # "zstd" or "off": whether checkpoints compress pages and tar where it pays.
+        self.compression = compression
         # "ecs", "batch" or "none": what a Spot notice does to a checkpointed job.
         self.platform = platform
         # Seconds a pool member's create waits for an image still being written elsewhere.
@@ -252,6 +260,7 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
             _absolute_path(path, "image_verify_key_files", f) for f in verify_key_files
         ),
         unsigned_images=unsigned_images,
+        compression=_compression(path, document),
     )
 
 
@@ -259,6 +268,15 @@ def _platform(path: str, document: dict[str, Any]) -> str:
     value = document.get("platform", "none")
     if value not in PLATFORMS:
         raise ConfigError(f"{path}: platform must be one of {', '.join(PLATFORMS)}, got {value!r}")
+    return str(value)
+
+
+def _compression(path: str, document: dict[str, Any]) -> str:
+    value = document.get("compression", "zstd")
+    if value not in COMPRESSIONS:
+        raise ConfigError(
+            f"{path}: compression must be one of {', '.join(COMPRESSIONS)}, got {value!r}"
+        )
     return str(value)
 
 

@@ -144,14 +144,14 @@ class RestoreJob:
         others = [f.name for f in self.image.metadata.criu_files if f.name not in checked_first]
         try:
             with ThreadPoolExecutor(max_workers=1) as background:
-                digests = background.submit(self._verify_criu_files, others)
-                journal = self._apply_filesystem()
+                images = background.submit(self._checked_criu_files, work_dir, others)
+                journal = self._apply_filesystem(work_dir)
                 try:
-                    digests.result()
+                    image_path = images.result() or self.image.path
                     problems = cpu_check.problems()
                     if problems:
                         raise RestoreRefused("; ".join(problems), "host_mismatch")
-                    self._restore_processes(work_dir)
+                    self._restore_processes(work_dir, image_path)
                 except BaseException as failure:
                     if journal is not None:
                         try:
@@ -233,7 +233,37 @@ class RestoreJob:
                 f"image file check failed: {error}", "invalid_image"
             ) from error
 
-    def _apply_filesystem(self) -> Journal | None:
+    def _checked_criu_files(self, work_dir: str, names: Collection[str]) -> str | None:
+        """Verify the CRIU files `names`; a compressed image's (format 3) are unpacked into the
+        work dir instead, checked as they are read: then the directory runc restore reads."""
+        if self.image.metadata.compressed:
+            return self._unpack_criu_files(work_dir)
+        self._verify_criu_files(names)
+        return None
+
+    def _unpack_criu_files(self, work_dir: str) -> str:
+        """The CRIU files of a compressed image, decompressed into the work dir: runc restore's
+        image path."""
+        from arch.checkpoint.image import unpacked
+
+        try:
+            return unpacked.criu_files(self.image, work_dir)
+        except (InvalidImage, OSError) as error:
+            raise RestoreRefused(
+                f"image file check failed: {error}", "invalid_image"
+            ) from error
+
+    def _unpacked_tar(self, work_dir: str) -> str:
+        from arch.checkpoint.image import unpacked
+
+        try:
+            return unpacked.tar(self.image, work_dir)
+        except (InvalidImage, OSError) as error:
+            raise RestoreRefused(
+                f"filesystem changes not applied: {error}", "invalid_image"
+            ) from error
+
+    def _apply_filesystem(self, work_dir: str) -> Journal | None:
         # Imported here: a checkpoint (and its caller, waiting) needs none of it.
         from arch.checkpoint.layer.filesystem import apply_layer
         from arch.checkpoint.layer.policy import ArchivePolicy
@@ -242,13 +272,17 @@ class RestoreJob:
         tar_path = self.image.tar_path
         if filesystem.mode != "overlay" or tar_path is None:
             return None
-        assert filesystem.sha256 is not None and filesystem.size is not None
+        if filesystem.compression is not None:
+            tar_path = self._unpacked_tar(work_dir)
+        # The tar's own digest and size (a compressed tar's were checked as it was unpacked).
+        tar_sha256, tar_size = filesystem.tar_sha256, filesystem.tar_size
+        assert tar_sha256 is not None and tar_size is not None
         try:
             return apply_layer(
                 tar_path,
                 self.bundle.rootfs,
-                filesystem.sha256,
-                filesystem.size,
+                tar_sha256,
+                tar_size,
                 policy=ArchivePolicy.from_spec(self.bundle.spec),
             )
         except (OSError, LayerError) as error:
@@ -256,11 +290,11 @@ class RestoreJob:
                 f"filesystem changes not applied: {error}", "filesystem"
             ) from error
 
-    def _restore_processes(self, work_dir: str) -> None:
+    def _restore_processes(self, work_dir: str, image_path: str) -> None:
         restore = (
             self.create.with_subcommand("restore", drop_unsupported=True)
             .with_option("detach")
-            .with_option("image-path", self.image.path)
+            .with_option("image-path", image_path)
             .with_option("work-path", work_dir)
         )
         for option in self.image.metadata.criu_options:

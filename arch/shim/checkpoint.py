@@ -109,6 +109,7 @@ def checkpoint_and_stop(
         image_key=key,
         binary_facts_dir=call.config.binary_facts_dir,
         hold=hold,
+        compress=call.config.compression == "zstd",
     )
     try:
         image = job.run()

@@ -125,7 +125,8 @@ enum value_kind {
 	CRIU_OPTIONS_VALUE,
 	SECONDS_VALUE,
 	PLATFORM_VALUE,
-	UNSIGNED_IMAGES_VALUE
+	UNSIGNED_IMAGES_VALUE,
+	COMPRESSION_VALUE
 };
 struct known_key {
 	const char *name;
@@ -144,12 +145,14 @@ static const struct known_key known_keys[] = {
 	{"checkpoint_timeout", SECONDS_VALUE}, /* whole seconds here; fractions go to Python */
 	{"platform", PLATFORM_VALUE},	    {"restore_wait", SECONDS_VALUE},
 	{"restore_timeout", SECONDS_VALUE},
+	{"compression", COMPRESSION_VALUE},
 	{NULL, PATH_VALUE},
 };
 static const char *const log_levels[] = {"debug", "info", "warning", "error", NULL};
 static const char *const platforms[] = {"ecs", "batch", "none", NULL}; /* config.PLATFORMS */
 /* config.UNSIGNED_IMAGES */
 static const char *const unsigned_images_values[] = {"refuse", "allow", NULL};
+static const char *const compressions[] = {"zstd", "off", NULL}; /* config.COMPRESSIONS */
 /* The CRIU options arch/checkpoint/criu_options.py accepts, in their normalised form. */
 static const char *const criu_option_values[] = {
 	"--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks",
@@ -290,6 +293,10 @@ static int scan_key_line(const char *line, struct host_config *config, unsigned 
 		break;
 	case UNSIGNED_IMAGES_VALUE:
 		if (!scan_plain_string(&p, &start, &len) || !in_list(unsigned_images_values, start, len))
+			return 0;
+		break;
+	case COMPRESSION_VALUE:
+		if (!scan_plain_string(&p, &start, &len) || !in_list(compressions, start, len))
 			return 0;
 		break;
 	case PATH_LIST_VALUE:

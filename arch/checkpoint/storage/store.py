@@ -25,8 +25,15 @@ import stat
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from arch.checkpoint.image import compression
 from arch.checkpoint.image.errors import InvalidImage
-from arch.checkpoint.image.metadata import METADATA_FILE, ROOTFS_TAR, SIGNATURE_FILE, CriuFile
+from arch.checkpoint.image.metadata import (
+    COMPRESSED_SUFFIX,
+    METADATA_FILE,
+    ROOTFS_TAR,
+    SIGNATURE_FILE,
+    CriuFile,
+)
 from arch.checkpoint.image.signing import Trust, file_sha256, signature
 from arch.checkpoint.image.validation import (
     OPEN_DIR,
@@ -57,6 +64,10 @@ OLD_PREFIX = ".old-"
 REMOVING_PREFIX = ".removing-"
 LEFTOVER_PREFIXES = (STAGING_PREFIX, OLD_PREFIX, REMOVING_PREFIX)
 RANDOM_HEX_CHARS = 12
+TAR_NAMES = (ROOTFS_TAR, ROOTFS_TAR + COMPRESSED_SUFFIX)
+# CRIU's memory pages (pages-<id>.img): the bulk of an image, and what compression is for.
+PAGES_PREFIX = "pages-"
+PAGES_SUFFIX = ".img"
 # A leftover untouched for this long is not an operation in progress.
 STALE_AFTER_SECONDS = 3600.0
 
@@ -97,6 +108,7 @@ class ImageStaging:
         self._lock_fd = lock_fd
         self._tar_fd: int | None = None
         self._sealed: set[str] = set()  # files already owned, 0600 and fsynced
+        self._content_sizes: dict[str, int] = {}  # compressed file -> its size uncompressed
         self._finished = False
         # While it is written, cleanup_stale on any host leaves it alone (storage/lease.py).
         self._lease = Lease(self.path).start()
@@ -128,12 +140,33 @@ class ImageStaging:
             fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return cls(own_root_fd, relative, parent_fd, name, lock_fd)
 
-    def create_tar(self) -> str:
-        """Create the (empty) filesystem tar here; a path that names this very file."""
+    def create_tar(self, compressed: bool = False) -> str:
+        """Create the (empty) filesystem tar here (its compressed name when `compressed`); a
+        path that names this very file."""
         if self._tar_fd is None:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            self._tar_fd = os.open(ROOTFS_TAR, flags, FILE_MODE, dir_fd=self._lock_fd)
+            name = TAR_NAMES[1] if compressed else TAR_NAMES[0]
+            self._tar_fd = os.open(name, flags, FILE_MODE, dir_fd=self._lock_fd)
         return fd_path(self._tar_fd)
+
+    def compress_pages(self) -> int:
+        """Compress CRIU's memory pages where it pays (arch.checkpoint.image.compression),
+        before they are synced: an uncompressed copy is then mostly never written to the
+        storage at all. The bytes of pages left to store."""
+        stored = 0
+        for entry in os.scandir(self._lock_fd):
+            if not (entry.name.startswith(PAGES_PREFIX) and entry.name.endswith(PAGES_SUFFIX)):
+                continue
+            if entry.name in self._sealed or not entry.is_file(follow_symlinks=False):
+                continue
+            done = compression.compress_file(self._lock_fd, entry.name, FILE_MODE)
+            if done is None:
+                stored += entry.stat(follow_symlinks=False).st_size
+                continue
+            stored_name, content_size = done
+            self._content_sizes[stored_name] = content_size
+            stored += os.stat(stored_name, dir_fd=self._lock_fd, follow_symlinks=False).st_size
+        return stored
 
     def add_file(self, name: str, data: bytes) -> None:
         """Write the image file `name` (0600, fsynced) into the staging directory."""
@@ -145,7 +178,7 @@ class ImageStaging:
         filesystem capture may still be running, and publication then finds them on disk."""
         self._sealed.update(_seal_files(
             self._lock_fd,
-            lambda name: name not in self._sealed and name != ROOTFS_TAR
+            lambda name: name not in self._sealed and name not in TAR_NAMES
             and not name.startswith(LEASE_FILE),  # the lease is being refreshed meanwhile
         ))  # fmt: skip
 
@@ -154,11 +187,15 @@ class ImageStaging:
         `digests`, each with its sha256 (for signed images)."""
         entries = regular_entries(self._lock_fd)
         return tuple(
-            CriuFile(name, size, file_sha256(self._lock_fd, name) if digests else None)
+            CriuFile(
+                name, size, file_sha256(self._lock_fd, name) if digests else None,
+                compression.ZSTD if name in self._content_sizes else None,
+                self._content_sizes.get(name),
+            )
             for name, size in sorted(entries.items())
-            if name not in (METADATA_FILE, SIGNATURE_FILE, ROOTFS_TAR)
+            if name not in (METADATA_FILE, SIGNATURE_FILE, *TAR_NAMES)
             and not name.startswith(LEASE_FILE)
-        )
+        )  # fmt: skip
 
     def publish(self, metadata: ImageMetadata, key: bytes | None = None) -> None:
         """Seal the staging dir (signed with `key`, if given), check it like `validate`, and
