@@ -51,6 +51,7 @@ def add_block_device(image_dir: Path, name: str) -> None:
 def test_a_device_node_the_job_could_not_create_is_refused(
     node: ContainerdNode, workload_image: cr.WorkloadImage, real_runc_binary: Path
 ) -> None:
+    cr.store_uncompressed(node)  # the tar is edited by its uncompressed name
     command = cr.shell_workload(prepare="mkdir -p /state")
     run = ["--cap-drop", "CAP_MKNOD"]
     node.run_container(workload_image.name, JOB, command, env={"ARCH_ENABLE": "1"},

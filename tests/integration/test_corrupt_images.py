@@ -109,6 +109,7 @@ def test_corrupted_image_is_refused_and_the_container_starts_fresh(
     real_runc_binary: Path,
     corruption: str,
 ) -> None:
+    cr.store_uncompressed(node)  # the corruptions name uncompressed files
     node.run_container(workload_image.name, "pristine", ["sleep", "1000"], env=ARCH_ENV)
     pristine = cr.tree_listing(cr.rootfs_of(real_runc_binary, node, "pristine"))
     node.run_container(workload_image.name, "job", COMMAND, env=FIRST_ATTEMPT)

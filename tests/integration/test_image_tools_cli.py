@@ -46,6 +46,7 @@ def test_inspect_verdicts_sizes_and_process_tree(
     node: ContainerdNode, workload_image: cr.WorkloadImage, real_runc_binary: Path,
     tmp_path: Path,
 ) -> None:  # fmt: skip
+    cr.store_uncompressed(node)  # damages files by their uncompressed names
     start(node, workload_image, "job", "job-1", real_runc_binary)
     checkpoint(node, "job")
     image_dir = node.arch.checkpoint_root / NS / "job-1"
@@ -110,6 +111,7 @@ def test_inspect_checks_the_signature_when_a_key_is_configured(
 ) -> None:  # fmt: skip
     config = node.arch.config_file
     set_config_value(config, "image_key_file", '""')
+    cr.store_uncompressed(node)  # damages files by their uncompressed names
     start(node, workload_image, "plain", "plain-1", real_runc_binary)
     checkpoint(node, "plain")  # made with signing off: unsigned
     key_file = tmp_path / "image.key"

@@ -39,6 +39,7 @@ def signing_nodes(two_nodes: Nodes, key_file: Path) -> Nodes:
     """The two nodes sharing one checkpoint root (conftest), both given the same key."""
     for node in two_nodes:
         set_config_value(node.arch.config_file, "image_key_file", json.dumps(str(key_file)))
+        cr.store_uncompressed(node)  # tampering names uncompressed files
     return two_nodes
 
 

@@ -29,6 +29,7 @@ from workloads.build import build_memhold
 from arch.appliance.oci_image import tar_entry
 
 from . import procs
+from .arch_host import set_config_value
 from .containerd import STACK, ContainerdNode
 from .images import BusyboxImage, oci_layout_tar_bytes
 
@@ -380,6 +381,13 @@ def allow_roots(node: ContainerdNode, *roots: Path) -> None:
     assert "allowed_roots" not in text, "allowed_roots already set"
     listed = [str(node.arch.checkpoint_root), *(str(root) for root in roots)]
     node.arch.config_file.write_text(text + f"allowed_roots = {json.dumps(listed)}\n")
+
+
+def store_uncompressed(node: ContainerdNode) -> None:
+    """Make the node write images as ARCH did before compression (`compression = "off"`): for
+    tests that damage a stored file by its uncompressed name (rootfs-diff.tar, pages-*.img).
+    Compressed images have their own tests (test_compressed_images.py)."""
+    set_config_value(node.arch.config_file, "compression", '"off"')
 
 
 def arch_log(node: ContainerdNode) -> str:
