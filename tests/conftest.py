@@ -66,6 +66,28 @@ def finished_process() -> ProcessIdentity:
     return identity
 
 
+class CgroupHierarchy:
+    """A cgroup hierarchy of this host that a test can mount once more (as CRIU's cgroup yard
+    does): cgroup v1's pids controller where it is mounted, else the cgroup2 hierarchy."""
+
+    def __init__(self, host_mount: Path, mount_args: list[str], name: str) -> None:
+        self.host_mount = host_mount  # where the host has it mounted
+        self.mount_args = mount_args  # `mount` arguments before the mount point
+        self.name = name  # the yard's directory name for it, as CRIU names them
+
+    @classmethod
+    def find(cls) -> CgroupHierarchy:
+        pids = Path("/sys/fs/cgroup/pids")
+        if (pids / "cgroup.procs").exists():
+            return cls(pids, ["-t", "cgroup", "-o", "pids", "none"], "pids")
+        with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+            for line in mountinfo:
+                fields, _, described = line.partition(" - ")
+                if described.split()[:1] == ["cgroup2"] and fields.split()[3] == "/":
+                    return cls(Path(fields.split()[4]), ["-t", "cgroup2", "none"], "unified")
+        unavailable("no cgroup v1 pids or cgroup2 hierarchy is mounted")
+
+
 def require_root() -> None:
     """Skip the calling test unless it runs as root."""
     if os.geteuid() != 0:

@@ -34,7 +34,7 @@ from harness.containerd import ContainerdNode
 from harness.criu_stall import CHECKPOINT, OFF, RESTORE, Stall, StallingCriu
 
 from arch.checkpoint.storage.lease import LEASE_FILE
-from tests.conftest import finished_process, unavailable
+from tests.conftest import CgroupHierarchy, finished_process
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
 
@@ -271,16 +271,16 @@ def test_a_dump_that_hangs_is_cut_off_and_the_container_keeps_running(
     assert metric(node, 'arch_failures_total{operation="checkpoint",reason="timeout"}') == 1.0
 
 
-PIDS_HIERARCHY = Path("/sys/fs/cgroup/pids")
+@pytest.fixture
+def hierarchy() -> CgroupHierarchy:
+    return CgroupHierarchy.find()
 
 
 @pytest.fixture
-def host_cgroup() -> Iterator[Path]:
-    """An empty cgroup of this test's own in the host's pids hierarchy: the sweep must not
+def host_cgroup(hierarchy: CgroupHierarchy) -> Iterator[Path]:
+    """An empty cgroup of this test's own in a hierarchy of the host: the sweep must not
     remove it through a cgroup yard that stayed mounted."""
-    if not (PIDS_HIERARCHY / "cgroup.procs").exists():
-        unavailable(f"no cgroup v1 pids hierarchy at {PIDS_HIERARCHY}")
-    cgroup = PIDS_HIERARCHY / unique("arch-test")
+    cgroup = hierarchy.host_mount / unique("arch-test")
     cgroup.mkdir()
     try:
         yield cgroup
@@ -289,7 +289,7 @@ def host_cgroup() -> Iterator[Path]:
 
 
 def test_the_sweep_unmounts_what_a_dead_restore_left_mounted_and_reports_it(
-    containerd_nodes: object, tmp_path: Path, host_cgroup: Path
+    containerd_nodes: object, tmp_path: Path, hierarchy: CgroupHierarchy, host_cgroup: Path
 ) -> None:
     """A restore work directory as a killed CRIU leaves it (its lease's holder dead, CRIU's
     cgroup yard still mounted: a tmpfs, a cgroup hierarchy in it), swept by the exit watcher."""
@@ -302,10 +302,10 @@ def test_the_sweep_unmounts_what_a_dead_restore_left_mounted_and_reports_it(
     (work / LEASE_FILE).write_text(lease_of_a_dead_process())
     try:
         procs.run(["mount", "-t", "tmpfs", "none", str(yard)])
-        (yard / "pids").mkdir()
-        procs.run(["mount", "-t", "cgroup", "-o", "pids", "none", str(yard / "pids")])
+        (yard / hierarchy.name).mkdir()
+        procs.run(["mount", *hierarchy.mount_args, str(yard / hierarchy.name)])
         left = procs.mounts_under(work)
-        assert (yard / "pids" / host_cgroup.name).is_dir()
+        assert (yard / hierarchy.name / host_cgroup.name).is_dir()
 
         with sweeping(node, tmp_path / "watcher.out"):
             assert procs.wait_until(lambda: not work.exists(), CLEAN_UP_TIMEOUT), (

@@ -19,25 +19,25 @@ from arch.runc.leftover_mounts import (
     unmount_cgroup_yards,
     unmount_under,
 )
-from tests.conftest import unavailable
+from tests.conftest import CgroupHierarchy, unavailable
 
 pytestmark = pytest.mark.root
-
-PIDS_HIERARCHY = Path("/sys/fs/cgroup/pids")
-
 
 def mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
 
 
 @pytest.fixture
-def host_cgroup() -> Iterator[Path]:
-    """An empty cgroup of this test's own in the host's pids hierarchy."""
+def hierarchy() -> CgroupHierarchy:
     if os.geteuid() != 0:
         unavailable("mounting needs root")
-    if not (PIDS_HIERARCHY / "cgroup.procs").exists():
-        unavailable(f"no cgroup v1 pids hierarchy at {PIDS_HIERARCHY}")
-    cgroup = PIDS_HIERARCHY / f"arch-test-{uuid.uuid4().hex[:8]}"
+    return CgroupHierarchy.find()
+
+
+@pytest.fixture
+def host_cgroup(hierarchy: CgroupHierarchy) -> Iterator[Path]:
+    """An empty cgroup of this test's own in a hierarchy of the host."""
+    cgroup = hierarchy.host_mount / f"arch-test-{uuid.uuid4().hex[:8]}"
     cgroup.mkdir()
     try:
         yield cgroup
@@ -46,16 +46,18 @@ def host_cgroup() -> Iterator[Path]:
 
 
 @pytest.fixture
-def cgroup_yard(tmp_path: Path, host_cgroup: Path) -> Iterator[Path]:
+def cgroup_yard(
+    tmp_path: Path, hierarchy: CgroupHierarchy, host_cgroup: Path
+) -> Iterator[Path]:
     """A restore work directory as a SIGKILLed CRIU leaves it: restore.log, and a tmpfs yard
-    with the pids hierarchy mounted in it."""
+    with a hierarchy of the host mounted in it."""
     work = tmp_path / "restore-abc123"
     yard = work / ".criu.cgyard.Xy12Zw"
     yard.mkdir(parents=True)
     (work / "restore.log").write_text("(00.01) cg: Preparing cgroups yard\n")
     mount("-t", "tmpfs", "none", str(yard))
-    (yard / "pids").mkdir()
-    mount("-t", "cgroup", "-o", "pids", "none", str(yard / "pids"))
+    (yard / hierarchy.name).mkdir()
+    mount(*hierarchy.mount_args, str(yard / hierarchy.name))
     try:
         yield work
     finally:
@@ -64,15 +66,15 @@ def cgroup_yard(tmp_path: Path, host_cgroup: Path) -> Iterator[Path]:
 
 
 def test_remove_tree_unmounts_the_yard_first_and_leaves_the_hierarchy_alone(
-    cgroup_yard: Path, host_cgroup: Path
+    cgroup_yard: Path, hierarchy: CgroupHierarchy, host_cgroup: Path
 ) -> None:
     yard = cgroup_yard / ".criu.cgyard.Xy12Zw"
-    assert (yard / "pids" / host_cgroup.name).is_dir()  # the host's cgroup, seen in the yard
+    assert (yard / hierarchy.name / host_cgroup.name).is_dir()  # the host's, seen in the yard
 
     detached = remove_tree(str(cgroup_yard))
 
     print(f"detached: {detached}")
-    assert detached == [str(yard / "pids"), str(yard)]
+    assert detached == [str(yard / hierarchy.name), str(yard)]
     assert not cgroup_yard.exists()
     assert mounts_under(str(cgroup_yard.parent)) == []
     assert host_cgroup.is_dir()
@@ -94,7 +96,7 @@ def test_remove_tree_of_a_missing_or_relative_path_does_nothing(tmp_path: Path) 
 
 
 def test_in_a_directory_arch_does_not_own_only_criu_s_yards_are_unmounted(
-    cgroup_yard: Path,
+    cgroup_yard: Path, hierarchy: CgroupHierarchy
 ) -> None:
     """A work directory a CRIU configuration file names: its other mounts are not ARCH's."""
     other = cgroup_yard / "someone-elses"
@@ -104,5 +106,5 @@ def test_in_a_directory_arch_does_not_own_only_criu_s_yards_are_unmounted(
 
     detached = unmount_cgroup_yards(str(cgroup_yard))
 
-    assert detached == [str(yard / "pids"), str(yard)]
+    assert detached == [str(yard / hierarchy.name), str(yard)]
     assert mounts_under(str(cgroup_yard)) == [str(other)]
