@@ -117,6 +117,7 @@ def test_a_file_in_a_directory_the_job_may_not_write_is_refused(
     """Parent-directory permission through the real stack: root without CAP_DAC_OVERRIDE,
     CAP_FOWNER and CAP_CHOWN cannot write into uid 1000's 0755 directory; before this rule an
     image could put a root-owned file there (its owner was the job's uid)."""
+    cr.store_uncompressed(node)  # the tar is edited by its uncompressed name
     import_image_with_others_directory(node, test_image, tmp_path)
     command = cr.shell_workload(prepare="mkdir -p /state")
     run = ["--cap-drop", "CAP_DAC_OVERRIDE", "--cap-drop", "CAP_FOWNER", "--cap-drop",
