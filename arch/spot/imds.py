@@ -29,6 +29,7 @@ TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 INSTANCE_ACTION_PATH = "/latest/meta-data/spot/instance-action"
 REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
+INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 DEFAULT_TOKEN_TTL = 21600  # seconds; the service's maximum, as the SDKs request
 MAX_TOKEN_TTL = 21600
 # Renew this long before expiry (at most a quarter of the TTL).
@@ -38,6 +39,8 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_TOKEN_BYTES = 4096
 # The instance-action `action` values AWS documents; all three take the instance away.
 ACTIONS = frozenset({"terminate", "stop", "hibernate"})
+# "Instance IDs": i- followed by 8 or 17 hexadecimal characters (EC2 User Guide, Resource IDs).
+_INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
@@ -115,6 +118,14 @@ class ImdsClient:
         if not isinstance(notice_time, str) or not _TIMESTAMP.match(notice_time):
             raise ImdsError(f"rebalance recommendation without a valid noticeTime: {body[:200]!r}")
         return Rebalance(notice_time)
+
+    def instance_id(self) -> str:
+        """This instance's id (`i-` and hex digits)."""
+        body = self._get_optional(INSTANCE_ID_PATH)
+        text = (body or b"").decode("ascii", "replace").strip()
+        if not _INSTANCE_ID.match(text):
+            raise ImdsError(f"GET {INSTANCE_ID_PATH}: not an instance id: {text[:80]!r}")
+        return text
 
     def drop_token(self) -> None:
         self._token = None
