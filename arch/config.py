@@ -46,6 +46,7 @@ KNOWN_KEYS = frozenset(
         "restore_wait",
         "restore_timeout",
         "compression",
+        "failpoints",
     }
 )
 # How images store memory pages and the filesystem tar (arch.checkpoint.image.compression):
@@ -78,6 +79,7 @@ class HostConfig:
         "compression",
         "criu",
         "criu_options",
+        "failpoints",
         "image_key_file",
         "image_verify_key_files",
         "log_file",
@@ -112,6 +114,7 @@ class HostConfig:
         image_verify_key_files: tuple[str, ...] = (),
         unsigned_images: str = "refuse",
         compression: str = "zstd",
+        failpoints: bool = False,
     ) -> None:
         self.path = path
         # "zstd" or "off": whether checkpoints compress pages and tar where it pays.
@@ -120,6 +123,8 @@ class HostConfig:
         self.platform = platform
         # Seconds a pool member's create waits for an image still being written elsewhere.
         self.restore_wait = restore_wait
+        # Whether ARCH_FAILPOINTS in the environment arms fault points (arch.failpoints): tests.
+        self.failpoints = failpoints
         # Seconds a dump may take before runc and CRIU are stopped (None: no limit).
         self.checkpoint_timeout = checkpoint_timeout
         # Seconds `runc restore` (and its CRIU) may take before it is cut off, what it set up
@@ -261,6 +266,7 @@ def _validate(path: str, document: dict[str, Any]) -> HostConfig:
         ),
         unsigned_images=unsigned_images,
         compression=_compression(path, document),
+        failpoints=_boolean(path, document, "failpoints", False),
     )
 
 
@@ -289,6 +295,13 @@ def _restore_wait(path: str, document: dict[str, Any]) -> float:
     ):
         raise ConfigError(f"{path}: restore_wait must be a number of seconds, got {value!r}")
     return float(value)
+
+
+def _boolean(path: str, document: dict[str, Any], key: str, default: bool) -> bool:
+    value = document.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: {key} must be true or false, got {value!r}")
+    return value
 
 
 def _seconds(path: str, document: dict[str, Any], key: str, default: float) -> float | None:

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from arch import __version__
+from arch import __version__, failpoints, host_identity
 from arch.cli import (
     checkpoint,
     gc,
@@ -18,7 +18,9 @@ from arch.cli import (
     verify,
     watch_exits,
 )
+from arch.cli import failpoints as cli_failpoints
 from arch.cli.delivery import ami, bundle, remote, template, userdata
+from arch.config import ConfigError, load_config
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     userdata.add_parser(subcommands)
     remote.add_parser(subcommands)
     bundle.add_parser(subcommands)
+    cli_failpoints.add_parser(subcommands)
     return parser
 
 
@@ -62,8 +65,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.address = containerd_address(args.address)
+    _apply_host_settings()
     status: int = args.run(args)
     return status
+
+
+def _apply_host_settings() -> None:
+    """What arch.toml says for every subcommand: where this host's identity is cached (leases,
+    pool claims) and whether ARCH_FAILPOINTS arms fault points. A malformed file is the
+    subcommands' own business (those that need it report it)."""
+    try:
+        config = load_config()
+    except ConfigError:
+        return
+    host_identity.use_state_dir(config.state_dir)
+    failpoints.configure(config.failpoints)
 
 
 if __name__ == "__main__":

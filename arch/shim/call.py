@@ -10,6 +10,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from arch import failpoints, host_identity
 from arch.config import ConfigError, HostConfig, config_path, load_config
 from arch.container.interrupted import OPERATION_FLAG
 from arch.container.state import ContainerState, StateError
@@ -74,6 +75,8 @@ class Call:
         setup_logging(self.config.log_file, self.config.log_level)
         if self.config_error is not None:
             logger.error("%s", self.config_error)
+        failpoints.configure(self.config.failpoints)
+        host_identity.use_state_dir(self.config.state_dir)
 
     @property
     def container_id(self) -> str:

@@ -126,7 +126,8 @@ enum value_kind {
 	SECONDS_VALUE,
 	PLATFORM_VALUE,
 	UNSIGNED_IMAGES_VALUE,
-	COMPRESSION_VALUE
+	COMPRESSION_VALUE,
+	BOOLEAN_VALUE
 };
 struct known_key {
 	const char *name;
@@ -146,6 +147,7 @@ static const struct known_key known_keys[] = {
 	{"platform", PLATFORM_VALUE},	    {"restore_wait", SECONDS_VALUE},
 	{"restore_timeout", SECONDS_VALUE},
 	{"compression", COMPRESSION_VALUE},
+	{"failpoints", BOOLEAN_VALUE},
 	{NULL, PATH_VALUE},
 };
 static const char *const log_levels[] = {"debug", "info", "warning", "error", NULL};
@@ -283,6 +285,14 @@ static int scan_key_line(const char *line, struct host_config *config, unsigned 
 			return 0;
 		break;
 	}
+	case BOOLEAN_VALUE:
+		if (strncmp(p, "true", 4) == 0)
+			p += 4;
+		else if (strncmp(p, "false", 5) == 0)
+			p += 5;
+		else
+			return 0;
+		break;
 	case LOG_LEVEL_VALUE:
 		if (!scan_plain_string(&p, &start, &len) || !in_list_nocase(log_levels, start, len))
 			return 0;

@@ -170,3 +170,10 @@ def test_restore_wait_defaults_below_the_ecs_start_timeout(tmp_path: Path) -> No
 def test_restore_wait_must_be_seconds(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match="restore_wait must be a number of seconds"):
         load_config(write(tmp_path, f"restore_wait = {value}\n"))
+
+
+def test_failpoints_default_off_and_must_be_a_boolean(tmp_path: Path) -> None:
+    assert load_config(str(tmp_path / "absent.toml")).failpoints is False
+    assert load_config(write(tmp_path, "failpoints = true\n")).failpoints is True
+    with pytest.raises(ConfigError, match="failpoints must be true or false"):
+        load_config(write(tmp_path, 'failpoints = "yes"\n'))

@@ -72,6 +72,11 @@ CORPUS = [
          PYTHON),
     Case("platform in capitals", BASE + 'platform = "ECS"\n', None, ["state", "job-9"],
          PATH_RUNC, PYTHON),
+    Case("fault points on", BASE + "failpoints = true\n", None, ["state", "job-9"], RUNC, DIRECT),
+    Case("fault points off", BASE + "failpoints = false # default\n", None, ["state", "job-9"],
+         RUNC, DIRECT),
+    Case("fault points not a boolean", BASE + 'failpoints = "yes"\n', None, ["state", "job-9"],
+         PATH_RUNC, PYTHON),
     Case("metrics off", BASE + 'metrics_file = ""\n', None, ["state", "job-9"], RUNC, DIRECT),
     Case("signing keys", BASE + 'image_key_file = "/etc/arch/image.key"\nimage_verify_key_files'
          ' = ["/etc/arch/old.key"]\nunsigned_images = "allow"\n', None, ["state", "job-9"], RUNC,
