@@ -11,8 +11,9 @@ import logging
 import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+from arch import failpoints
 from arch.checkpoint import criu_config, criu_options
 from arch.checkpoint.criu_config import DUMP_LOG, CriuConfig, CriuConfigError
 from arch.checkpoint.criu_log import log_tail
@@ -25,6 +26,7 @@ from arch.checkpoint.image.metadata import (
     FilesystemInfo,
     ImageMetadata,
     host_cpu_summary,
+    new_lineage,
 )
 from arch.checkpoint.image.validation import ValidImage
 from arch.checkpoint.layer.capture import capture_layer
@@ -38,6 +40,7 @@ from arch.runc.binary_facts import CPUINFO_IMAGE
 from arch.runc.runtime import RuncError, RuncTimeout
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
 
     from arch.container.identity import ImageLocation
     from arch.container.interrupted import Operation
@@ -50,6 +53,13 @@ logger = logging.getLogger("arch")
 STORAGE_FULL_BYTES = 1024 * 1024
 
 
+class Lineage(NamedTuple):
+    """The lineage an image belongs to and its generation in it."""
+
+    lineage: str
+    generation: int
+
+
 class CheckpointFailed(Exception):
     """The checkpoint did not produce a published image; the container keeps running.
 
@@ -59,6 +69,11 @@ class CheckpointFailed(Exception):
     def __init__(self, message: str, reason: str = "other") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class PublishedNotStopped(CheckpointFailed):
+    """The image is published, but the container could neither be stopped nor the image
+    withdrawn: the container stays frozen and must not be resumed."""
 
 
 class CheckpointJob:
@@ -77,6 +92,9 @@ class CheckpointJob:
         binary_facts_dir: str | None = None,
         hold: bool = False,
         compress: bool = True,
+        lineage: Lineage | None = None,
+        on_published: Callable[[], None] | None = None,
+        after_stop: Callable[[], None] | None = None,
     ) -> None:
         self.runc = runc
         # Keep the processes frozen once the image is published instead of killing them (a
@@ -85,6 +103,13 @@ class CheckpointJob:
         # zstd for pages and tar where it pays (arch.toml's compression), if the binding is here.
         self.compress = compress and compression.available()
         self.command = command
+        # The lineage and generation this image takes (README: Data safety).
+        self.lineage = lineage or Lineage(new_lineage(), 1)
+        # Called once the image is published, before the stop (the caller marks the container
+        # checkpointed), and after the stop (a pool member's hand-over), both inside the
+        # operation record, which a later call completes if this process dies.
+        self.on_published = on_published
+        self.after_stop = after_stop
         self.binary_facts_dir = binary_facts_dir  # runc's/CRIU's cached facts (binary_facts)
         # With a key the image is signed (arch.checkpoint.image.signing).
         self.image_key = image_key
@@ -103,28 +128,87 @@ class CheckpointJob:
 
         CRIU dumps with --leave-running, so that a failure up to and including publication
         leaves the processes as they were. Only once the image is published are they killed,
-        still frozen, so they execute nothing after the state the image holds.
+        still frozen, so they execute nothing after the state the image holds. From the
+        publishing rename on the container never runs again: it is stopped, or, if that fails,
+        the image is withdrawn before it is thawed.
         """
         state = self._state()
         self.criu_config = self._read_criu_config(str(state.get("bundle", "")))
         paused_here = state["status"] == "running"
-        self.operation.begin(paused_here=paused_here)
+        self.operation.begin(paused_here=paused_here, hold=self.hold)
+        try:
+            image = self._publish(state, paused_here)
+        except BaseException:
+            self.operation.end()
+            raise
+        if not self.hold:
+            self._stop_or_withdraw(image, paused_here)
+        elif self.on_published is not None:  # held frozen: it never runs on either
+            self.on_published()
+        if self._after_stop():
+            self.operation.end()
+        return image
+
+    def _publish(self, state: dict[str, object], paused_here: bool) -> ValidImage:
+        """Freeze (unless the caller did), dump and publish; on failure thaw what ARCH froze."""
         try:
             if paused_here:
                 self._pause()
             try:
-                image = self._dump_and_publish(state)
-                if not self.hold:
-                    self._stop_frozen(image)
-            except BaseException:
-                if paused_here:
-                    self._resume_after_failure()
-                else:
-                    self._paused_again_for_the_caller()
-                raise
-        finally:
-            self.operation.end()
-        return image
+                failpoints.hit("checkpoint.paused")
+                return self._dump_and_publish(state)
+            except OSError as error:
+                raise CheckpointFailed(str(error), "storage") from error
+        except BaseException:
+            if paused_here:
+                self._resume_after_failure()
+            else:
+                self._paused_again_for_the_caller()
+            raise
+
+    def _stop_or_withdraw(self, image: ValidImage, paused_here: bool) -> None:
+        """Stop the published container; if that fails, withdraw the image and thaw it (or
+        leave it frozen when even the withdrawal fails)."""
+        if self.on_published is not None:
+            self.on_published()
+        try:
+            failpoints.hit("checkpoint.before-stop")
+            self._stop_frozen(image)
+            return
+        except (CheckpointFailed, OSError) as error:
+            failure = error
+        from arch.container.interrupted import withdraw
+
+        publishing = self.operation.record.get("publishing")
+        withdrawn = isinstance(publishing, dict) and withdraw(publishing)
+        self.operation.end()
+        if not withdrawn:
+            raise PublishedNotStopped(
+                f"the image is published at {image.path}, but the container could not be "
+                f"stopped ({failure}) nor the image withdrawn: the container stays frozen",
+                "container_state",
+            )
+        if paused_here:
+            self._resume_after_failure()
+        else:
+            self._paused_again_for_the_caller()
+        raise CheckpointFailed(
+            f"the container could not be stopped ({failure}): the image was withdrawn",
+            "container_state",
+        )
+
+    def _after_stop(self) -> bool:
+        """What follows the stop (a pool hand-over); False when it failed, leaving the
+        operation record for the next call to complete."""
+        try:
+            failpoints.hit("checkpoint.stopped")
+            if self.after_stop is not None:
+                self.after_stop()
+        except OSError as error:
+            logger.error("checkpoint %s: published and stopped, but %s: the next call for the "
+                         "container completes it", self.container_id, error)  # fmt: skip
+            return False
+        return True
 
     def _state(self) -> dict[str, object]:
         try:
@@ -245,6 +329,7 @@ class CheckpointJob:
                     posixpath.dirname(self.location.relative), staging.name
                 ),
             )
+            failpoints.hit("checkpoint.staging-created")
             # CRIU dumps the processes while the filesystem is captured: both only read the
             # frozen container (measured: ~0.3 s of 1.1 s saved for 256+256 MiB). runc starts
             # from this (main) thread, which its parent-death signal follows; a worker waits
@@ -275,12 +360,36 @@ class CheckpointJob:
                 criu_log=self.image_log,
                 criu_config=self.criu_config,
                 compression_level=compression.LEVEL,
+                lineage=self.lineage.lineage,
+                generation=self.lineage.generation,
             )
             try:
-                staging.publish(metadata, self.image_key)
+                sealed = staging.seal(metadata, self.image_key)
+                failpoints.hit("checkpoint.sealed")
             except (OSError, PublishError, InvalidImage) as error:
                 raise CheckpointFailed(f"cannot publish the image: {error}", "storage") from error
+            self._commit(staging, sealed)
             return ValidImage(self.location.image_dir, metadata)
+
+    def _commit(self, staging: ImageStaging, sealed: str) -> None:
+        """The publishing rename. The record names the image first, so that a later call
+        knows whether it was published if this process dies. A failure after the rename
+        (removing the image it replaced: ESTALE, ENOTEMPTY on NFS) is not a failed
+        checkpoint: the image is published and the container must not run on."""
+        publishing = {"root": self.location.root, "relative": self.location.relative,
+                      "identity": sealed}  # fmt: skip
+        self.operation.note(publishing=publishing)  # type: ignore[arg-type]
+        try:
+            failpoints.hit("checkpoint.before-publish-rename")
+            staging.commit()
+            failpoints.hit("checkpoint.published")
+        except (OSError, PublishError) as error:
+            from arch.container.interrupted import published_image
+
+            if published_image(publishing) != sealed:
+                raise CheckpointFailed(f"cannot publish the image: {error}", "storage") from error
+            logger.warning("checkpoint %s: image published at %s, but a later step failed: %s",
+                           self.container_id, self.location.image_dir, error)  # fmt: skip
 
     def _capture_filesystem(self, rootfs: str, staging: ImageStaging) -> FilesystemInfo:
         try:
@@ -307,6 +416,7 @@ class CheckpointJob:
             tar_path = staging.create_tar(compressed)
             digest = capture_layer(overlay.upperdir, tar_path, overlay.opaque_xattr_names,
                                    compressed)  # fmt: skip
+            failpoints.hit("checkpoint.tar-written")
         except (OSError, LayerError) as error:
             raise CheckpointFailed(
                 f"cannot capture the filesystem changes: {error}", "filesystem"
@@ -363,6 +473,7 @@ class CheckpointJob:
             if self.compress:
                 staging.compress_pages()
             staging.seal_dump()  # on disk while the filesystem capture may still be running
+            failpoints.hit("checkpoint.dump-done")
         except OSError as error:
             raise CheckpointFailed(f"cannot sync the dump: {error}", "storage") from error
 

@@ -16,6 +16,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NoReturn
 
+from arch import failpoints
 from arch.checkpoint import criu_config
 from arch.checkpoint.cpu_check import CpuCheck
 from arch.checkpoint.criu_config import RESTORE_LOG, CriuConfig, CriuConfigError
@@ -153,6 +154,8 @@ class RestoreJob:
                         raise RestoreRefused("; ".join(problems), "host_mismatch")
                     self._restore_processes(work_dir, image_path)
                 except BaseException as failure:
+                    if self.restored:  # its processes use these files now: nothing undone
+                        raise
                     if journal is not None:
                         try:
                             journal.rollback()
@@ -301,12 +304,15 @@ class RestoreJob:
             name, _, value = option.lstrip("-").partition("=")
             restore = restore.with_option(name, value or None)
         args = self.runc.subcommand_args(restore)
+        failpoints.hit("restore.before-runc-restore")
         runc_call = self.runc.start_guarded(args, self.operation.runc_started, capture=False)
         try:
             status = runc_call.wait(self.timeout).status
         except RuncTimeout:
             self._cut_off(work_dir)
         self.restored = status == 0
+        if self.restored:
+            failpoints.hit("restore.after-runc-restore")
         if status != 0:
             log_path = self.criu_config.log_path(work_dir, RESTORE_LOG)
             tail = log_tail(log_path)

@@ -17,7 +17,15 @@ gone it finishes the job:
 - checkpoint: CRIU may still be dumping. It is given CHECKPOINT_GRACE_SECONDS to end on its own
   (CRIU stops a dump whose runc died and leaves the processes as they were; killing it while its
   parasite code runs in them is the last resort), then its group is SIGKILLed; then the staging
-  directory is removed and a container ARCH itself froze is thawed.
+  directory is removed. What happens to the container depends on whether the image got
+  published (the record names the image path and the identity of the image being published,
+  noted before the publishing rename; the CHECKPOINTED flag is set right after it):
+  not published: a container ARCH itself froze is thawed and runs on;
+  published: the container never runs past it: it is SIGKILLed while frozen, marked
+  CHECKPOINTED (its exit is the checkpoint's, containerd's `resume` a no-op), and a pool
+  member's hand-over is completed (the claim it was restored from removed, the new image
+  released into the pool). Only if the container cannot be stopped is the image withdrawn
+  (removed, if it is still that image) and the container left frozen.
 - restore: runc's group (runc, CRIU) is SIGKILLed at once, `runc delete --force` removes a
   half-restored container runc registered, and every process left in the container's cgroup is
   SIGKILLed (CRIU restores into that cgroup before runc registers anything): nothing restored
@@ -268,6 +276,8 @@ def finish_interrupted(
         )
         killed += undone.killed
         unmounted += undone.unmounted
+    elif kind == CHECKPOINT and _published(state, record):
+        _finish_publication(state, record, _runc(record, runc_binary, criu))
     elif kind == CHECKPOINT and record.get("paused_here"):
         _runc(record, runc_binary, criu).capture(["resume", state.container_id])
     staging_root, staging_relative = record.get("staging_root"), record.get("staging_relative")
@@ -317,6 +327,126 @@ def undo_restore(
         except MountsLeft as error:
             logger.error("restore of %s: %s", container_id, error)
     return RestoreUndone(sorted(set(killed)), unmounted)
+
+
+def _published(state: ContainerState, record: dict[str, Any]) -> bool:
+    """Whether the interrupted checkpoint published its image: marked so, or the image it was
+    publishing is at its path (the kill came between the rename and the mark)."""
+    from arch.container.state import CHECKPOINTED
+
+    if state.has(CHECKPOINTED):
+        return True
+    publishing = record.get("publishing")
+    if not isinstance(publishing, dict):
+        return False
+    expected = publishing.get("identity")
+    return isinstance(expected, str) and published_image(publishing) == expected
+
+
+def published_image(publishing: dict[str, Any]) -> str | None:
+    """The identity of the image now at the path a checkpoint was publishing to (None: none)."""
+    from arch.checkpoint.storage.beneath import opened_root
+    from arch.checkpoint.storage.store import identity
+
+    root, relative = publishing.get("root"), publishing.get("relative")
+    if not isinstance(root, str) or not isinstance(relative, str):
+        return None
+    try:
+        with opened_root(root) as root_fd:
+            return identity(root_fd, relative)
+    except OSError as error:
+        logger.warning("cannot read the image at %s/%s: %s", root, relative, error)
+        return None
+
+
+def _finish_publication(state: ContainerState, record: dict[str, Any], runc: Runc) -> None:
+    """The image is published: stop the container (it is still frozen) and mark it
+    checkpointed; if it cannot be stopped, withdraw the image and leave it frozen."""
+    from arch.container.state import CHECKPOINTED, SKIP_RESUME
+
+    where = f"{state.namespace}/{state.container_id}"
+    if record.get("hold"):  # to be held frozen (platform batch, Spot notice): never thawed
+        state.set(CHECKPOINTED)
+        state.set(SKIP_RESUME)
+        _complete_handover(where, record)
+        logger.warning("checkpoint of %s had published its image: container held frozen", where)
+        return
+    if stop_frozen(runc, state.container_id):
+        state.set(CHECKPOINTED)
+        state.set(SKIP_RESUME)
+        _complete_handover(where, record)
+        logger.warning("checkpoint of %s had published its image: container stopped", where)
+        return
+    publishing = record.get("publishing")
+    withdrawn = isinstance(publishing, dict) and withdraw(publishing)
+    state.clear(CHECKPOINTED)
+    logger.error("checkpoint of %s had published its image, but the container could not be "
+                 "stopped: image %s, container left frozen", where,
+                 "withdrawn" if withdrawn else "NOT withdrawn")  # fmt: skip
+
+
+def stop_frozen(runc: Runc, container_id: str) -> bool:
+    """SIGKILL a frozen container, then thaw it so it dies without running again; True once it
+    is stopped (or gone)."""
+    killed = runc.capture(["kill", container_id, "KILL"])
+    status = _status(runc, container_id)
+    if status == "paused":  # runc >= 1.1 thaws what it SIGKILLs; older ones leave that to us
+        runc.capture(["resume", container_id])
+        status = _status(runc, container_id)
+    if status not in (None, "stopped"):
+        logger.error("runc kill %s: exit %s %s", container_id, killed.status,
+                     killed.output.strip()[-300:])  # fmt: skip
+        return False
+    return True
+
+
+def _status(runc: Runc, container_id: str) -> str | None:
+    import json
+
+    done = runc.capture(["state", container_id])
+    if done.status != 0:
+        return None
+    try:
+        status = json.loads(done.output).get("status")
+    except (ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
+
+
+def withdraw(publishing: dict[str, Any]) -> bool:
+    """Remove the image the checkpoint published, if it is still that image."""
+    from arch.checkpoint.storage.beneath import opened_root
+    from arch.checkpoint.storage.store import remove
+
+    root, relative, expected = (publishing.get(key) for key in ("root", "relative", "identity"))
+    if not all(isinstance(value, str) for value in (root, relative, expected)):
+        return False
+    assert isinstance(root, str) and isinstance(relative, str) and isinstance(expected, str)
+    try:
+        with opened_root(root) as root_fd:
+            return remove(root_fd, relative, expected)
+    except OSError as error:
+        logger.error("cannot withdraw the image %s/%s: %s", root, relative, error)
+        return False
+
+
+def _complete_handover(where: str, record: dict[str, Any]) -> None:
+    """A pool member's image is published: drop the claim it was restored from, then release
+    the new image (in that order: a crash between leaves the pool without the old state)."""
+    handover = record.get("pool_handover")
+    if not isinstance(handover, dict):
+        return
+    from arch.checkpoint.storage import pool
+
+    root, new, old = (handover.get(key) for key in ("root", "new", "old"))
+    if not isinstance(root, str) or not isinstance(new, str):
+        return
+    try:
+        if isinstance(old, str) and old:
+            pool.drop_claim(old, root)
+        pool.release(new, root)
+    except OSError as error:
+        logger.error("%s: pool hand-over not completed: %s", where, error)
 
 
 def _runc(record: dict[str, Any], runc_binary: str, criu: str | None) -> Runc:

@@ -29,7 +29,7 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, NamedTuple
 
-from arch import bounded_json
+from arch import bounded_json, failpoints
 from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.metadata import ImageMetadata
 from arch.checkpoint.image.validation import read_metadata, validate
@@ -46,6 +46,7 @@ from arch.checkpoint.storage.store import (
     STALE_AFTER_SECONDS,
     cleanup_stale,
     remove,
+    remove_old_copies,
 )
 from arch.container.identity import ImageLocation
 from arch.container.state import (
@@ -386,6 +387,10 @@ def _apply(action: Action) -> bool:
         # Claimed first: a replica elsewhere cannot take it while it is being removed.
         claim = pool.claim_entry(parent, name)
         return claim is not None and _remove(claim.path)
+    # Swapped-out copies of earlier publications first: once the path is empty, `recover`
+    # would bring such an older state back as the job's image.
+    with _beneath_slash(action.path) as (root_fd, relative):
+        remove_old_copies(root_fd, relative)
     # Moved aside first, then checked for readers: a restore that starts meanwhile finds no
     # image instead of one being deleted; one that started before puts it back.
     aside = f"{REMOVING_PREFIX}{name}-{os.urandom(6).hex()}"
@@ -396,6 +401,7 @@ def _apply(action: Action) -> bool:
             os.rename(name, aside, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except FileNotFoundError:
             return False
+        failpoints.hit("gc.renamed-aside")
         restoring = readers_at(parent_fd, name)
         if restoring:
             os.rename(aside, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)

@@ -154,6 +154,10 @@ class Runc:
     def resume(self, container_id: str) -> None:
         self.check(["resume", container_id])
 
+    def knows(self, container_id: str) -> bool:
+        """Whether runc still has the container (`runc state` succeeds)."""
+        return self.capture(["state", container_id]).status == 0
+
     def delete_force(self, container_id: str) -> RuncResult:
         """`runc delete --force` of what a stopped or failed restore left.
 

@@ -10,14 +10,15 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from arch import failpoints
 from arch.container.state import CHECKPOINTED, SKIP_RESUME, ContainerState
 from arch.shim import notice_rules
 from arch.shim.call import Call, image_key, location_of, skip_once
-from arch.shim.delete import remove_image
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
+    from arch.checkpoint.checkpoint_job import Lineage
     from arch.container.identity import ImageLocation
     from arch.runc.parser import RuncCommand
 
@@ -82,7 +83,11 @@ def checkpoint_and_stop(
     """Checkpoint and stop the container (`hold`: keep it frozen instead); where its image is
     published. CheckpointFailed leaves it running. The caller holds the container's checkpoint
     lock."""
-    from arch.checkpoint.checkpoint_job import CheckpointFailed, CheckpointJob
+    from arch.checkpoint.checkpoint_job import (
+        CheckpointFailed,
+        CheckpointJob,
+        PublishedNotStopped,
+    )
     from arch.checkpoint.image.signing import ImageKeyError
     from arch.container.interrupted import CHECKPOINT, Operation
 
@@ -93,39 +98,52 @@ def checkpoint_and_stop(
         call.count("checkpoint", started, failure="other")
         raise CheckpointFailed(str(error)) from error
     target = location
+    runc = call.runc()
+    operation = Operation(state, CHECKPOINT, runc.global_args)
+    hand_over = None
     if location.pool_dir is not None:
         from arch.checkpoint.storage import pool
 
         target = location.with_image_dir(pool.publication_path(location.pool_dir))
-    runc = call.runc()
+        # What a later call completes if this process dies once the image is published.
+        operation.record["pool_handover"] = {"root": location.root, "new": target.image_dir,
+                                             "old": location.image_dir}  # fmt: skip
+        hand_over = _hand_over(call, location, target.image_dir)
     job = CheckpointJob(
         runc,
         command,
         target,
         call.container_id,
         call.config.criu_options,
-        Operation(state, CHECKPOINT, runc.global_args),
+        operation,
         call.config.checkpoint_timeout,
         image_key=key,
         binary_facts_dir=call.config.binary_facts_dir,
         hold=hold,
         compress=call.config.compression == "zstd",
+        lineage=next_generation(state),
+        on_published=lambda: state.set(CHECKPOINTED),
+        after_stop=hand_over,
     )
     try:
         image = job.run()
+    except PublishedNotStopped as error:
+        state.set(SKIP_RESUME)  # it stays frozen: containerd's resume must not thaw it
+        call.count("checkpoint", started, failure=error.reason)
+        raise
     except CheckpointFailed as error:
+        state.clear(CHECKPOINTED)  # nothing published, or withdrawn again: it runs on
         call.count("checkpoint", started, failure=error.reason)
         raise
     except Exception as error:  # a bug, or storage it did not expect: the job resumed it
+        if state.has(CHECKPOINTED):  # unless it was published: then it never runs again
+            state.set(SKIP_RESUME)  # (the operation record lets the next call stop it)
         logger.exception("checkpoint %s: unexpected error", call.where)
         call.count("checkpoint", started, failure="other")
         raise CheckpointFailed(f"unexpected {type(error).__name__}: {error}") from error
     call.count("checkpoint", started, image_bytes=image.metadata.image_bytes)
-    state.set(CHECKPOINTED)
     if hold:
         notice_rules.record_hold(state, runc.global_args, _identity_of(target))
-    if location.pool_dir is not None:
-        return _hand_to_pool(call, location, target.image_dir)
     return target.image_dir
 
 
@@ -139,6 +157,23 @@ def _identity_of(location: ImageLocation) -> str | None:
             return identity(root_fd, location.relative)
     except OSError:
         return None
+
+
+def next_generation(state: ContainerState) -> Lineage:
+    """The lineage and generation of the container's next image: one more than the image it
+    was restored from (or the one its fresh start found at the path); a new lineage when it
+    started from nothing."""
+    from arch.checkpoint.checkpoint_job import Lineage
+    from arch.checkpoint.image.metadata import new_lineage
+
+    recorded = (state.read_record() or {}).get("lineage")
+    if isinstance(recorded, dict):
+        lineage, generation = recorded.get("lineage"), recorded.get("generation")
+        if isinstance(generation, int) and not isinstance(generation, bool):
+            if isinstance(lineage, str) and lineage:
+                return Lineage(lineage, generation + 1)
+            return Lineage(new_lineage(), generation + 1)
+    return Lineage(new_lineage(), 1)
 
 
 @contextlib.contextmanager
@@ -156,26 +191,24 @@ def exclusive_checkpoint(state: ContainerState) -> Iterator[None]:
         os.close(fd)
 
 
-def _hand_to_pool(call: Call, location: ImageLocation, claimed_path: str) -> str:
-    """After a pool member's checkpoint (it is stopped now): offer its new image to the pool
-    and drop the image it was restored from, which the new one supersedes."""
+def _hand_over(call: Call, location: ImageLocation, claimed_path: str) -> Callable[[], None]:
+    """After a pool member's checkpoint (it is stopped now): drop the image it was restored
+    from, which the new one supersedes, then offer the new one to the pool. In that order: a
+    crash between leaves the pool without the old state, never with both (the operation record
+    lets the next call finish it: arch.container.interrupted)."""
     from arch.checkpoint.storage import pool
 
-    try:
-        published = pool.release(claimed_path, location.root) or claimed_path
-    except OSError as error:  # the image is complete; `archctl gc` releases it later
-        logger.error("checkpoint %s: image %s not released into the pool: %s", call.where,
-                     claimed_path, error)  # fmt: skip
-        published = claimed_path
-    if location.image_dir:
-        try:
-            if remove_image(location):
-                logger.info("checkpoint %s: superseded pool image %s removed", call.where,
-                            location.image_dir)  # fmt: skip
-        except OSError as error:
-            logger.error("checkpoint %s: superseded pool image %s kept: %s", call.where,
-                         location.image_dir, error)  # fmt: skip
-    return published
+    def hand_over() -> None:
+        if location.image_dir and pool.drop_claim(location.image_dir, location.root):
+            logger.info("checkpoint %s: superseded pool image %s removed", call.where,
+                        location.image_dir)  # fmt: skip
+        failpoints.hit("pool.before-release")
+        released = pool.release(claimed_path, location.root)
+        failpoints.hit("pool.after-release")
+        logger.info("checkpoint %s: new image released into the pool as %s", call.where,
+                    released)  # fmt: skip
+
+    return hand_over
 
 
 def handle_resume(call: Call) -> int:

@@ -10,13 +10,19 @@ import time
 from typing import TYPE_CHECKING
 
 from arch.container.exit_watch import new_instance
-from arch.container.state import SKIP_START, ContainerState, StateError
+from arch.container.state import (
+    CHECKPOINTED,
+    EXIT_STATUS,
+    SKIP_START,
+    ContainerState,
+    StateError,
+)
 from arch.shim import notice_rules
-from arch.shim.call import Call, image_trust, opted_in_bundle, skip_once
+from arch.shim.call import Call, image_trust, location_of, opted_in_bundle, skip_once
 from arch.shim.sharedfs import with_sharedfs_workdir
 
 if TYPE_CHECKING:
-
+    from arch.checkpoint.image.metadata import ImageMetadata
     from arch.container.bundle import Bundle
     from arch.container.identity import ImageLocation
 
@@ -31,7 +37,9 @@ POOL_CLAIM_ATTEMPTS = 3
 
 
 # What became of one restore attempt.
-RESTORED, NO_IMAGE, INVALID, REFUSED = "restored", "no image", "invalid", "refused"
+RESTORED, NO_IMAGE, INVALID, REFUSED, SUPERSEDED = (
+    "restored", "no image", "invalid", "refused", "superseded",
+)  # fmt: skip
 
 
 def handle_create(call: Call) -> int:
@@ -55,6 +63,7 @@ def handle_create(call: Call) -> int:
     except (ImagePathError, StateError, BundleError, OSError) as error:
         return call.fail(str(error))
     call.finish_interrupted(state)
+    _finish_previous_instance(call, state)
     state.remove_all()
     doomed = notice_rules.doomed(call.config)
     refusal = notice_rules.create_refusal(location) if doomed else None
@@ -78,6 +87,29 @@ def handle_create(call: Call) -> int:
             f"container is not created on that rootfs: {error}"
         )
     return 0 if restored else call.pass_through()
+
+
+def _finish_previous_instance(call: Call, state: ContainerState) -> None:
+    """What the delete of an earlier instance of this container id left undone (it was killed,
+    or its removal failed): the image of a job that exited 0 is removed, a pool image it had
+    claimed goes back to the pool. Otherwise this create would restore a finished job, or the
+    claim would be held by nobody."""
+    from arch.shim.delete import release_claim, remove_own_image
+
+    previous = location_of(state) if state.exists() else None
+    if previous is None or not previous.image_dir or state.has(CHECKPOINTED):
+        return
+    where = call.where
+    finished = (state.get(EXIT_STATUS) or "").strip() == "0"
+    if finished and notice_rules.exit_is_not_a_finish(call.config, state):
+        finished = False  # a stop during a Spot notice: its image stays
+    try:
+        if finished:
+            remove_own_image(where, state, previous)
+        elif previous.pool_dir is not None:
+            release_claim(where, previous, None)
+    except OSError as error:
+        logger.error("create %s: what the previous instance left is kept: %s", where, error)
 
 
 def _write_record(
@@ -122,16 +154,24 @@ def _restore_from_pool(
 
     assert location.pool_dir is not None
     where = call.where
+    def announce(claimed_path: str) -> None:  # named before it is taken
+        _write_record(state, location.with_image_dir(claimed_path), bundle, instance)
+
     wait_until = time.monotonic() + call.config.restore_wait
     try:
         while True:
-            for claim in pool.claims(location.pool_dir, POOL_CLAIM_ATTEMPTS, location.root):
+            for claim in pool.claims(location.pool_dir, POOL_CLAIM_ATTEMPTS, location.root,
+                                     announce):  # fmt: skip
                 claimed = location.with_image_dir(claim.path)
-                _write_record(state, claimed, bundle, instance)  # named before it is used
+                _write_record(state, claimed, bundle, instance)  # with the image's identity now
                 outcome = _restore(call, bundle, claimed, state)
                 if outcome == RESTORED:
                     return True
-                if outcome == INVALID:
+                if outcome == SUPERSEDED:
+                    pool.drop_claim(claim.path, location.root)
+                    logger.warning("create %s: pool image %s dropped: a newer generation of its "
+                                   "job is in the pool", where, claim.entry)  # fmt: skip
+                elif outcome == INVALID:
                     moved = pool.quarantine(claim.path, location.root)
                     logger.warning("create %s: pool image moved aside to %s", where, moved)
                 elif outcome == REFUSED:
@@ -237,6 +277,11 @@ def _restore_from(
         call.count("restore", time.monotonic(), failure="other")
         _not_this_jobs_image(state, f"not looked at: {type(error).__name__}")
         return REFUSED
+    lineage = {"lineage": image.metadata.lineage, "generation": image.metadata.generation}
+    state.update_record(lambda record: record.update(lineage=lineage))
+    if location.pool_dir is not None and _pool_superseded(location, image.metadata):
+        image.close()
+        return SUPERSEDED
     scratch = os.path.join(call.config.state_dir, ".work")
     operation = Operation(state, RESTORE, runc.global_args)
     job = RestoreJob(runc, call.command, bundle, image, call.container_id, scratch, operation,
@@ -269,7 +314,8 @@ def _restore_from(
         image.close()
     state.set(SKIP_START)
     operation.end()
-    logger.info("create %s: restored from %s", where, location.image_dir)
+    logger.info("create %s: restored from %s (generation %d)", where, location.image_dir,
+                image.metadata.generation)  # fmt: skip
     call.count("restore", started, image_bytes=image.metadata.image_bytes)
     return RESTORED
 
@@ -284,6 +330,15 @@ def _not_this_jobs_image(state: ContainerState, why: str) -> None:
         record["image_not_removed"] = why.splitlines()[0] if why else "refused"
 
     state.update_record(forget)
+
+
+def _pool_superseded(location: ImageLocation, metadata: ImageMetadata) -> bool:
+    """Whether the pool holds a newer generation of the claimed image's job."""
+    from arch.checkpoint.storage import pool
+
+    assert location.pool_dir is not None
+    return pool.superseded(location.pool_dir, metadata.lineage, metadata.generation,
+                           location.root)  # fmt: skip
 
 
 def handle_start(call: Call) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from arch import failpoints
 from arch.container.state import CHECKPOINTED, ContainerState
 from arch.shim import notice_rules
 from arch.shim.call import Call, location_of
@@ -31,8 +32,10 @@ def handle_delete(call: Call) -> int:
             state.remove_all()
         return call.pass_through()
     status = call.run_through()
-    if status != 0:
+    if status != 0 and call.runc().knows(call.container_id):
         return status
+    # runc no longer has it (an earlier delete that was killed removed it): ARCH's part still
+    # has to be done; runc's "does not exist" goes to the caller, which takes it for done.
     where = call.where
     if state.has(CHECKPOINTED):
         logger.info("delete %s: checkpointed, image kept in %s", where,
@@ -45,17 +48,20 @@ def handle_delete(call: Call) -> int:
             _keep_after_notice_stop(where, location)
         elif exit_status == 0:
             try:
-                _remove_own_image(where, state, location)
+                remove_own_image(where, state, location)
             except OSError as error:
-                logger.error("delete %s: exited 0, image %s kept: %s", where,
+                # The state stays: the next create of this container id removes the image
+                # (never restores a finished job).
+                logger.error("delete %s: exited 0, image %s kept for now: %s", where,
                              location.image_dir, error)  # fmt: skip
+                return status
         elif location.pool_dir is not None:
-            _release_claim(where, location, exit_status)
+            release_claim(where, location, exit_status)
         else:
             logger.info("delete %s: exit status %s, image %s kept", where, exit_status,
                         location.image_dir)  # fmt: skip
     state.remove_all()
-    return 0
+    return status
 
 
 def _keep_after_notice_stop(where: str, location: ImageLocation) -> None:
@@ -63,20 +69,10 @@ def _keep_after_notice_stop(where: str, location: ImageLocation) -> None:
     logger.warning("delete %s: exited 0 after a stop during a Spot notice: not a finish, image "
                    "%s kept", where, location.image_dir)  # fmt: skip
     if location.pool_dir is not None:
-        _release_claim(where, location, 0)
+        release_claim(where, location, 0)
 
 
-def remove_image(location: ImageLocation) -> bool:
-    """Remove the location's image, resolved beneath its root (NotBeneath, an OSError, when it
-    no longer resolves there: nothing is removed); False when there is none."""
-    from arch.checkpoint.storage.beneath import opened_root
-    from arch.checkpoint.storage.store import remove
-
-    with opened_root(location.root) as root_fd:
-        return remove(root_fd, location.relative)
-
-
-def _remove_own_image(where: str, state: ContainerState, location: ImageLocation) -> None:
+def remove_own_image(where: str, state: ContainerState, location: ImageLocation) -> None:
     """After exit 0: remove the image this instance was created against, not one another
     container (a replica with the same checkpoint id, another host) published there since. The
     image is resolved beneath its root (NotBeneath, an OSError, when it no longer resolves)."""
@@ -94,8 +90,10 @@ def _remove_own_image(where: str, state: ContainerState, location: ImageLocation
         logger.info("delete %s: exited 0; no image was at %s when it was created: nothing "
                     "removed", where, location.image_dir)  # fmt: skip
         return
+    failpoints.hit("delete.before-remove")
     with opened_root(location.root) as root_fd:
         removed = remove(root_fd, location.relative, expected)
+    failpoints.hit("delete.after-remove")
     if removed:
         logger.info("delete %s: exited 0, image %s removed", where, location.image_dir)
     else:
@@ -103,7 +101,7 @@ def _remove_own_image(where: str, state: ContainerState, location: ImageLocation
                     "against: kept", where, location.image_dir)  # fmt: skip
 
 
-def _release_claim(where: str, location: ImageLocation, exit_status: int | None) -> None:
+def release_claim(where: str, location: ImageLocation, exit_status: int | None) -> None:
     from arch.checkpoint.storage import pool
 
     claimed_path = location.image_dir

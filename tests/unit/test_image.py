@@ -72,6 +72,7 @@ def fill_staging(
     tar: bytes | None = b"tar bytes",
     dump_log: str = DUMP_LOG_OK,
     criu_version: str = "4.2",
+    generation: int = 0,
 ) -> ImageMetadata:
     """Write what runc/CRIU and the layer module would, and the matching metadata."""
     for name, data in CRIU_FILES.items():
@@ -97,6 +98,8 @@ def fill_staging(
         identity=JobIdentity.of(
             oci_spec.decode(json.dumps(OCI_CONFIG).encode()).spec, "layers-sha256:" + "0" * 64
         ),
+        lineage="lineage-1",
+        generation=generation,
     )
 
 
@@ -416,7 +419,10 @@ def test_recover_ignores_incomplete_old_dirs(image_dir: Path) -> None:
     assert not image_dir.exists()
 
 
-def test_remove_deletes_without_following_symlinks(tmp_path: Path, image_dir: Path) -> None:
+def test_remove_deletes_without_following_symlinks(
+    tmp_path: Path, image_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "UNLEASED_GRACE_SECONDS", 0.0)  # the staging is abandoned
     publish_image(image_dir)
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -814,3 +820,67 @@ def test_remove_and_recover_refuse_a_symlinked_parent(image_dir: Path, tmp_path:
     with pytest.raises(NotBeneath):
         cleanup_at(image_dir.parent, min_age=0)
     assert (outside / image_dir.name).is_dir()
+
+
+def _foreign_lease(directory: Path, expires: float) -> None:
+    from arch.checkpoint.storage.lease import LEASE_FILE
+
+    lease = {"host": "i-0another0host0000", "boot": "other-boot", "pid": 1, "start": 1,
+             "expires": expires}  # fmt: skip
+    (directory / LEASE_FILE).write_text(json.dumps(lease))
+
+
+def test_a_same_id_remove_leaves_another_hosts_staging_while_its_lease_is_live(
+    image_dir: Path,
+) -> None:
+    """Invariant 3: the other host may publish it yet; only an expired lease frees it."""
+    publish_image(image_dir)
+    held = image_dir.parent / ".staging-job-1-aaaaaaaaaaaa"
+    held.mkdir()
+    _foreign_lease(held, time.time() + 100)
+    unleased_fresh = image_dir.parent / ".staging-job-1-bbbbbbbbbbbb"
+    unleased_fresh.mkdir()
+    expired = image_dir.parent / ".staging-job-1-cccccccccccc"
+    expired.mkdir()
+    _foreign_lease(expired, time.time() - 1000)
+    assert remove_at(image_dir)
+    assert held.is_dir() and unleased_fresh.is_dir()
+    assert not expired.exists()
+
+
+def test_the_lease_stays_until_the_publishing_rename(image_dir: Path) -> None:
+    from arch.checkpoint.storage.lease import LEASE_FILE, is_held, lease_of
+
+    with begin(image_dir) as staging:
+        metadata = fill_staging(staging)
+        staging.seal(metadata)
+        parent_fd = os.open(image_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            lease = lease_of(parent_fd, staging.name)
+        finally:
+            os.close(parent_fd)
+        assert lease is not None and is_held(lease), "sealed, not yet renamed: still leased"
+        staging.commit()
+    assert not (image_dir / LEASE_FILE).exists(), "the lease is not part of the image"
+    validate(str(image_dir))
+
+
+def test_removers_clear_old_copies_so_recover_brings_no_older_state_back(
+    image_dir: Path,
+) -> None:
+    publish_image(image_dir, "older")
+    old_copy = image_dir.parent / ".old-job-1-0123456789ab"
+    os.rename(image_dir, old_copy)
+    publish_image(image_dir, "newer")
+    with opened_root("/") as root_fd:
+        assert store.remove_old_copies(root_fd, beneath_slash(image_dir)) == [old_copy.name]
+    os.rename(image_dir, image_dir.parent / ".removing-job-1-0123456789ab")  # as gc does
+    assert not recover_at(image_dir)
+
+
+def test_recover_takes_the_newest_generation(image_dir: Path) -> None:
+    for generation, name in ((3, "aaaaaaaaaaaa"), (5, "bbbbbbbbbbbb"), (4, "cccccccccccc")):
+        publish_image(image_dir, f"gen-{generation}", generation=generation)
+        os.rename(image_dir, image_dir.parent / f".old-job-1-{name}")
+    assert recover_at(image_dir)
+    assert validate(str(image_dir)).metadata.generation == 5

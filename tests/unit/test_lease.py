@@ -37,7 +37,7 @@ def leftover(parent: Path, name: str, lease_document: dict[str, object] | None) 
 
 
 def this_host(identity: ProcessIdentity, expires: float) -> dict[str, object]:
-    return {"host": os.uname().nodename, "boot": lease._boot_id(), "pid": identity.pid,
+    return {"host": lease._host(), "boot": lease._boot_id(), "pid": identity.pid,
             "start": identity.start, "expires": expires}  # fmt: skip
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from arch.checkpoint.storage import store
 from arch.checkpoint.storage.beneath import opened_root
 
@@ -48,7 +50,12 @@ def test_an_image_published_since_is_kept(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["job"]
 
 
-def test_the_image_created_against_is_removed(tmp_path: Path) -> None:
+def test_the_image_created_against_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from arch.checkpoint.storage import store
+
+    monkeypatch.setattr(store, "UNLEASED_GRACE_SECONDS", 0.0)  # the leftover is abandoned
     created_against = identity(str(image(tmp_path / "job", '{"created": "1"}')))
     assert created_against is not None
     (tmp_path / ".staging-job-0123456789ab").mkdir()  # an interrupted publication's leftover

@@ -39,6 +39,7 @@ COMPRESSED_FORMAT_VERSION = 3
 SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION, COMPRESSED_FORMAT_VERSION})
 COMPRESSIONS = ("zstd",)
 COMPRESSED_SUFFIX = ".zst"
+_LINEAGE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PRE_IDENTITY_FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 # The MAC of metadata.json when images are signed (arch.checkpoint.image.signing).
@@ -213,6 +214,11 @@ class ImageMetadata:
     criu_config: CriuConfig | None = None
     # The zstd level the compressed files were written with (None: nothing compressed).
     compression_level: int | None = None
+    # The job's lineage (a random id opened by a fresh start) and this image's place in it: one
+    # more than the image the container was restored from (README: Data safety). Images made
+    # before generations were recorded read as generation 0 of no lineage.
+    lineage: str = ""
+    generation: int = 0
 
     @classmethod
     def new(
@@ -232,6 +238,8 @@ class ImageMetadata:
         criu_log: str = CRIU_DUMP_LOG,
         criu_config: CriuConfig | None = None,
         compression_level: int | None = None,
+        lineage: str = "",
+        generation: int = 0,
     ) -> ImageMetadata:
         """Metadata for an image made now on this host (created, host and kernel filled in)."""
         uname = os.uname()
@@ -255,6 +263,8 @@ class ImageMetadata:
             identity=identity,
             criu_log=criu_log,
             criu_config=criu_config,
+            lineage=lineage,
+            generation=generation,
             format_version=COMPRESSED_FORMAT_VERSION if compressed else FORMAT_VERSION,
             compression_level=compression_level if compressed else None,
         )
@@ -309,6 +319,8 @@ class ImageMetadata:
             "identity": None if self.identity is None else self.identity.to_dict(),
             **({} if self.compression_level is None
                else {"compression": {"algorithm": "zstd", "level": self.compression_level}}),
+            "lineage": self.lineage,
+            "generation": self.generation,
         }
 
     def to_json(self) -> bytes:
@@ -390,7 +402,27 @@ class ImageMetadata:
             criu_log=criu_log,
             criu_config=criu_config,
             compression_level=compression_level,
+            lineage=_lineage_from(top.get("lineage", "")),
+            generation=_generation_from(top.get("generation", 0)),
         )
+
+
+def _lineage_from(value: object) -> str:
+    if not isinstance(value, str) or (value and not _LINEAGE.match(value)):
+        raise InvalidImage(f"{METADATA_FILE}: lineage must be up to 64 letters, digits, - or _")
+    return value
+
+
+def _generation_from(value: object) -> int:
+    generation = _integer(value, "generation")
+    if not 0 <= generation < 2**53:
+        raise InvalidImage(f"{METADATA_FILE}: generation {generation} is out of range")
+    return generation
+
+
+def new_lineage() -> str:
+    """A fresh lineage id, for a job that starts from nothing."""
+    return os.urandom(8).hex()
 
 
 def parse_criu_version(text: str, source: str = "CRIU version") -> tuple[int, ...]:

@@ -25,7 +25,7 @@ from arch.checkpoint.image.metadata import (
 from arch.checkpoint.storage.beneath import fd_path, open_beneath
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection
 
 # The last line CRIU's dump logs when it succeeded (criu/cr-dump.c, 3.x and 4.x).
 CRIU_DUMP_SUCCESS = "Dumping finished successfully"
@@ -150,14 +150,19 @@ def verify_tar_checksum(image: ValidImage) -> None:
         )
 
 
-def validate_contents(dir_fd: int, trust: signing.Trust | None = None) -> ImageMetadata:
-    """Everything `validate` checks about the files, against the metadata on disk.
+def validate_contents(
+    dir_fd: int, trust: signing.Trust | None = None, ignore: Callable[[str], bool] | None = None
+) -> ImageMetadata:
+    """Everything `validate` checks about the files, against the metadata on disk (files
+    whose names `ignore` accepts aside: a staging dir's lease).
 
     With a `trust`, the signature is verified over the metadata's bytes before they are parsed,
     and a signed image must have a recorded sha256 for every file
     (arch.checkpoint.image.signing). Without one, signatures are not looked at.
     """
     entries = regular_entries(dir_fd)
+    if ignore is not None:
+        entries = {name: size for name, size in entries.items() if not ignore(name)}
     if METADATA_FILE not in entries:
         raise InvalidImage(f"{METADATA_FILE} is missing (incomplete image)")
     data = _read_small(dir_fd, METADATA_FILE, METADATA_MAX_BYTES)

@@ -4,11 +4,13 @@ A leftover directory (of a killed checkpoint or restore) holds process memory an
 never while a process, on this host or another one sharing the storage, still writes into it.
 flock cannot tell: NFS/EFS locks are emulated or absent, and a lock never crosses hosts
 reliably. So the writer keeps LEASE_FILE in the directory, a small JSON document
-    {"host": nodename, "boot": boot id, "pid": pid, "start": start time, "expires": epoch s}
+    {"host": host identity, "boot": boot id, "pid": pid, "start": start time, "expires": epoch s}
 rewritten (temp file + rename, atomic on NFS too) every REFRESH_SECONDS by a background thread,
 each time with `expires` = now + TTL_SECONDS. A directory is held while
 - its lease was written on this host in this boot by a process that still runs (pid + start
   time; a dead holder frees it at once), or
+  (the host is arch.host_identity's: the EC2 instance id or machine id + boot id, never the
+  hostname, which another instance may carry later)
 - its lease comes from another host (or boot) and expires + CLOCK_SKEW_SECONDS is still ahead
   of this host's clock (host clocks may differ by up to that much).
 A directory without a lease file is judged by its age by the caller (store.cleanup_stale).
@@ -36,11 +38,15 @@ logger = logging.getLogger("arch")
 
 
 def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
-            return boot.read().strip()
-    except OSError:
-        return ""
+    from arch.host_identity import boot_id
+
+    return boot_id()
+
+
+def _host() -> str:
+    from arch.host_identity import current
+
+    return current()
 
 
 class Lease:
@@ -86,7 +92,7 @@ class Lease:
 
     def _write(self) -> None:
         document = {
-            "host": os.uname().nodename,
+            "host": _host(),
             "boot": _boot_id(),
             "pid": self.holder.pid,
             "start": self.holder.start,
@@ -124,7 +130,7 @@ def is_held(lease: dict[str, Any], now: float | None = None) -> bool:
 
     now = time.time() if now is None else now
     pid, start = lease.get("pid"), lease.get("start")
-    same_boot = lease.get("host") == os.uname().nodename and lease.get("boot") == _boot_id()
+    same_boot = lease.get("host") == _host() and lease.get("boot") == _boot_id()
     if same_boot and isinstance(pid, int) and isinstance(start, int):
         return ProcessIdentity(pid, start).alive()
     expires = lease.get("expires")

@@ -4,7 +4,8 @@ A pool is one directory `<root>/<namespace>/<pool>/` holding one image directory
 checkpointed member:
 
 - `image-<UTC time>-<random>`: published and unclaimed; any new member may take it.
-- `.claimed~<host>~<random>~<entry>`: taken by one container (its state record names the path).
+- `.claimed~<host>~<random>~<entry>`: taken by one container (its state record names the path);
+  <host> is the claimer's host identity (arch.host_identity), never its hostname.
 - `.invalid~<random>~<entry>`: refused by validation when claimed; kept for `archctl inspect`,
   removed by `archctl gc`.
 
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from arch.checkpoint.storage.store import RANDOM_HEX_CHARS, lexists, random_hex
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 ENTRY_PREFIX = "image-"
 CLAIMED_PREFIX = ".claimed~"
@@ -70,10 +71,15 @@ class ClaimedName(NamedTuple):
     entry: str
 
 
-def host_label(nodename: str | None = None) -> str:
-    """This host's name as it appears in claimed names (safe characters, bounded length)."""
-    name = nodename if nodename is not None else os.uname().nodename
-    return _HOST_UNSAFE.sub("_", name)[:HOST_MAX] or "host"
+def host_label(identity: str | None = None) -> str:
+    """This host as it appears in claimed names: its identity (arch.host_identity: the EC2
+    instance id, else machine id + boot id; never the hostname, which later instances reuse),
+    in safe characters, bounded length."""
+    if identity is None:
+        from arch.host_identity import current
+
+        identity = current()
+    return _HOST_UNSAFE.sub("_", identity)[:HOST_MAX] or "host"
 
 
 def is_entry(name: str) -> bool:
@@ -128,16 +134,21 @@ def unclaimed_entries(pool_dir: str) -> list[str]:
 
 
 def claim_next(
-    pool_dir: str, skip: frozenset[str] = frozenset(), root: str = "/"
+    pool_dir: str,
+    skip: frozenset[str] = frozenset(),
+    root: str = "/",
+    announce: Callable[[str], None] | None = None,
 ) -> Claim | None:
-    """Claim the oldest unclaimed entry not in `skip`; None when there is none left."""
+    """Claim the oldest unclaimed entry not in `skip`; None when there is none left.
+    `announce` is told the claimed path before each rename (so that a claimer killed right
+    after it has named its claim: the claimer's next call gives it back)."""
     parent_fd = _open_pool(pool_dir, root)
     if parent_fd is None:
         return None
     try:
         for entry in sorted(name for name in os.listdir(parent_fd) if is_entry(name)):
             if entry not in skip:
-                claim = _claim_at(parent_fd, pool_dir, entry)
+                claim = _claim_at(parent_fd, pool_dir, entry, announce)
                 if claim is not None:
                     return claim
         return None
@@ -156,19 +167,36 @@ def claim_entry(pool_dir: str, entry: str, root: str = "/") -> Claim | None:
         os.close(parent_fd)
 
 
-def _claim_at(parent_fd: int, pool_dir: str, entry: str) -> Claim | None:
+def _claim_at(
+    parent_fd: int, pool_dir: str, entry: str, announce: Callable[[str], None] | None = None
+) -> Claim | None:
+    from arch import failpoints
+
     claimed = claimed_name(entry)
+    if announce is not None:
+        announce(os.path.join(pool_dir, claimed))
+    failpoints.hit("pool.before-claim")
     if not _rename(parent_fd, entry, claimed):
         return None
-    os.fsync(parent_fd)
+    try:
+        os.fsync(parent_fd)
+        failpoints.hit("pool.after-claim")
+    except OSError:
+        _rename(parent_fd, claimed, entry)  # back into the pool: nobody would use the claim
+        raise
     return Claim(pool_dir, entry, claimed)
 
 
-def claims(pool_dir: str, attempts: int, root: str = "/") -> Iterator[Claim]:
+def claims(
+    pool_dir: str,
+    attempts: int,
+    root: str = "/",
+    announce: Callable[[str], None] | None = None,
+) -> Iterator[Claim]:
     """Claim entries one at a time, at most `attempts` (the caller releases or keeps each)."""
     tried: set[str] = set()
     for _ in range(attempts):
-        claim = claim_next(pool_dir, frozenset(tried), root)
+        claim = claim_next(pool_dir, frozenset(tried), root, announce)
         if claim is None:
             return
         tried.add(claim.entry)
@@ -192,6 +220,54 @@ def quarantine(claimed_path: str, root: str = "/") -> str | None:
         raise PoolError(errno.EINVAL, f"not a claimed pool image: {claimed_path}")
     invalid = SEPARATOR.join((INVALID_PREFIX[:-1], parsed.token, parsed.entry))
     return _move(pool_dir, name, invalid, root)
+
+
+def drop_claim(claimed_path: str, root: str = "/") -> bool:
+    """Remove an image this host claimed (superseded by the claimer's newer image); False when
+    it is already gone."""
+    from arch.checkpoint.storage.beneath import opened_root
+    from arch.checkpoint.storage.store import remove
+
+    if parse_claimed(os.path.basename(os.path.normpath(claimed_path))) is None:
+        raise PoolError(errno.EINVAL, f"not a claimed pool image: {claimed_path}")
+    prefix = root.rstrip("/") + "/"
+    if not claimed_path.startswith(prefix):
+        raise PoolError(errno.EINVAL, f"{claimed_path}: not beneath {root}")
+    with opened_root(root) as root_fd:
+        return remove(root_fd, claimed_path[len(prefix) :].strip("/"))
+
+
+def superseded(pool_dir: str, lineage: str, generation: int, root: str = "/") -> bool:
+    """Whether the pool holds a newer generation of the lineage (unclaimed or claimed): an
+    image of that lineage and an older generation must never be restored."""
+    from arch.checkpoint.image.errors import InvalidImage
+    from arch.checkpoint.image.validation import read_metadata_at
+
+    if not lineage:
+        return False
+    parent_fd = _open_pool(pool_dir, root)
+    if parent_fd is None:
+        return False
+    try:
+        for name in os.listdir(parent_fd):
+            if not is_entry(name) and parse_claimed(name) is None:
+                continue
+            try:
+                dir_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, dir_fd=parent_fd)  # fmt: skip
+            except OSError:
+                continue
+            try:
+                metadata = read_metadata_at(dir_fd)
+            except (OSError, InvalidImage):
+                continue
+            finally:
+                os.close(dir_fd)
+            if metadata.lineage == lineage and metadata.generation > generation:
+                return True
+        return False
+    finally:
+        os.close(parent_fd)
 
 
 def publication_path(pool_dir: str) -> str:

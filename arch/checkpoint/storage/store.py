@@ -25,6 +25,7 @@ import stat
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from arch import failpoints
 from arch.checkpoint.image import compression
 from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.metadata import (
@@ -70,6 +71,9 @@ PAGES_PREFIX = "pages-"
 PAGES_SUFFIX = ".img"
 # A leftover untouched for this long is not an operation in progress.
 STALE_AFTER_SECONDS = 3600.0
+# A same-id removal leaves another writer's staging without a (readable) lease alone while it
+# changed within this long (host clocks may differ by a minute; leases are refreshed each 30 s).
+UNLEASED_GRACE_SECONDS = 300.0
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -197,18 +201,20 @@ class ImageStaging:
             and not name.startswith(LEASE_FILE)
         )  # fmt: skip
 
-    def publish(self, metadata: ImageMetadata, key: bytes | None = None) -> None:
-        """Seal the staging dir (signed with `key`, if given), check it like `validate`, and
-        put it at the final path.
+    def publish(self, metadata: ImageMetadata, key: bytes | None = None) -> str:
+        """seal() and commit(): the published image's identity."""
+        sealed = self.seal(metadata, key)
+        self.commit()
+        return sealed
 
-        The parent is resolved beneath the root again: it must still be the directory the
-        image was staged in.
-        """
+    def seal(self, metadata: ImageMetadata, key: bytes | None = None) -> str:
+        """Seal the staging dir (signed with `key`, if given) and check it like `validate`;
+        the identity (see `identity`) the image will have once published."""
         if self._finished:
             raise PublishError(f"{self.relative}: already published or aborted")
-        self._lease.stop()  # its file is not part of the image; the age check covers the rest
         dir_fd = self._lock_fd
-        _seal_files(dir_fd, lambda name: name not in self._sealed)
+        _seal_files(dir_fd, lambda name: name not in self._sealed
+                    and not name.startswith(LEASE_FILE))  # fmt: skip
         document = metadata.to_json()
         _write_file(dir_fd, METADATA_FILE, document)
         trust = None
@@ -217,7 +223,19 @@ class ImageStaging:
             _write_file(dir_fd, SIGNATURE_FILE, signature(key, document, *place))
             trust = Trust((key,), False, *place)
         os.fsync(dir_fd)
-        validate_contents(dir_fd, trust)
+        validate_contents(dir_fd, trust, ignore=_is_lease_file)
+        return identity_of_document(document)
+
+    def commit(self) -> None:
+        """Put the sealed staging dir at the final path. The lease is held until just before
+        the rename (its file is not part of the image): a same-id removal on another host
+        never takes the directory for abandoned while it is still on its way.
+
+        The parent is resolved beneath the root again: it must still be the directory the
+        image was staged in.
+        """
+        if self._finished:
+            raise PublishError(f"{self.relative}: already published or aborted")
         parent, final_name = _split(self.relative)
         parent_fd = open_beneath(self._root_fd, parent)
         try:
@@ -225,6 +243,7 @@ class ImageStaging:
                 raise PublishError(
                     f"{parent!r} is no longer the directory the image was staged in"
                 )
+            self._lease.stop()
             _swap_into_place(parent_fd, self.name, final_name)
         finally:
             os.close(parent_fd)
@@ -277,8 +296,11 @@ def remove(root_fd: int, relative: str, expected: str | None = None) -> bool:
     except FileNotFoundError:
         return False
     try:
-        for leftover in _leftovers_of(parent_fd, name):
-            if _abandoned(parent_fd, leftover, 0.0, time.time()):
+        _remove_old_copies_at(parent_fd, name)
+        for leftover in _leftovers_of(parent_fd, name, prefixes=(STAGING_PREFIX,)):
+            # Another writer's staging stays while its lease is live or (without one) while
+            # it changed lately: it may be published yet, on this host or another.
+            if _abandoned(parent_fd, leftover, UNLEASED_GRACE_SECONDS, time.time()):
                 _remove_entry(parent_fd, leftover)
         doomed = f"{REMOVING_PREFIX}{name}-{random_hex()}"
         try:
@@ -292,6 +314,47 @@ def remove(root_fd: int, relative: str, expected: str | None = None) -> bool:
         return True
     finally:
         os.close(parent_fd)
+
+
+def remove_old_copies(root_fd: int, relative: str) -> list[str]:
+    """Remove the swapped-out `.old-` copies of the image `relative` (beneath `root_fd`); the
+    names removed. Whoever empties an image path calls this first: `recover` would otherwise
+    bring such an older state back as the job's image."""
+    parent, name = _split(relative)
+    try:
+        parent_fd = open_beneath(root_fd, parent)
+    except FileNotFoundError:
+        return []
+    try:
+        return _remove_old_copies_at(parent_fd, name)
+    finally:
+        os.close(parent_fd)
+
+
+def _remove_old_copies_at(parent_fd: int, name: str) -> list[str]:
+    removed = []
+    for old in list(_leftovers_of(parent_fd, name, prefixes=(OLD_PREFIX,))):
+        _retire(parent_fd, old)
+        removed.append(old)
+    return removed
+
+
+def _retire(parent_fd: int, name: str) -> None:
+    """Remove an image directory, its metadata.json first: from the first step on it is no
+    longer a complete image that `recover` or a restore could take."""
+    try:
+        dir_fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return
+    except OSError:
+        dir_fd = -1  # not a directory: _remove_entry unlinks it
+    if dir_fd >= 0:
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(METADATA_FILE, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+    _remove_entry(parent_fd, name)
 
 
 def _still_expected(parent_fd: int, doomed: str, name: str, expected: str) -> bool:
@@ -314,6 +377,17 @@ def _still_expected(parent_fd: int, doomed: str, name: str, expected: str) -> bo
         return True
     os.fsync(parent_fd)
     return False
+
+
+def identity_of_document(document: bytes) -> str:
+    """The identity of an image whose metadata.json holds `document`."""
+    import hashlib
+
+    return "metadata:" + hashlib.sha256(document).hexdigest()
+
+
+def _is_lease_file(name: str) -> bool:
+    return name.startswith(LEASE_FILE)
 
 
 def identity(root_fd: int, relative: str) -> str | None:
@@ -377,11 +451,11 @@ def recover(root_fd: int, relative: str) -> bool:
             except InvalidImage:
                 continue
             if metadata.checkpoint_id == name:
-                candidates.append((metadata.created, leftover))
+                candidates.append((metadata.generation, metadata.created, leftover))
         if not candidates:
             return False
         try:
-            os.rename(max(candidates)[1], name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            os.rename(max(candidates)[2], name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except OSError as error:
             if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
                 return False  # a publication or another recovery got there first
@@ -494,6 +568,7 @@ def _swap_into_place(parent_fd: int, staging: str, final: str) -> None:
             if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 raise
         else:
+            failpoints.hit("checkpoint.after-publish-rename")
             os.fsync(parent_fd)
             return
         try:
@@ -501,8 +576,9 @@ def _swap_into_place(parent_fd: int, staging: str, final: str) -> None:
         except FileNotFoundError:
             continue  # removed meanwhile: try the plain rename again
         if exchanged:
+            failpoints.hit("checkpoint.after-publish-rename")
             os.fsync(parent_fd)
-            _remove_entry(parent_fd, staging)  # now the previous image
+            _retire(parent_fd, staging)  # now the previous image
             return
         old = f"{OLD_PREFIX}{final}-{random_hex()}"
         try:
@@ -515,8 +591,9 @@ def _swap_into_place(parent_fd: int, staging: str, final: str) -> None:
             if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
             continue  # `recover` put the old image back meanwhile; start over
+        failpoints.hit("checkpoint.after-publish-rename")
         os.fsync(parent_fd)
-        _remove_entry(parent_fd, old)
+        _retire(parent_fd, old)
         return
     raise PublishError(f"could not publish {staging} as {final}: the final path kept changing")
 
