@@ -19,6 +19,7 @@ from harness import checkpointing as cr
 from harness import procs
 from harness.containerd import ContainerdNode
 
+from arch import host_identity
 from arch.checkpoint.storage.lease import LEASE_FILE
 from arch.container.interrupted import OPERATION_FLAG
 from arch.container.state import ContainerState
@@ -50,7 +51,7 @@ def test_the_watcher_sweeps_what_killed_operations_left(
 ) -> None:
     assert callable(containerd_nodes)
     node: ContainerdNode = containerd_nodes("a", image=False)
-    here = os.uname().nodename
+    here = host_identity.current()  # what leases name: never the hostname
     namespace_dir = node.arch.checkpoint_root / "default"
     dead = leftover(namespace_dir / ".staging-job-0123456789ab",
                     lease_document(here, finished_process(), time.time() + 999))  # fmt: skip

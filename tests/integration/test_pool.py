@@ -78,7 +78,7 @@ def restored_from(member: Member) -> str | None:
     prefix = f"create default/{member.container_id}: restored from "
     for line in cr.arch_log(member.node).splitlines():
         if prefix in line:
-            return line.split(prefix, 1)[1].strip()
+            return line.split(prefix, 1)[1].split(" (generation ", 1)[0].strip()
     return None
 
 
