@@ -60,6 +60,8 @@ STAGING_PREFIX = ".staging-"  # arch.checkpoint.storage.store's, not imported on
 CHECKPOINT = "checkpoint"
 RESTORE = "restore"
 CHECKPOINT_GRACE_SECONDS = 10.0
+# How long a SIGKILLed, thawed container may take to be reported stopped.
+STOP_WAIT_SECONDS = 10.0
 
 logger = logging.getLogger("arch")
 
@@ -387,17 +389,23 @@ def _finish_publication(state: ContainerState, record: dict[str, Any], runc: Run
 
 def stop_frozen(runc: Runc, container_id: str) -> bool:
     """SIGKILL a frozen container, then thaw it so it dies without running again; True once it
-    is stopped (or gone)."""
+    is stopped (or gone). A SIGKILLed task dies only once thawed, so its end is waited for."""
+    import time
+
     killed = runc.capture(["kill", container_id, "KILL"])
     status = _status(runc, container_id)
     if status == "paused":  # runc >= 1.1 thaws what it SIGKILLs; older ones leave that to us
         runc.capture(["resume", container_id])
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while True:
         status = _status(runc, container_id)
-    if status not in (None, "stopped"):
-        logger.error("runc kill %s: exit %s %s", container_id, killed.status,
-                     killed.output.strip()[-300:])  # fmt: skip
-        return False
-    return True
+        if status in (None, "stopped"):
+            return True
+        if time.monotonic() >= deadline:
+            logger.error("runc kill %s: exit %s %s; still %s", container_id, killed.status,
+                         killed.output.strip()[-300:], status)  # fmt: skip
+            return False
+        time.sleep(0.05)
 
 
 def _status(runc: Runc, container_id: str) -> str | None:
