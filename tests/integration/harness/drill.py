@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arch import host_identity
 from tests.imds_server import ImdsServer
 from tests.stack import current
 
@@ -130,6 +131,9 @@ class DrillHost:
         self.node = ContainerdNode(f"drill{name}", arch_runc=arch_runc, real_runc=real_runc,
                                    checkpoint_root=shared, wrapper=wrapper,
                                    config_lines=config)  # fmt: skip
+        # Two hosts as ARCH tells hosts apart (leases, pool claims): their own host identity.
+        self.node.arch.state_dir.mkdir(parents=True, exist_ok=True)
+        host_identity.write_cache(str(self.node.arch.state_dir), f"drill-{name.lower()}")
         self.docker = DockerDaemon(self.node, wrapper=wrapper)
         self.imds = ImdsServer()  # what the ECS agent (the model) reads
         self.watch_imds = ImdsServer()  # the same service, as spot-watch reads it (see below)
