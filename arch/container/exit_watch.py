@@ -340,7 +340,7 @@ def _is_presence_name(name: str) -> bool:
 
 
 def _read_presence(path: str) -> dict[str, Any] | None:
-    import json
+    from arch import bounded_json
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -353,7 +353,7 @@ def _read_presence(path: str) -> dict[str, Any] | None:
     finally:
         os.close(fd)
     try:
-        document = json.loads(data)
+        document = bounded_json.loads(data)
     except ValueError:
         return None
     return document if isinstance(document, dict) else None

@@ -98,22 +98,11 @@ def awaited(pool_fd: int, now: float | None = None) -> list[Pending]:
 
 
 def _read(pool_fd: int, name: str) -> Pending | None:
+    from arch import bounded_json
+
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                     dir_fd=pool_fd)  # fmt: skip
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, MAX_RECORD_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_RECORD_BYTES:
-        return None
-    try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        document = bounded_json.read_at(pool_fd, name, MAX_RECORD_BYTES)
+    except (OSError, ValueError):  # others write the pool: a planted file is no record
         return None
     if not isinstance(document, dict):
         return None

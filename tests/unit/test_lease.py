@@ -103,3 +103,22 @@ def test_restore_work_dirs_of_dead_restores_are_swept(tmp_path: Path) -> None:
 
     assert sorted(done) == sorted(f"removed {p}" for p in (dead, unleased))
     assert running.is_dir() and unrelated.is_dir()
+
+
+@pytest.mark.parametrize("planted", ["deep", "fifo", "huge-integer"])
+def test_a_planted_lease_file_reads_as_no_lease(tmp_path: Path, planted: str) -> None:
+    """Others write the shared storage: a lease file that is no lease is ignored, never a hang
+    (a FIFO) or a RecursionError (deep nesting) that would end the sweep or a create."""
+    staging = tmp_path / ".staging-x"
+    staging.mkdir()
+    if planted == "fifo":
+        os.mkfifo(staging / LEASE_FILE)
+    elif planted == "deep":
+        (staging / LEASE_FILE).write_text("[" * 4000 + "]" * 4000)
+    else:
+        (staging / LEASE_FILE).write_text('{"expires": ' + "9" * 5000 + "}")
+    parent_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert lease_of(parent_fd, staging.name) is None
+    finally:
+        os.close(parent_fd)

@@ -49,6 +49,8 @@ def test_malformed_or_oversized_records_are_ignored(tmp_path: Path) -> None:
     (pool / ".pending~x~2").write_text('{"deadline": true}')
     (pool / ".pending~x~3").write_text('{"deadline": 1e12, "pad": "' + "x" * 5000 + '"}')
     os.symlink("/etc/passwd", pool / ".pending~x~4")
+    (pool / ".pending~x~5").write_text("[" * 4000)  # json.loads alone: RecursionError
+    os.mkfifo(pool / ".pending~x~6")  # an open without O_NONBLOCK would wait for a writer
     fd = os.open(pool, os.O_RDONLY | os.O_DIRECTORY)
     try:
         assert pending.read_all(fd) == []
