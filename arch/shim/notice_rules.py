@@ -23,8 +23,16 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from arch.spot.notice import notice_active
-from arch.spot.platform import HELD, NOTICE_FRESH, STOP_SIGNALLED, holds, stopped_for_a_notice
+from arch.spot.notice import notice_active, notice_seen_at
+from arch.spot.platform import (
+    ECS,
+    HELD,
+    NOTICE_FRESH,
+    NOTICE_RACE_SECONDS,
+    STOP_SIGNALLED,
+    holds,
+    stopped_for_a_notice,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -107,4 +115,5 @@ def note_stop_signal(state: ContainerState) -> None:
 def exit_is_not_a_finish(config: HostConfig, state: ContainerState) -> bool:
     """An exit (0) that follows a stop during this host's notice, or one in the seconds before
     the marker appeared: not a finish, the image stays."""
-    return stopped_for_a_notice(state, lambda: doomed(config))
+    race_seconds = NOTICE_RACE_SECONDS if config.platform == ECS else 0.0
+    return stopped_for_a_notice(state, lambda: notice_seen_at(config.state_dir), race_seconds)

@@ -15,6 +15,7 @@ Imported by arch-runc's kill path: module-level imports stay cheap (json where i
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 MARKER_NAME = ".spot-notice"
@@ -63,6 +64,22 @@ def read_marker(state_dir: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return {}
     return document if isinstance(document, dict) else {}
+
+
+def notice_seen_at(state_dir: str) -> float | None:
+    """When spot-watch saw the active notice (epoch seconds, the marker's `seen_at`); None
+    without a marker. A marker without a readable time counts as seen long ago (0.0): every
+    stop signal then belongs to the notice, which keeps images rather than removing them."""
+    import calendar
+
+    document = read_marker(state_dir)
+    if document is None:
+        return None
+    seen_at = document.get("seen_at")
+    try:
+        return float(calendar.timegm(time.strptime(str(seen_at), "%Y-%m-%dT%H:%M:%SZ")))
+    except (ValueError, OverflowError):
+        return 0.0
 
 
 def remove_marker(state_dir: str) -> bool:

@@ -44,6 +44,7 @@ NOTICE_FRESH = "notice_fresh"
 # watcher that follows that advice writes its marker at most that long after the agent saw the
 # notice (spot-watch polls every second, plus its start and its HTTP round trip under load).
 NOTICE_RACE_SECONDS = 5.0
+SEEN_AT_RESOLUTION = 1.0
 
 
 # The signals that stop a container (Docker's and ECS's default stop signal, SIGKILL after the
@@ -92,22 +93,31 @@ def stop_signalled_at(state: ContainerState) -> float | None:
 
 def stopped_for_a_notice(
     state: ContainerState,
-    notice_active: Callable[[], bool],
+    notice_seen_at: Callable[[], float | None],
+    race_seconds: float = NOTICE_RACE_SECONDS,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """Whether the container's exit follows a stop that belongs to a Spot notice: a stop signal
-    reached it while the notice marker existed, or at most NOTICE_RACE_SECONDS before the
-    marker appeared (waited for here, only as long as that window lasts)."""
+    reached it while the notice was active, or at most `race_seconds` before spot-watch saw the
+    notice (waited for here, only as long as that window lasts). `notice_seen_at` is when
+    spot-watch saw the notice (None: no notice). A stop from before that window, one the job
+    outlived, is no part of the notice: its later exit 0 is a finish.
+
+    The window is the ECS agent's (see NOTICE_RACE_SECONDS): pass 0 where no agent drains the
+    host on a notice, so that an ordinary stop is never held up here."""
     signalled = stop_signalled_at(state)
     if signalled is None:
         return False
-    while not notice_active():
-        left = signalled + NOTICE_RACE_SECONDS - clock()
+    while True:
+        seen_at = notice_seen_at()
+        if seen_at is not None:
+            # seen_at is recorded to the second
+            return signalled >= seen_at - race_seconds - SEEN_AT_RESOLUTION
+        left = signalled + race_seconds - clock()
         if left <= 0:
             return False
         sleep(min(left, 0.2))
-    return True
 
 
 def thaw(state: ContainerState, runc: str) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import calendar
 import os
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from arch.checkpoint.storage.pool import new_entry_name
 from arch.container.state import ContainerState
 from arch.spot import pending
-from arch.spot.notice import write_marker
+from arch.spot.notice import notice_seen_at, write_marker
 from arch.spot.platform import NOTICE_RACE_SECONDS, STOP_SIGNALLED, stopped_for_a_notice
 
 
@@ -105,25 +106,54 @@ def test_an_exit_after_a_stop_during_the_notice_is_not_a_finish(tmp_path: Path) 
     state_dir = tmp_path / "state"
     unsignalled = ContainerState(str(state_dir), "moby", "other")
     unsignalled.set("checkpointed")
-    write_marker(str(state_dir), {"notice": {}})
-    assert not stopped_for_a_notice(unsignalled, lambda: True)  # a natural exit: a finish
-    state = signalled(tmp_path, time.time())
-    assert stopped_for_a_notice(state, lambda: True)
+    write_marker(str(state_dir), {"notice": {}, "seen_at": "2026-12-05T10:00:00Z"})
+    seen_at = notice_seen_at(str(state_dir))
+    assert seen_at == calendar.timegm((2026, 12, 5, 10, 0, 0, 0, 0, 0))
+    assert not stopped_for_a_notice(unsignalled, lambda: seen_at)  # a natural exit: a finish
+    state = signalled(tmp_path, seen_at + 30)
+    assert stopped_for_a_notice(state, lambda: seen_at)
+
+
+def test_a_stop_the_job_outlived_before_the_notice_is_no_part_of_it(tmp_path: Path) -> None:
+    """A SIGTERM an hour before the notice that the job ignored, then an exit 0 during the
+    notice: the job finished; its image goes as for any finish."""
+    seen_at = 100_000.0
+    state = signalled(tmp_path, seen_at - 3600)
+    assert not stopped_for_a_notice(state, lambda: seen_at)
+    assert stopped_for_a_notice(signalled(tmp_path, seen_at - NOTICE_RACE_SECONDS), lambda: seen_at)
+
+
+def test_a_marker_without_a_readable_time_counts_every_stop(tmp_path: Path) -> None:
+    write_marker(str(tmp_path), {"notice": {}})
+    assert notice_seen_at(str(tmp_path)) == 0.0
+    assert notice_seen_at(str(tmp_path / "no-marker")) is None
 
 
 def test_a_stop_seconds_before_the_marker_counts(tmp_path: Path) -> None:
     clock = Clock()
     state = signalled(tmp_path, clock.now)
-    marker = {"present": False}
+    marker: dict[str, float | None] = {"seen_at": None}
 
     def sleep(seconds: float) -> None:
         clock.sleep(seconds)
-        marker["present"] = clock.now >= 1001.0  # the marker appears a second after the stop
+        if clock.now >= 1001.0:  # spot-watch sees the notice a second after the stop
+            marker["seen_at"] = 1001.0
 
-    assert stopped_for_a_notice(state, lambda: marker["present"], clock, sleep)
+    assert stopped_for_a_notice(state, lambda: marker["seen_at"], NOTICE_RACE_SECONDS, clock,
+                                sleep)  # fmt: skip
     assert sum(clock.sleeps) < NOTICE_RACE_SECONDS
 
     clock = Clock()
     state = signalled(tmp_path, clock.now)
-    assert not stopped_for_a_notice(state, lambda: False, clock, clock.sleep)  # a user's stop
+    assert not stopped_for_a_notice(state, lambda: None, NOTICE_RACE_SECONDS, clock,
+                                    clock.sleep)  # a user's stop  # fmt: skip
     assert NOTICE_RACE_SECONDS - 0.01 <= sum(clock.sleeps) < NOTICE_RACE_SECONDS + 0.3
+
+
+def test_without_a_draining_agent_an_ordinary_stop_is_not_held_up(tmp_path: Path) -> None:
+    """race_seconds 0 (platform none or batch: no ECS agent stops tasks on a notice): a stop
+    with no notice is decided at once, without waiting for a marker."""
+    clock = Clock()
+    state = signalled(tmp_path, clock.now)
+    assert not stopped_for_a_notice(state, lambda: None, 0.0, clock, clock.sleep)
+    assert clock.sleeps == []
