@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
-"""`archctl checkpoint --all` against checkpointing the same containers one by one with ctr.
+"""`archctl checkpoint --all` against plain containerd + runc with the same parallelism.
 
 In one run, on a private containerd (own socket, root, state; its own arch.toml with a scratch
-checkpoint root, so nothing touches the host's containerd or /checkpoint), for each count N
-(default 10, 50, 200) of small running ARCH containers (busybox shell loops):
-- one by one: `ctr task checkpoint --exit --image-path <scratch> ID` for each container in turn
-  (the same containerd operation archctl uses, serially),
-- `archctl checkpoint --all` (bounded parallel),
-each on freshly started containers. Then the Spot path for the largest N: a real IMDSv2 server
-on 127.0.0.1 (tests/imds_server.py) turns on a notice while `archctl spot-watch` polls it; the
-time from the notice to the last image published (metadata.json written) is reported.
+checkpoint root and its own signing key, so nothing touches the host's containerd or
+/checkpoint), for each count N (default 10, 50, 200) of small running containers (busybox shell
+loops), each way on freshly started containers:
+- `archctl checkpoint --all` of N ARCH containers (bounded parallel: P at once),
+- the same N containers without ARCH (containerd's own runc), checkpointed P at a time with
+  `ctr task checkpoint --exit --image-path <scratch> ID` (the containerd operation archctl
+  asks for, minus ARCH),
+and the ratio; with --one-by-one also `ctr task checkpoint` of ARCH containers one at a time,
+whose per-container times give the breakdown: CRIU's dump (the last timestamp of each image's
+dump.log), the Python start-up of arch-runc (interpreter + imports of the checkpoint path, timed
+separately), and the rest (containerd and its shim, runc's own calls, ARCH's filesystem capture
+and publication). Then the Spot path for the largest N: a real IMDSv2 server on 127.0.0.1
+(tests/imds_server.py) turns on a notice while `archctl spot-watch` polls it; the time from the
+notice to the last image published (metadata.json written) is reported. The load average is
+printed with each N.
 
-Where the time goes is estimated per container from the one-by-one run: CRIU's dump (the last
-timestamp of each image's dump.log), the Python start-up of arch-runc (interpreter + imports of
-the checkpoint path, timed separately), and the rest (containerd and its shim, runc's own calls,
-ARCH's filesystem capture and publication).
-
-    sudo /opt/arch/venv/bin/python benchmarks/checkpoint_all.py [--counts 10,50,200]
+    sudo /opt/arch/venv/bin/python benchmarks/checkpoint_all.py [--counts 10,50,200] [--one-by-one]
 
 Run it from the repository root with the Python that has `arch` installed. Needs root, ctr,
 containerd, runc, a working CRIU (as arch.toml names it) and a static busybox.
@@ -89,6 +91,8 @@ class Bench:
             f"state_dir = {json.dumps(str(self.state_dir))}",
             f"log_file = {json.dumps(str(self.base / 'arch.log'))}",
             f"metrics_file = {json.dumps(str(self.base / 'arch.prom'))}",
+            # Images are signed, as by default on an appliance (its own key here).
+            f"image_key_file = {json.dumps(str(self.key_file()))}",
         ]
         self.config_file.write_text("\n".join(lines) + "\n")
         self.checkpoint_root.mkdir(mode=0o700)
@@ -135,16 +139,26 @@ class Bench:
             subprocess.run(["umount", "-l", mount], check=False)
         shutil.rmtree(self.base, ignore_errors=True)
 
+    def key_file(self) -> Path:
+        path = self.base / "image.key"
+        path.write_text(os.urandom(32).hex() + "\n")
+        path.chmod(0o600)
+        return path
+
     # -- containers ------------------------------------------------------------------------
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = ["ctr", "--address", self.address, "--namespace", NAMESPACE, *args]
         return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=600)
 
-    def start_containers(self, count: int, prefix: str) -> list[str]:
+    def start_containers(self, count: int, prefix: str, plain: bool = False) -> list[str]:
+        """`count` running containers; `plain`: containerd's own runc, no ARCH at all."""
         ids = [f"{prefix}-{index:03d}" for index in range(count)]
 
         def run(container_id: str) -> None:
+            if plain:
+                self.ctr("run", "--detach", IMAGE, container_id, *WORKLOAD)
+                return
             self.ctr("run", "--detach", "--runc-binary", self.arch_runc, "--runc-root",
                      str(self.runc_root), "--env", "ARCH_ENABLE=1", IMAGE, container_id,
                      *WORKLOAD)  # fmt: skip
@@ -179,6 +193,23 @@ class Bench:
             each.append(time.monotonic() - began)
             shutil.rmtree(scratch)
         return time.monotonic() - started, each
+
+    def plain_parallel(self, ids: list[str], parallel: int) -> float:
+        """Plain containerd + runc, `parallel` at a time: `ctr task checkpoint --exit
+        --image-path` (what checkpoint --all asks containerd for, minus ARCH)."""
+        scratch = self.base / "plain-images"
+        scratch.mkdir(exist_ok=True)
+
+        def checkpoint(container_id: str) -> None:
+            self.ctr("task", "checkpoint", "--exit", "--image-path",
+                     str(scratch / container_id), container_id)  # fmt: skip
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(checkpoint, ids))
+        seconds = time.monotonic() - started
+        shutil.rmtree(scratch)
+        return seconds
 
     def archctl_all(self) -> tuple[float, dict[str, object]]:
         started = time.monotonic()
@@ -282,6 +313,8 @@ def main() -> int:
     parser.add_argument("--arch-runc", default="/usr/local/bin/arch-runc")
     parser.add_argument("--busybox", default=shutil.which("busybox") or "/bin/busybox")
     parser.add_argument("--no-notice", action="store_true", help="skip the Spot notice run")
+    parser.add_argument("--one-by-one", action="store_true",
+                        help="also checkpoint one by one with ctr (the per-container breakdown)")
     args = parser.parse_args()
     counts = [int(count) for count in args.counts.split(",")]
     print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs")
@@ -292,20 +325,27 @@ def main() -> int:
     try:
         bench.start()
         for count in counts:
-            ids = bench.start_containers(count, f"serial{count}")
-            serial, each = bench.one_by_one(ids)
-            breakdown += [(seconds, criu_seconds(image)) for seconds, image in
-                          zip(each, bench.images(ids))]  # fmt: skip
-            bench.remove_all()
+            serial = None
+            if args.one_by_one:
+                ids = bench.start_containers(count, f"serial{count}")
+                serial, each = bench.one_by_one(ids)
+                breakdown += [(seconds, criu_seconds(image)) for seconds, image in
+                              zip(each, bench.images(ids))]  # fmt: skip
+                bench.remove_all()
             ids = bench.start_containers(count, f"all{count}")
+            load = os.getloadavg()[0]
             parallel, document = bench.archctl_all()
             summary = document["summary"]
             bench.remove_all()
-            rows.append((count, serial, parallel, summary, document["parallel"]))
+            workers = int(document["parallel"])
+            ids = bench.start_containers(count, f"plain{count}", plain=True)
+            plain = bench.plain_parallel(ids, workers)
+            bench.remove_all()
+            rows.append((count, serial, parallel, plain, workers, load))
             print(
-                f"  N={count:<4} one by one {serial:7.2f}s   checkpoint --all {parallel:7.2f}s "
-                f"({summary}, at most {document['parallel']} at once)   "
-                f"{serial / parallel:4.2f}x faster",
+                f"  N={count:<4} checkpoint --all {parallel:7.2f}s ({summary}, {workers} at once)"
+                f"   plain containerd+runc {plain:7.2f}s   ratio {parallel / plain:4.2f}x"
+                f"   load {load:.1f}",
                 flush=True,
             )
         notice = None
@@ -315,21 +355,25 @@ def main() -> int:
             bench.remove_all()
     finally:
         bench.stop()
-    python_start = python_start_seconds()
-    per_container = statistics.median(seconds for seconds, _ in breakdown)
-    criu = statistics.median(criu for _, criu in breakdown if criu is not None)
     print()
-    print("checkpoint of N small running ARCH containers (busybox loops), wall time")
-    print(f"  {'N':>4}  {'one by one (ctr)':>17}  {'checkpoint --all':>17}  {'ratio':>6}")
-    for count, serial, parallel, _, _ in rows:
-        print(f"  {count:>4}  {serial:16.2f}s  {parallel:16.2f}s  {serial / parallel:5.2f}x")
-    print()
-    print(f"where one container's checkpoint goes (one by one, median of {len(breakdown)}):")
-    print(f"  ctr task checkpoint, end to end  {per_container * 1000:7.0f} ms")
-    print(f"  CRIU dump (dump.log)             {criu * 1000:7.0f} ms")
-    print(f"  Python start of arch-runc        {python_start * 1000:7.0f} ms")
-    rest = per_container - criu - python_start
-    print(f"  containerd+shim, runc calls, ARCH capture/publish {rest * 1000:7.0f} ms")
+    print("checkpoint of N small running containers (busybox loops), wall time")
+    print(f"  {'N':>4}  {'checkpoint --all':>17}  {'plain, same parallel':>21}  {'ratio':>6}"
+          f"  {'one by one (ctr)':>17}  load")
+    for count, serial, parallel, plain, workers, load in rows:
+        one = f"{serial:16.2f}s" if serial is not None else f"{'-':>17}"
+        print(f"  {count:>4}  {parallel:16.2f}s  {plain:20.2f}s  {parallel / plain:5.2f}x"
+              f"  {one}  {load:.1f}  ({workers} at once)")
+    if breakdown:
+        python_start = python_start_seconds()
+        per_container = statistics.median(seconds for seconds, _ in breakdown)
+        criu = statistics.median(criu for _, criu in breakdown if criu is not None)
+        print()
+        print(f"where one container's checkpoint goes (one by one, median of {len(breakdown)}):")
+        print(f"  ctr task checkpoint, end to end  {per_container * 1000:7.0f} ms")
+        print(f"  CRIU dump (dump.log)             {criu * 1000:7.0f} ms")
+        print(f"  Python start of arch-runc        {python_start * 1000:7.0f} ms")
+        rest = per_container - criu - python_start
+        print(f"  containerd+shim, runc calls, ARCH capture/publish {rest * 1000:7.0f} ms")
     if notice is not None:
         print()
         print(
