@@ -82,7 +82,9 @@ MEMORY_READY_SHARE = 0.95  # VmRSS at or above this share of --mem-mib: the memo
 BUSYBOX_APPLETS = ("sh", "sleep", "cat", "ls")
 OTHER = "other"  # the --compare-arch-runc arm
 SIGNED = "signed"  # the --signed arm
-CONFIGS = {"ARCH": "arch.toml", SIGNED: "arch-signed.toml", OTHER: "arch-other.toml"}
+UNCOMPRESSED = "uncompressed"  # the --uncompressed arm
+CONFIGS = {"ARCH": "arch.toml", SIGNED: "arch-signed.toml", OTHER: "arch-other.toml",
+           UNCOMPRESSED: "arch-uncompressed.toml"}  # fmt: skip
 
 
 class BenchError(Exception):
@@ -179,12 +181,14 @@ def write_arch_host(workspace: Workspace, runc: str, kind: str = "ARCH") -> str:
         f"log_file = {json.dumps(workspace.arch_log)}",
         'log_level = "info"',
     ]
-    if kind == SIGNED:
-        key_file = os.path.join(workspace.arch_host, "image.key")
+    if kind in (SIGNED, UNCOMPRESSED):
+        key_file = os.path.join(workspace.arch_host, f"{kind}.key")
         descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as key:
             key.write(os.urandom(32).hex() + "\n")
         lines.append(f"image_key_file = {json.dumps(key_file)}")
+        if kind == UNCOMPRESSED:
+            lines.append('compression = "off"')
     elif kind == "ARCH":
         lines += ['image_key_file = ""', 'unsigned_images = "allow"']
     config_file = os.path.join(workspace.arch_host, CONFIGS[kind])
@@ -662,6 +666,11 @@ def parse_args() -> argparse.Namespace:
         help="also an arm with image_key_file set (signed images); prints signed/ARCH",
     )
     parser.add_argument(
+        "--uncompressed",
+        action="store_true",
+        help="also an arm signed with compression off; prints signed/uncompressed",
+    )
+    parser.add_argument(
         "--lower-copy", metavar="DIR", help="copy DIR into the lower layer (a realistic image)"
     )
     parser.add_argument("--runc", default=shutil.which("runc") or "/usr/sbin/runc")
@@ -701,6 +710,11 @@ def run_rounds(run: Round, count: int, first_index: int) -> dict[str, list[Sampl
         signed = dataclasses.replace(run.tools, env={**run.tools.env, "ARCH_CONFIG": config_file})
         samples[SIGNED] = []
         arms.append((SIGNED, lambda run, index: arch_round(run, index, None, signed)))
+    if run.args.uncompressed:
+        config_file = os.path.join(run.workspace.arch_host, CONFIGS[UNCOMPRESSED])
+        plain = dataclasses.replace(run.tools, env={**run.tools.env, "ARCH_CONFIG": config_file})
+        samples[UNCOMPRESSED] = []
+        arms.append((UNCOMPRESSED, lambda run, index: arch_round(run, index, None, plain)))
     for index in range(first_index, first_index + count):
         shift = index % len(arms)  # each arm goes first in turn
         for name, arm in arms[shift:] + arms[:shift]:
@@ -781,8 +795,34 @@ def report(args: argparse.Namespace, samples: dict[str, list[Sample]]) -> None:
                 print(f"  {'signed / ' + against:<26} {ratios}")
         print(f"    {SIGNED:<9} checkpoint: {step_medians(SIGNED, 'checkpoint_steps')}")
         print(f"    {'':<9} restore:    {step_medians(SIGNED, 'restore_steps')}")
+    if UNCOMPRESSED in samples:
+        report_uncompressed(samples, median, step_medians)
     load = os.getloadavg()
     print(f"  load average at the end (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def report_uncompressed(
+    samples: dict[str, list[Sample]],
+    median: Callable[[str, str], float],
+    step_medians: Callable[[str, str], str],
+) -> None:
+    """The arm signed with compression off against the baseline and the (compressed) arms."""
+    phases = ("checkpoint", "restore", "total")
+    times = " ".join(f"{median(UNCOMPRESSED, phase):9.2f}s" for phase in phases)
+    image_mib = median(UNCOMPRESSED, "image_bytes") / MIB
+    print(f"  {'ARCH signed, uncompressed':<26} {times} {image_mib:6.0f} MiB")
+    for against in ("baseline", SIGNED, "ARCH"):
+        if against in samples:
+            ratios = " ".join(f"{median(against, p) / median(UNCOMPRESSED, p):9.3f}x"
+                              for p in phases)  # fmt: skip
+            print(f"  {against + ' / uncompressed':<26} {ratios}")
+    if SIGNED in samples:
+        print(f"  image bytes: signed (compressed) {median(SIGNED, 'image_bytes') / MIB:.0f} MiB, "
+              f"uncompressed {image_mib:.0f} MiB")
+        ratios = " ".join(f"{median(SIGNED, p) / median('baseline', p):9.3f}x" for p in phases)
+        print(f"  {'signed / baseline':<26} {ratios}")
+    print(f"    {UNCOMPRESSED:<9} checkpoint: {step_medians(UNCOMPRESSED, 'checkpoint_steps')}")
+    print(f"    {'':<9} restore:    {step_medians(UNCOMPRESSED, 'restore_steps')}")
 
 
 def main() -> int:
@@ -800,6 +840,8 @@ def main() -> int:
             write_arch_host(workspace, args.runc, SIGNED)
         if args.compare_arch_runc:
             write_arch_host(workspace, args.runc, OTHER)
+        if args.uncompressed:
+            write_arch_host(workspace, args.runc, UNCOMPRESSED)
         block = os.urandom(4 * MIB)
         workload = build_workload(workspace)
         build_lower(
