@@ -144,6 +144,7 @@ class RestoreJob:
         lease = Lease(work_dir).start()  # the sweep removes work dirs of dead restores only
         others = [f.name for f in self.image.metadata.criu_files if f.name not in checked_first]
         try:
+            self._check_unpack_room(work_dir)
             with ThreadPoolExecutor(max_workers=1) as background:
                 images = background.submit(self._checked_criu_files, work_dir, others)
                 journal = self._apply_filesystem(work_dir)
@@ -235,6 +236,24 @@ class RestoreJob:
             raise RestoreRefused(
                 f"image file check failed: {error}", "invalid_image"
             ) from error
+
+    def _check_unpack_room(self, work_dir: str) -> None:
+        """A compressed image is unpacked into the work dir (under state_dir, often a tmpfs):
+        refuse clearly, before anything is applied, when it cannot hold it."""
+        metadata = self.image.metadata
+        if not metadata.compressed:
+            return
+        needed = sum(f.content_bytes for f in metadata.criu_files)
+        if metadata.filesystem.compression is not None:
+            needed += metadata.filesystem.content_size or 0
+        stats = os.statvfs(work_dir)
+        free = stats.f_bavail * stats.f_frsize
+        if free < needed:
+            raise RestoreRefused(
+                f"the compressed image needs {needed} bytes to unpack in {self.scratch_dir}, "
+                f"which has {free} free",
+                "storage",
+            )
 
     def _checked_criu_files(self, work_dir: str, names: Collection[str]) -> str | None:
         """Verify the CRIU files `names`; a compressed image's (format 3) are unpacked into the
