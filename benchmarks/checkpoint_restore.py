@@ -232,7 +232,9 @@ def mount_run_tmpfs(workspace: Workspace) -> None:
     small rename there waits for the journal while the image's hundreds of MiB are written)."""
     os.makedirs(workspace.run_dir)
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", workspace.run_dir],
+        # Room to unpack a compressed image's pages and tar at restore (a tmpfs takes only
+        # what is written).
+        ["mount", "-t", "tmpfs", "-o", "size=2g,mode=0700", "tmpfs", workspace.run_dir],
         check=True,
     )
     workspace.mounts.append(workspace.run_dir)
