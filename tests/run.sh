@@ -66,6 +66,8 @@ install_test_packages() {
     done
     # CRIU's core.proto imports protobuf's descriptor.proto (tests/integration/harness/criu_protos.py).
     [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+    # fusepy (the NFS-like storage of tests/integration/harness/nfs_like.py) loads libfuse 2.
+    ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2' || missing+=(libfuse2)
     if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
         # A policy-rc.d that denies service starts: installing openssh-server must not start a
         # system sshd (the tests start their own). An existing policy-rc.d is left as it is.
