@@ -122,6 +122,8 @@ class CheckpointJob:
         # CRIU's dump log under.
         self.criu_config = CriuConfig()
         self.image_log = DUMP_LOG
+        # The sealed dump's sha256 per file, taken while the filesystem capture runs (signed).
+        self.dump_digests: dict[str, str] = {}
 
     def run(self) -> ValidImage:
         """Checkpoint and stop the container; raise CheckpointFailed with it still running.
@@ -352,7 +354,9 @@ class CheckpointJob:
                 runc_version=versions[0],
                 criu_version=versions[1],
                 filesystem=filesystem,
-                criu_files=staging.describe_criu_files(digests=self.image_key is not None),
+                criu_files=staging.describe_criu_files(
+                    digests=self.image_key is not None, known=self.dump_digests
+                ),
                 container=_container_essentials(bundle_path),
                 cpu=host_cpu_summary(),
                 criu_options=tuple(self.options),
@@ -474,6 +478,8 @@ class CheckpointJob:
                 staging.compress_pages()
             staging.seal_dump()  # on disk while the filesystem capture may still be running
             failpoints.hit("checkpoint.dump-done")
+            if self.image_key is not None:  # hashed meanwhile too (sha256 is off the GIL)
+                self.dump_digests = staging.criu_file_digests()
         except OSError as error:
             raise CheckpointFailed(f"cannot sync the dump: {error}", "storage") from error
 

@@ -193,3 +193,26 @@ def test_a_changed_criu_file_is_refused_before_use(image_dir: Path) -> None:
     verify_criu_files(valid, ["inventory.img"])  # only the files asked for are read
     with pytest.raises(InvalidImage, match=r"pages-1\.img: contents differ"):
         verify_criu_files(valid)
+
+
+def test_digests_taken_while_the_capture_runs_cover_only_sealed_files(image_dir: Path) -> None:
+    """A signed checkpoint hashes the sealed dump early; a file written later (or still being
+    written then) is hashed when the metadata is made."""
+    from arch.checkpoint.image.signing import file_sha256
+    from tests.unit.test_image import staging_path
+
+    with begin(image_dir) as staging:
+        fill_staging(staging)
+        assert staging.criu_file_digests() == {}  # written, not sealed: not hashed early
+        staging.seal_dump()
+        early = staging.criu_file_digests()
+        assert early and "inventory.img" in early
+        staging.add_file("cpuinfo.img", b"cpu")  # after the early digests
+        described = {f.name: f.sha256 for f in staging.describe_criu_files(True, known=early)}
+        directory = os.open(staging_path(staging), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert described == {name: file_sha256(directory, name) for name in described}
+        finally:
+            os.close(directory)
+        assert "cpuinfo.img" in described and "cpuinfo.img" not in early
+        staging.abort()

@@ -55,7 +55,7 @@ from arch.checkpoint.storage.beneath import (
 from arch.checkpoint.storage.lease import LEASE_FILE, Lease, is_held, lease_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
     from types import TracebackType
 
     from arch.checkpoint.image.metadata import ImageMetadata
@@ -186,20 +186,41 @@ class ImageStaging:
             and not name.startswith(LEASE_FILE),  # the lease is being refreshed meanwhile
         ))  # fmt: skip
 
-    def describe_criu_files(self, digests: bool = False) -> tuple[CriuFile, ...]:
+    def describe_criu_files(
+        self, digests: bool = False, known: Mapping[str, str] | None = None
+    ) -> tuple[CriuFile, ...]:
         """The CRIU files in the staging dir: every file but the metadata and the tar; with
-        `digests`, each with its sha256 (for signed images)."""
-        entries = regular_entries(self._lock_fd)
+        `digests`, each with its sha256 (for signed images), taken from `known` (see
+        criu_file_digests) where it has the file."""
+        known = known or {}
+
+        def digest(name: str) -> str | None:
+            return (known.get(name) or file_sha256(self._lock_fd, name)) if digests else None
+
         return tuple(
             CriuFile(
-                name, size, file_sha256(self._lock_fd, name) if digests else None,
+                name, size, digest(name),
                 compression.ZSTD if name in self._content_sizes else None,
                 self._content_sizes.get(name),
             )
-            for name, size in sorted(entries.items())
+            for name, size in sorted(self._criu_entries().items())
+        )  # fmt: skip
+
+    def criu_file_digests(self) -> dict[str, str]:
+        """The sha256 of every sealed CRIU file (complete, never changed again): taken once the
+        dump is sealed, while the filesystem capture still runs. A file still being written
+        (not sealed yet) is left to describe_criu_files."""
+        sealed = frozenset(self._sealed)  # one C-level copy: other threads may add meanwhile
+        return {name: file_sha256(self._lock_fd, name)
+                for name in self._criu_entries() if name in sealed}  # fmt: skip
+
+    def _criu_entries(self) -> dict[str, int]:
+        return {
+            name: size
+            for name, size in regular_entries(self._lock_fd).items()
             if name not in (METADATA_FILE, SIGNATURE_FILE, *TAR_NAMES)
             and not name.startswith(LEASE_FILE)
-        )  # fmt: skip
+        }
 
     def publish(self, metadata: ImageMetadata, key: bytes | None = None) -> str:
         """seal() and commit(): the published image's identity."""
