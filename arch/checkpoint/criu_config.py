@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from arch.checkpoint.criu_log import open_regular_file
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
@@ -115,7 +117,7 @@ def read_config(path: str | None) -> CriuConfig:
     if path is None:
         return CriuConfig()
     try:
-        with open(path, "rb") as config_file:
+        with open(open_regular_file(path), "rb") as config_file:
             data = config_file.read(CONFIG_MAX_BYTES + 1)
     except FileNotFoundError:
         return CriuConfig(path)

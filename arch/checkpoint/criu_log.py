@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 
 LOG_TAIL_LINES = 12
 LOG_READ_BYTES = 256 * 1024
@@ -14,12 +15,25 @@ _SUMMARIES = ("Dumping FAILED", "Restoring FAILED", "Dump files (pid:")
 # Errors CRIU logs and then carries on from: never the cause of a failure.
 _CARRIED_ON = ("rlimit: Can't setup RLIMIT_NOFILE",)
 _TIMESTAMP = re.compile(r"^\(\s*\d+\.\d+\)\s*")
+# A container's CRIU configuration names CRIU's log and config files: never a FIFO or a device.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def open_regular_file(path: str, follow_symlinks: bool = True) -> int:
+    """A descriptor of the regular file `path`, opened without blocking (OSError for a FIFO,
+    a device, a directory or, without follow_symlinks, a symlink): files a container's CRIU
+    configuration names are read without letting it make ARCH wait or read forever."""
+    fd = os.open(path, _OPEN_FLAGS if follow_symlinks else _OPEN_FLAGS | os.O_NOFOLLOW)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path}: not a regular file")
+    return fd
 
 
 def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
     """A CRIU log's errors that explain the failure (causes first) and its last lines."""
     try:
-        with open(path, "rb") as log_file:
+        with open(open_regular_file(path), "rb") as log_file:
             log_file.seek(0, os.SEEK_END)
             log_file.seek(max(0, log_file.tell() - LOG_READ_BYTES))
             text = log_file.read().decode("utf-8", "replace")

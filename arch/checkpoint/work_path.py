@@ -10,13 +10,14 @@ the name CRIU gave it (dump.log unless a CRIU configuration renames it), as runc
 from __future__ import annotations
 
 import os
-import shutil
 
+from arch.checkpoint.criu_log import open_regular_file
 from arch.checkpoint.image.metadata import CRIU_DUMP_LOG, ROOTFS_TAR
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# A log is kept whole up to this size (CRIU writes a few MiB at most at its default level).
+LOG_COPY_MAX_BYTES = 64 << 20
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 # What an image may call its copy of CRIU's log (metadata's file name rules, no dot first).
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:+-")
@@ -30,11 +31,11 @@ def copy_log(log_path: str, work_path: str, name: str | None = None) -> str:
     fails."""
     os.makedirs(work_path, DIR_MODE, exist_ok=True)
     target = os.path.join(work_path, name or os.path.basename(log_path))
-    source_fd = os.open(log_path, _READ_FLAGS)
+    source_fd = open_regular_file(log_path, follow_symlinks=False)
     try:
         target_fd = os.open(target, _WRITE_FLAGS, FILE_MODE)
         with open(source_fd, "rb", closefd=False) as source, open(target_fd, "wb") as copy:
-            shutil.copyfileobj(source, copy)
+            copy.write(source.read(LOG_COPY_MAX_BYTES))
     finally:
         os.close(source_fd)
     return target

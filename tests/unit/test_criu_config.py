@@ -80,3 +80,13 @@ def test_an_images_dir_is_refused() -> None:
     CriuConfig(path="/c.conf", log_file="x.log").check_images_stay()
     with pytest.raises(CriuConfigError, match="sets images-dir '/srv/i'"):
         CriuConfig(path="/c.conf", images_dir="/srv/i").check_images_stay()
+
+
+def test_a_configuration_that_is_no_regular_file_is_an_error_not_a_wait(tmp_path: Path) -> None:
+    """org.criu.config comes from the container: a FIFO there is refused, never waited on."""
+    import os
+
+    fifo = tmp_path / "runc.conf"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        criu_config.read_config(str(fifo))

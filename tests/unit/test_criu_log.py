@@ -50,3 +50,11 @@ def test_only_summaries_are_still_quoted() -> None:
 
 def test_an_unreadable_log_says_so(tmp_path: Path) -> None:
     assert log_tail(str(tmp_path / "absent.log")) == f"({tmp_path / 'absent.log'} unreadable)"
+
+
+def test_a_log_that_is_a_fifo_is_reported_unreadable_at_once(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "restore.log"
+    os.mkfifo(fifo)
+    assert log_tail(str(fifo)) == f"({fifo} unreadable)"

@@ -68,3 +68,26 @@ def test_a_symlink_is_neither_read_nor_written_through(tmp_path: Path) -> None:
 )
 def test_the_name_an_image_keeps_the_log_under(criu_name: str, image_name: str) -> None:
     assert image_log_name(criu_name) == image_name
+
+
+def test_a_log_that_is_no_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    """A container's CRIU configuration names the log: a FIFO there must not make the copy
+    wait for a writer, nor /dev/zero fill the image storage."""
+    fifo = tmp_path / "dump.log"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        copy_log(str(fifo), str(tmp_path / "work"))
+    with pytest.raises(OSError, match="not a regular file"):
+        copy_log("/dev/zero", str(tmp_path / "work"), "dump.log")
+
+
+def test_a_huge_log_is_copied_up_to_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from arch.checkpoint import work_path
+
+    monkeypatch.setattr(work_path, "LOG_COPY_MAX_BYTES", 1000)
+    log = tmp_path / "dump.log"
+    log.write_bytes(b"x" * 5000)
+    copied = copy_log(str(log), str(tmp_path / "work"))
+    assert os.path.getsize(copied) == 1000
