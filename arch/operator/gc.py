@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from arch import bounded_json, failpoints
 from arch.checkpoint.image.errors import InvalidImage
 from arch.checkpoint.image.metadata import ImageMetadata
-from arch.checkpoint.image.validation import read_metadata, validate
+from arch.checkpoint.image.validation import read_metadata_at, validate_beneath
 from arch.checkpoint.storage import pool
 from arch.checkpoint.storage.beneath import open_beneath, opened_root
 from arch.checkpoint.storage.readers import (
@@ -296,9 +296,11 @@ def _plan_image(
     metadata: ImageMetadata | None = None
     problem: str | None = None
     try:
-        metadata = validate(path).metadata
+        metadata = _validated(path)
     except InvalidImage as error:
         problem = error.reason
+    except OSError as error:  # e.g. a symlink on the way: judged by its age, never followed
+        problem = str(error)
     created = _created_seconds(metadata) if metadata else _mtime(path)
     users = uses.get(os.path.normpath(path), [])
     finished = [use for use in users if _finished_after(use, created)]
@@ -433,9 +435,23 @@ def _finished_after(use: ContainerUse, created: float | None) -> bool:
     return created is None or use.exited_at is None or use.exited_at >= created
 
 
+def _validated(path: str) -> ImageMetadata:
+    """The metadata of the image at `path` once it validates, looked at beneath "/" following
+    no symlink (as gc removes it)."""
+    with _beneath_slash(path) as (root_fd, relative):
+        image = validate_beneath(root_fd, relative)
+    image.close()
+    return image.metadata
+
+
 def _entry_created(path: str) -> float | None:
     try:
-        return _created_seconds(read_metadata(path))
+        with _beneath_slash(path) as (root_fd, relative):
+            dir_fd = open_beneath(root_fd, relative)
+        try:
+            return _created_seconds(read_metadata_at(dir_fd))
+        finally:
+            os.close(dir_fd)
     except (InvalidImage, OSError):
         return _mtime(path)
 
