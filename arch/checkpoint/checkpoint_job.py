@@ -313,24 +313,12 @@ class CheckpointJob:
                 except Exception as error:  # planted leftovers never stop a checkpoint
                     logger.warning("checkpoint %s: leftovers not cleaned up: %s: %s",
                                    self.container_id, type(error).__name__, error)  # fmt: skip
-                staging = ImageStaging.begin(root_fd, self.location.relative)
+                staging = self._begin_staging(root_fd)
         except (OSError, PublishError) as error:
             raise CheckpointFailed(
                 f"cannot create the image directory: {error}", "storage"
             ) from error
         with staging:
-            # A real path (staging.path names this process's descriptor, gone with it).
-            staging_dir = os.path.join(
-                self.location.root, os.path.dirname(self.location.relative), staging.name
-            )
-            # Removed beneath its root if this arch-runc dies (arch.container.interrupted).
-            self.operation.note(
-                staging=staging_dir,
-                staging_root=self.location.root,
-                staging_relative=posixpath.join(
-                    posixpath.dirname(self.location.relative), staging.name
-                ),
-            )
             failpoints.hit("checkpoint.staging-created")
             # CRIU dumps the processes while the filesystem is captured: both only read the
             # frozen container (measured: ~0.3 s of 1.1 s saved for 256+256 MiB). runc starts
@@ -374,6 +362,20 @@ class CheckpointJob:
                 raise CheckpointFailed(f"cannot publish the image: {error}", "storage") from error
             self._commit(staging, sealed)
             return ValidImage(self.location.image_dir, metadata)
+
+    def _begin_staging(self, root_fd: int) -> ImageStaging:
+        """The staging directory, named in the operation record before it exists: an arch-runc
+        killed at any point after the mkdir leaves a directory the next call removes
+        (arch.container.interrupted), never one nothing names and no lease protects yet."""
+        relative = self.location.relative
+        name = ImageStaging.new_name(relative)
+        self.operation.note(
+            # A real path (staging.path names this process's descriptor, gone with it).
+            staging=os.path.join(self.location.root, os.path.dirname(relative), name),
+            staging_root=self.location.root,
+            staging_relative=posixpath.join(posixpath.dirname(relative), name),
+        )
+        return ImageStaging.begin(root_fd, relative, name)
 
     def _commit(self, staging: ImageStaging, sealed: str) -> None:
         """The publishing rename. The record names the image first, so that a later call

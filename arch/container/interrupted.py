@@ -548,6 +548,8 @@ def _remove_beneath(root: object, relative: object) -> None:
             remove_tree_at(parent_fd, name)
         finally:
             os.close(parent_fd)
+    except FileNotFoundError:
+        return  # never made (recorded before its mkdir), or removed already
     except (OSError, ValueError) as error:
         logger.warning("staging directory %s not removed: %s", posixpath.join(root, relative),
                        error)  # fmt: skip

@@ -117,13 +117,22 @@ class ImageStaging:
         # While it is written, cleanup_stale on any host leaves it alone (storage/lease.py).
         self._lease = Lease(self.path).start()
 
+    @staticmethod
+    def new_name(relative: str) -> str:
+        """A fresh staging directory name for the image `relative` (beside it)."""
+        return f"{STAGING_PREFIX}{_split(relative)[1]}-{random_hex()}"
+
     @classmethod
-    def begin(cls, root_fd: int, relative: str) -> ImageStaging:
-        """Create the staging directory (and missing parents, 0700) for `relative`.
+    def begin(cls, root_fd: int, relative: str, name: str | None = None) -> ImageStaging:
+        """Create the staging directory `name` (default: a new_name) and missing parents (0700)
+        for `relative`. A caller that must clean up after its own death records `name` first.
 
         NotBeneath (an OSError) when the parent does not resolve beneath the root.
         """
-        parent, final_name = _split(relative)
+        parent, _ = _split(relative)
+        name = name or cls.new_name(relative)
+        if not name.startswith(STAGING_PREFIX) or "/" in name:
+            raise ValueError(f"not a staging directory name: {name!r}")
         own_root_fd = os.dup(root_fd)
         try:
             parent_fd = make_dirs_beneath(own_root_fd, parent, DIR_MODE)
@@ -131,7 +140,6 @@ class ImageStaging:
             os.close(own_root_fd)
             raise
         try:
-            name = f"{STAGING_PREFIX}{final_name}-{random_hex()}"
             os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
             lock_fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
         except BaseException:
