@@ -64,20 +64,7 @@ def detach_mount(mount_point: str) -> None:
 def unmount_under(directory: str) -> list[str]:
     """Detach every mount at or below `directory` (call once no process works there any more).
     Returns the mount points detached; MountsLeft when any stays mounted."""
-    detached = []
-    try:
-        candidates = mounts_under(directory)
-    except OSError as error:
-        raise MountsLeft(error.errno, f"cannot read {MOUNTINFO}: {error.strerror}") from error
-    for mount_point in candidates:
-        try:
-            detach_mount(mount_point)
-        except OSError as error:
-            if mount_point in mounts_under(directory):  # not only gone with its parent
-                raise MountsLeft(error.errno, f"cannot unmount {mount_point}: "
-                                 f"{error.strerror}") from error  # fmt: skip
-            continue
-        detached.append(mount_point)
+    detached = _detach_matching(directory, lambda mount_point: True)
     if detached:
         logger.info("unmounted what runc/CRIU left under %s: %s", directory, " ".join(detached))
     return detached
@@ -88,20 +75,31 @@ def unmount_cgroup_yards(directory: str) -> list[str]:
     `directory`, a work directory ARCH does not own (one a CRIU configuration file names):
     nothing else mounted there is touched. MountsLeft when one stays mounted."""
     prefix = os.path.join(os.path.normpath(directory), CGROUP_YARD_PREFIX)
-    detached = []
-    for mount_point in mounts_under(directory):
-        if not mount_point.startswith(prefix):
-            continue
-        try:
-            detach_mount(mount_point)
-        except OSError as error:
-            if mount_point in mounts_under(directory):
-                raise MountsLeft(error.errno, f"cannot unmount {mount_point}: "
-                                 f"{error.strerror}") from error  # fmt: skip
-            continue
-        detached.append(mount_point)
+    detached = _detach_matching(directory, lambda mount_point: mount_point.startswith(prefix))
     if detached:
         logger.info("unmounted CRIU's cgroup yard under %s: %s", directory, " ".join(detached))
+    return detached
+
+
+def _detach_matching(directory: str, wanted: Callable[[str], bool]) -> list[str]:
+    """Detach the mounts at or below `directory` that `wanted` picks, deepest first; those
+    detached. MountsLeft when mountinfo cannot be read or a picked mount stays."""
+    detached = []
+    try:
+        candidates = [point for point in mounts_under(directory) if wanted(point)]
+        for mount_point in candidates:
+            try:
+                detach_mount(mount_point)
+            except OSError as error:
+                if mount_point in mounts_under(directory):  # not only gone with its parent
+                    raise MountsLeft(error.errno, f"cannot unmount {mount_point}: "
+                                     f"{error.strerror}") from error  # fmt: skip
+                continue
+            detached.append(mount_point)
+    except MountsLeft:
+        raise
+    except OSError as error:
+        raise MountsLeft(error.errno, f"cannot read {MOUNTINFO}: {error.strerror}") from error
     return detached
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from arch.runc import leftover_mounts
 from arch.runc.leftover_mounts import (
     mounts_under,
     remove_tree,
@@ -108,3 +109,16 @@ def test_in_a_directory_arch_does_not_own_only_criu_s_yards_are_unmounted(
 
     assert detached == [str(yard / hierarchy.name), str(yard)]
     assert mounts_under(str(cgroup_yard)) == [str(other)]
+
+
+@pytest.mark.parametrize(
+    "unmount", [leftover_mounts.unmount_under, leftover_mounts.unmount_cgroup_yards]
+)
+def test_an_unreadable_mountinfo_is_reported_as_mounts_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unmount: Callable[[str], list[str]]
+) -> None:
+    """Callers catch MountsLeft (the work directory is then kept, never removed into a mount):
+    a mountinfo that cannot be read must not escape as another error."""
+    monkeypatch.setattr(leftover_mounts, "MOUNTINFO", str(tmp_path / "no-mountinfo"))
+    with pytest.raises(leftover_mounts.MountsLeft, match="cannot read"):
+        unmount(str(tmp_path))
