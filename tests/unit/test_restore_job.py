@@ -6,13 +6,19 @@ creating the id again."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from arch.checkpoint import restore_job
-from arch.checkpoint.image.metadata import ContainerEssentials, FilesystemInfo, ImageMetadata
+from arch.checkpoint.image.metadata import (
+    ContainerEssentials,
+    CriuFile,
+    FilesystemInfo,
+    ImageMetadata,
+)
 from arch.checkpoint.image.validation import ValidImage
 from arch.checkpoint.layer import filesystem
 from arch.checkpoint.layer.filesystem import LayerError
@@ -178,3 +184,18 @@ def test_a_refusal_is_one_line_with_criu_s_first_error() -> None:
         "runc checkpoint exited 1: criu failed; CRIU: Error (criu/cr-dump.c:1): Can't dump"
     )
     assert one_line("plain reason") == "plain reason"
+
+
+def test_a_compressed_image_too_big_to_unpack_is_refused_before_anything_is_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied: list[object] = []
+    restore = job(tmp_path, Runc(status=0), Journal(), monkeypatch)
+    monkeypatch.setattr(filesystem, "apply_layer", lambda *args, **kwargs: applied.append(args))
+    pages = CriuFile("pages-1.img.zst", 5, None, "zstd", 1 << 60)  # an exabyte unpacked
+    restore.image = ValidImage(restore.image.path, dataclasses.replace(
+        restore.image.metadata, criu_files=(pages,), compression_level=1, format_version=3))
+    with pytest.raises(RestoreRefused, match=r"needs 1152921504606846976 bytes to unpack"):
+        restore.run()
+    assert applied == [] and not restore.restored
+    assert list((tmp_path / "work").iterdir()) == []
