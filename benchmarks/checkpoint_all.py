@@ -378,7 +378,7 @@ def main() -> int:
         print()
         print(
             f"Spot notice -> last of {counts[-1]} images published: {notice[0]:.2f}s "
-            f"(checkpoint --all itself {notice[1]:.2f}s; spot-watch polls every 2 s)"
+            f"(checkpoint --all itself {notice[1]:.2f}s; spot-watch polls every second)"
         )
     print(f"load average at end: {os.getloadavg()}")
     return 0
