@@ -50,8 +50,11 @@ KNOWN_KEYS = frozenset(
     }
 )
 # How images store memory pages and the filesystem tar (arch.checkpoint.image.compression):
-# "zstd" where it pays (the default), "off" never.
+# "zstd" where it pays, "off" never. Off by default: a restore unpacks a compressed image into
+# state_dir (a tmpfs /run, 20% of RAM under systemd), so a job holding more memory than that
+# could not be restored and would start fresh.
 COMPRESSIONS = ("zstd", "off")
+DEFAULT_COMPRESSION = "off"
 # What a Spot notice does to a checkpointed job (CONTRACT.md, arch.spot.platform).
 PLATFORMS = ("ecs", "batch", "none")
 # Seconds a new pool member's create waits for an image a host under a notice is still writing.
@@ -113,7 +116,7 @@ class HostConfig:
         restore_timeout: float | None = DEFAULT_RESTORE_TIMEOUT,
         image_verify_key_files: tuple[str, ...] = (),
         unsigned_images: str = "refuse",
-        compression: str = "zstd",
+        compression: str = DEFAULT_COMPRESSION,
         failpoints: bool = False,
     ) -> None:
         self.path = path
@@ -278,7 +281,7 @@ def _platform(path: str, document: dict[str, Any]) -> str:
 
 
 def _compression(path: str, document: dict[str, Any]) -> str:
-    value = document.get("compression", "zstd")
+    value = document.get("compression", DEFAULT_COMPRESSION)
     if value not in COMPRESSIONS:
         raise ConfigError(
             f"{path}: compression must be one of {', '.join(COMPRESSIONS)}, got {value!r}"

@@ -87,6 +87,7 @@ def test_a_compressed_signed_image_round_trips(
     real_runc_binary: Path,
 ) -> None:  # fmt: skip
     sign_with(node, key_file)
+    cr.store_compressed(node)
     last = run_until_ticking(node, workload_image, "zsrc", real_runc_binary)
     image_dir = node.arch.checkpoint_root / cr.NAMESPACE / "zjob"
 
@@ -127,7 +128,8 @@ def test_an_uncompressed_image_restores_where_images_are_compressed(
     assert (image_dir / "rootfs-diff.tar").exists() and list(image_dir.glob("pages-*.img"))
     assert not list(image_dir.glob("*.zst"))
 
-    config.write_text(plain_config)  # the node compresses again (the default)
+    config.write_text(plain_config)
+    cr.store_compressed(node)  # the node compresses from now on
     restored_and_continuing(node, workload_image, "pdst", real_runc_binary, last)
 
 
@@ -168,6 +170,7 @@ def test_a_damaged_compressed_image_starts_the_container_fresh(
         sign_with(node, key_file)
     else:  # a writer of the storage without a key meets what checks the stream itself
         allow_unsigned(node.arch.config_file)
+    cr.store_compressed(node)
     run_until_ticking(node, workload_image, "dsrc", real_runc_binary)
     image_dir = node.arch.checkpoint_root / cr.NAMESPACE / "zjob"
     assert json.loads((image_dir / "metadata.json").read_text())["format_version"] == 3

@@ -383,6 +383,11 @@ def allow_roots(node: ContainerdNode, *roots: Path) -> None:
     node.arch.config_file.write_text(text + f"allowed_roots = {json.dumps(listed)}\n")
 
 
+def store_compressed(node: ContainerdNode) -> None:
+    """Make the node compress its images (`compression = "zstd"`, off by default)."""
+    set_config_value(node.arch.config_file, "compression", '"zstd"')
+
+
 def store_uncompressed(node: ContainerdNode) -> None:
     """Make the node write images as ARCH did before compression (`compression = "off"`): for
     tests that damage a stored file by its uncompressed name (rootfs-diff.tar, pages-*.img).
