@@ -34,7 +34,7 @@ from harness.containerd import ContainerdNode
 from harness.criu_stall import CHECKPOINT, OFF, RESTORE, Stall, StallingCriu
 
 from arch.checkpoint.storage.lease import LEASE_FILE
-from tests.conftest import CgroupHierarchy, finished_process
+from tests.conftest import CgroupHierarchy
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.criu]
 
@@ -299,7 +299,7 @@ def test_the_sweep_unmounts_what_a_dead_restore_left_mounted_and_reports_it(
     yard = work / ".criu.cgyard.Ab12Cd"
     yard.mkdir(parents=True)
     (work / "restore.log").write_text("(00.01) cg: Preparing cgroups yard\n")
-    (work / LEASE_FILE).write_text(lease_of_a_dead_process())
+    leave_lease_of_a_dead_process(node, work)
     try:
         procs.run(["mount", "-t", "tmpfs", "none", str(yard)])
         (yard / hierarchy.name).mkdir()
@@ -327,13 +327,17 @@ def test_the_sweep_unmounts_what_a_dead_restore_left_mounted_and_reports_it(
             procs.unmount_all_under(work)
 
 
-def lease_of_a_dead_process() -> str:
-    import json
-
-    identity = finished_process()
-    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return json.dumps({"host": os.uname().nodename, "boot": boot, "pid": identity.pid,
-                       "start": identity.start, "expires": time.time() + 999})  # fmt: skip
+def leave_lease_of_a_dead_process(node: ContainerdNode, directory: Path) -> None:
+    """The lease a killed restore leaves: written by ARCH's own Lease in a process of the
+    node's host (its host identity, boot id, pid and start time) that then dies at once."""
+    script = ("import os, sys\n"
+              "from arch.checkpoint.storage.lease import Lease\n"
+              "Lease(sys.argv[1]).start()\n"
+              "os._exit(0)\n")  # fmt: skip
+    environment = {**os.environ, **node.arch.environment}
+    subprocess.run([sys.executable, "-c", script, str(directory)], check=True, env=environment,
+                   stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
+    assert (directory / LEASE_FILE).is_file()
 
 
 @contextlib.contextmanager
