@@ -43,6 +43,8 @@ TIMEOUT_EXIT_STATUS = 124
 # The client gives up this long after the host should have ended the command.
 CLIENT_GRACE_SECONDS = 5
 CLEANUP_SECONDS = 30
+# What paramiko says when the SSH handshake ended before authentication could start.
+NO_SESSION = "No existing session"
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +296,13 @@ def describe_ssh_error(error: BaseException, spec: HostSpec, options: SshOptions
         return (
             f"{target}: no SSH banner within {options.connect_timeout:g}s "
             f"(connected, but the server does not speak SSH or hangs): {error}"
+        )
+    if isinstance(error, paramiko.SSHException) and str(error) == NO_SESSION:
+        # The transport thread ended the handshake before _open could read why (a race with
+        # paramiko's own read of the cause): the same case seen from the client's side.
+        return (
+            f"{target}: no SSH banner within {options.connect_timeout:g}s, or the handshake "
+            f"failed (connected, but the server does not speak SSH or hangs): {error}"
         )
     if isinstance(error, socket.gaierror):
         return f"cannot resolve {spec.host}: {error.strerror or error}"
