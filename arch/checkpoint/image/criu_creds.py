@@ -22,7 +22,7 @@ its own (root) credentials, or read a creds-<pid>.img of the old format.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 from arch.checkpoint.image.criu_images import (
     CORE_MAGIC,
@@ -43,7 +43,8 @@ TASK_DEAD, TASK_ZOMBIE = 2, 6
 SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
-Fields = dict[int, list[int | bytes]]
+# A runtime alias: `int | bytes` here would fail on Python 3.9 (AL2023's), which ARCH supports.
+Fields = dict[int, list[Union[int, bytes]]]
 
 
 class ThreadCreds(NamedTuple):
